@@ -1,0 +1,33 @@
+"""paramwise: declarative, checked, explainable per-parameter optimizer settings for PyTorch.
+
+    >>> import torch.nn as nn, paramwise
+    >>> model = nn.Sequential(nn.Linear(100, 50), nn.ReLU(), nn.Linear(50, 1))
+    >>> opt = paramwise.optimizer(model, "sgd", [paramwise.no_decay()],
+    ...                           lr=1e-2, momentum=0.9, weight_decay=1e-5)
+    >>> print(paramwise.report(opt))  # doctest: +SKIP
+"""
+
+from .api import optimizer, param_groups
+from .errors import ParamwiseError
+from .inventory import register_norm, register_wrapper
+from .report import Report, explain, report
+from .rules import Rule, layer_decay, no_decay
+from .selectors import Selector, parse
+
+__all__ = [
+    "ParamwiseError",
+    "Report",
+    "Rule",
+    "Selector",
+    "explain",
+    "layer_decay",
+    "no_decay",
+    "optimizer",
+    "param_groups",
+    "parse",
+    "register_norm",
+    "register_wrapper",
+    "report",
+]
+
+__version__ = "0.1.0"

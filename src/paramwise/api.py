@@ -1,0 +1,138 @@
+"""The face: ``param_groups()``, ``optimizer()`` and the lookup of what was built from what.
+
+    >>> import torch.nn as nn, paramwise
+    >>> model = nn.Sequential(nn.Linear(100, 50), nn.ReLU(), nn.Linear(50, 1))
+    >>> opt = paramwise.optimizer(model, "sgd", [paramwise.Rule("bias", weight_decay=0.0)],
+    ...                           lr=1e-2, momentum=0.9, weight_decay=1e-5)
+    >>> [g["param_names"] for g in opt.param_groups]
+    [['0.weight', '2.weight'], ['0.bias', '2.bias']]
+
+``optimizer()`` returns the real ``torch.optim`` instance (never a wrapper). When a group carries
+regularization options it lowers them to the optimizer's native equivalent where one exists and
+attaches step hooks for the rest (:func:`paramwise.attach`).
+"""
+
+from __future__ import annotations
+
+import weakref
+from collections.abc import Iterable
+
+import torch
+from torch import nn
+
+from .errors import ParamwiseError
+from .groups import build_groups
+from .options import optimizer_keys, paramwise_keys, resolve_optimizer
+from .plan import Plan, make_plan
+from .rules import RuleLike
+
+__all__ = ["param_groups", "optimizer", "plan_for", "resolve_target"]
+
+# optimizer -> the plan it was built from; model -> the last optimizer built for it.
+_PLANS: weakref.WeakKeyDictionary[torch.optim.Optimizer, Plan] = weakref.WeakKeyDictionary()
+_LAST: weakref.WeakKeyDictionary[nn.Module, weakref.ref] = weakref.WeakKeyDictionary()
+
+
+def param_groups(
+    model: nn.Module,
+    rules: Iterable[RuleLike] | RuleLike = (),
+    *,
+    optimizer: str | type | None = None,
+    strict: bool = True,
+    include_frozen: bool = False,
+    **defaults: object,
+) -> list[dict]:
+    """Plain torch param groups for ``model`` under ``rules``.
+
+    Each group has ``params``, ``param_names`` and the options resolved from the rules and from
+    ``defaults``; options neither sets are left out, so the optimizer's own defaults apply
+    exactly as in torch. Groups with identical options are merged, ordered by first appearance
+    in ``model.named_parameters()``. Every trainable parameter is in exactly one group.
+
+    ``optimizer`` (a class or name) checks option keys against its signature; without it keys
+    are checked against every ``torch.optim`` optimizer's. ``strict=False`` turns "rule matched
+    no parameter" into a warning; ``include_frozen=True`` groups ``requires_grad=False``
+    parameters too.
+
+        >>> groups = param_groups(model, [Rule("bias | norm", weight_decay=0.0)], weight_decay=0.05)
+        >>> torch.optim.AdamW(groups, lr=1e-3)  # doctest: +SKIP
+    """
+    cls = resolve_optimizer(optimizer) if optimizer is not None else None
+    plan = make_plan(model, rules, optimizer=cls, strict=strict, include_frozen=include_frozen,
+                     **defaults)
+    return build_groups(plan)
+
+
+def optimizer(
+    model: nn.Module,
+    optim: str | type,
+    rules: Iterable[RuleLike] | RuleLike = (),
+    *,
+    strict: bool = True,
+    include_frozen: bool = False,
+    **defaults: object,
+) -> torch.optim.Optimizer:
+    """Build ``optim`` (class or name such as ``"adamw"``) over ``model`` with ``rules``.
+
+    ``defaults`` go into every group (and, where they are constructor arguments, into the
+    optimizer's own ``defaults``, so ``add_param_group`` inherits them). Returns the optimizer
+    itself; regularizer options are lowered/attached as described in :mod:`paramwise.hooks`.
+    """
+    cls = resolve_optimizer(optim)
+    plan = make_plan(model, rules, optimizer=cls, strict=strict, include_frozen=include_frozen,
+                     **defaults)
+    groups = build_groups(plan)
+    reg_keys = paramwise_keys()
+    has_reg = any(reg_keys & g.keys() for g in groups)
+    if has_reg:
+        from .hooks import lower
+
+        groups = lower(groups, cls)
+    accepted = optimizer_keys(cls)
+    ctor = {k: v for k, v in defaults.items()
+            if k not in reg_keys and (accepted is None or k in accepted)}
+    try:
+        opt = cls(groups, **ctor)
+    except (TypeError, ValueError) as e:
+        if isinstance(e, ParamwiseError):
+            raise
+        raise ParamwiseError(f"{cls.__name__} rejected the options: {e}",
+                             fix="check the values passed to paramwise.optimizer() and set by "
+                             "the rules (paramwise.report() shows them per group)") from e
+    if has_reg:
+        from .hooks import attach
+
+        attach(opt)
+    _PLANS[opt] = plan
+    _LAST[model] = weakref.ref(opt)
+    return opt
+
+
+def plan_for(opt: torch.optim.Optimizer) -> Plan | None:
+    """The plan an optimizer was built from by :func:`optimizer`, if any."""
+    return _PLANS.get(opt)
+
+
+def resolve_target(obj: nn.Module | torch.optim.Optimizer, rules, defaults: dict,
+                   *, what: str) -> tuple[Plan | None, torch.optim.Optimizer | None]:
+    """Map ``report``/``explain``'s first argument to (plan, optimizer).
+
+    An optimizer → its plan (if paramwise built it). A model with ``rules`` → a fresh plan. A
+    model without rules → the last optimizer paramwise built for it.
+    """
+    if isinstance(obj, torch.optim.Optimizer):
+        if rules is not None:
+            raise ParamwiseError(f"{what}(optimizer, rules=...) mixes two sources",
+                                 fix=f"pass either the optimizer or the model with its rules to {what}()")
+        return _PLANS.get(obj), obj
+    if isinstance(obj, nn.Module):
+        if rules is not None:
+            optim_arg = defaults.pop("optimizer", None)
+            cls = resolve_optimizer(optim_arg) if optim_arg is not None else None
+            return make_plan(obj, rules, optimizer=cls, **defaults), None
+        ref = _LAST.get(obj)
+        opt = ref() if ref is not None else None
+        if opt is not None:
+            return _PLANS.get(opt), opt
+        return make_plan(obj, (), **defaults), None
+    raise ParamwiseError(f"{what}() takes a model or an optimizer, got {type(obj).__name__}")

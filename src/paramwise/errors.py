@@ -1,0 +1,46 @@
+"""The one error type, and the helpers that make its messages teach.
+
+Every user-facing problem raises :class:`ParamwiseError`, a :class:`ValueError`, with a message
+that says what was expected, what came, and how to fix it, in the user's own names::
+
+    >>> raise ParamwiseError("rule 0 ('*.bais') matched no parameter", fix="did you mean '*.bias'?")
+    Traceback (most recent call last):
+    ...
+    paramwise.errors.ParamwiseError: rule 0 ('*.bais') matched no parameter; did you mean '*.bias'?
+"""
+
+from __future__ import annotations
+
+import difflib
+from collections.abc import Iterable
+
+__all__ = ["ParamwiseError", "closest", "did_you_mean"]
+
+
+class ParamwiseError(ValueError):
+    """Raised for every mistake in rules, selectors, options, models or configs.
+
+    ``fix`` (optional) is appended after a semicolon, so messages read
+    ``"<what went wrong>; <how to fix it>"``; ``detail`` (optional) goes on the lines below,
+    e.g. a selector with a caret under the problem.
+    """
+
+    def __init__(self, message: str, *, fix: str | None = None, detail: str | None = None) -> None:
+        self.problem = message
+        self.fix = fix
+        text = f"{message}; {fix}" if fix else message
+        super().__init__(f"{text}\n{detail}" if detail else text)
+
+
+def closest(word: str, candidates: Iterable[str], n: int = 1, cutoff: float = 0.6) -> list[str]:
+    """The candidates that look most like ``word`` (best first), case-insensitively."""
+    cands = list(candidates)
+    lowered = {c.lower(): c for c in cands}
+    hits = difflib.get_close_matches(word.lower(), list(lowered), n=n, cutoff=cutoff)
+    return [lowered[h] for h in hits]
+
+
+def did_you_mean(word: str, candidates: Iterable[str]) -> str:
+    """``" (did you mean 'x'?)"`` when a close candidate exists, else ``""``."""
+    hit = closest(word, candidates)
+    return f" (did you mean {hit[0]!r}?)" if hit else ""

@@ -1,0 +1,298 @@
+"""Inventory: one walk over a module tree, recording every parameter once, with what it *is*.
+
+For each parameter name (tied parameters have several) the inventory keeps the canonical name
+(wrapper segments removed), the owning module and attribute, the roles read from the module tree
+(``bias``, ``norm``, ``embedding``, ``weight``), the global shape and whether it is trainable.
+It knows nothing of rules or optimizers.
+
+Canonical names come from walking the tree, not from editing strings: the child edge of a
+wrapper module is skipped, so ``module._orig_mod.0.weight`` (DDP around a compiled model) and
+``0._checkpoint_wrapped_module.weight`` become ``0.weight``, while a user's own submodule that
+happens to be called ``module`` keeps its name.
+
+Example::
+
+    >>> import torch.nn as nn
+    >>> inv = Inventory.build(nn.Sequential(nn.Linear(2, 2), nn.LayerNorm(2)))
+    >>> [(n, sorted(r)) for n, r in zip(inv.names, inv.roles)]
+    [('0.weight', ['weight']), ('0.bias', ['bias']), ('1.weight', ['norm']), ('1.bias', ['bias', 'norm'])]
+"""
+
+from __future__ import annotations
+
+import fnmatch
+from dataclasses import dataclass
+
+import torch
+from torch import nn
+
+from .errors import ParamwiseError
+
+__all__ = [
+    "Inventory",
+    "ParamInfo",
+    "ROLES",
+    "register_norm",
+    "register_wrapper",
+    "is_norm_module",
+]
+
+ROLES = ("bias", "norm", "embedding", "weight")
+
+_NORM_CLASSES: list[type] = [
+    nn.modules.batchnorm._BatchNorm,  # BatchNorm1d/2d/3d, SyncBatchNorm, lazy variants
+    nn.modules.instancenorm._InstanceNorm,
+    nn.LayerNorm,
+    nn.GroupNorm,
+    nn.LocalResponseNorm,
+    nn.CrossMapLRN2d,
+]
+if hasattr(nn, "RMSNorm"):
+    _NORM_CLASSES.append(nn.RMSNorm)
+
+_EMBEDDING_CLASSES: tuple[type, ...] = (nn.Embedding, nn.EmbeddingBag)
+
+# Edges that are always wrapper edges, whatever the parent: torch.compile, FSDP1, activation
+# checkpointing. ``module`` is a wrapper edge only below the classes registered here.
+_WRAPPER_ATTRS = {"_orig_mod", "_fsdp_wrapped_module", "_checkpoint_wrapped_module"}
+_MODULE_WRAPPERS: list[type] = [nn.DataParallel, nn.parallel.DistributedDataParallel]
+
+
+def register_norm(cls: type) -> type:
+    """Treat every parameter of modules of class ``cls`` (and subclasses) as role ``norm``.
+
+    Usable as a decorator::
+
+        @paramwise.register_norm
+        class ScaleNorm(nn.Module): ...
+    """
+    if not (isinstance(cls, type) and issubclass(cls, nn.Module)):
+        raise ParamwiseError(f"register_norm expects an nn.Module subclass, got {cls!r}")
+    if cls not in _NORM_CLASSES:
+        _NORM_CLASSES.append(cls)
+    return cls
+
+
+def register_wrapper(cls: type, attr: str = "module") -> type:
+    """Declare ``cls`` a wrapper whose child ``attr`` holds the real model (its name is dropped)."""
+    if attr == "module":
+        if cls not in _MODULE_WRAPPERS:
+            _MODULE_WRAPPERS.append(cls)
+    else:
+        _WRAPPER_ATTRS.add(attr)
+    return cls
+
+
+def is_norm_module(module: nn.Module) -> bool:
+    """Whether ``module``'s parameters get role ``norm``.
+
+    Known classes (BatchNorm*, SyncBatchNorm, InstanceNorm*, LayerNorm, GroupNorm, RMSNorm,
+    LocalResponseNorm and anything passed to :func:`register_norm`) always do. Other modules do
+    when all three hold: the class name contains ``norm`` (any case: ``MyRMSNorm``,
+    ``T5LayerNorm``), the module has no submodules, and every parameter it owns is at most 1-D
+    (a per-feature scale or shift, never a weight matrix).
+    """
+    if isinstance(module, tuple(_NORM_CLASSES)):
+        return True
+    if "norm" not in type(module).__name__.lower() or next(module.children(), None) is not None:
+        return False
+    own = list(module._parameters.values())
+    return bool(own) and all(p is None or p.dim() <= 1 for p in own)
+
+
+def _is_bias_attr(attr: str) -> bool:
+    # Linear/Conv ``bias``, MultiheadAttention ``in_proj_bias``/``bias_k``/``bias_v``,
+    # RNN ``bias_ih_l0``/``bias_hh_l0``: read from the owning module's attribute, not the path.
+    return attr == "bias" or attr.endswith("_bias") or attr.startswith("bias_")
+
+
+@dataclass(frozen=True)
+class ParamInfo:
+    """What the inventory knows about one parameter name; what selector callables receive."""
+
+    name: str
+    param: torch.Tensor
+    module: nn.Module
+    module_name: str
+    attr: str
+    roles: frozenset[str]
+    shape: tuple[int, ...]
+    aliases: tuple[str, ...]
+
+    @property
+    def ndim(self) -> int:
+        return len(self.shape)
+
+
+class Inventory:
+    """Struct-of-lists over every parameter *name* of a model, tied aliases included.
+
+    ``entries`` are in ``named_parameters(remove_duplicate=False)`` order; ``unique[i]`` maps
+    entry ``i`` to its tensor's index, and ``first[u]`` maps tensor ``u`` back to the entry of
+    its first name. Selectors produce bitmasks over entries (bit ``i`` is entry ``i``).
+    """
+
+    def __init__(self) -> None:
+        self.names: list[str] = []
+        self.raw_names: list[str] = []
+        self.params: list[torch.Tensor] = []
+        self.modules: list[nn.Module] = []
+        self.module_names: list[str] = []
+        self.attrs: list[str] = []
+        self.roles: list[frozenset[str]] = []
+        self.unique: list[int] = []
+        self.first: list[int] = []
+        self._aliases: list[list[int]] = []
+        self._mask_cache: dict[object, int] = {}
+
+    # ----------------------------------------------------------------------------- building
+    @classmethod
+    def build(cls, model: nn.Module) -> Inventory:
+        if not isinstance(model, nn.Module):
+            raise ParamwiseError(
+                f"expected a torch.nn.Module, got {type(model).__name__}",
+                fix="pass the model itself (not model.parameters() or a state_dict)",
+            )
+        inv = cls()
+        seen: dict[int, int] = {}
+        declared: list[tuple[str, set[str]]] = []
+        # Iterative pre-order walk = the order of model.named_parameters().
+        stack: list[tuple[nn.Module, str, str]] = [(model, "", "")]
+        while stack:
+            mod, prefix, raw = stack.pop()
+            nwd = getattr(mod, "no_weight_decay", None)
+            if callable(nwd):
+                names = nwd()
+                declared.append((prefix, {names} if isinstance(names, str) else set(names)))
+            is_norm = is_norm_module(mod)
+            is_emb = isinstance(mod, _EMBEDDING_CLASSES)
+            for attr, p in mod._parameters.items():
+                if p is None:
+                    continue
+                if type(p).__name__ == "FlatParameter":
+                    raise ParamwiseError(
+                        f"parameter {raw + attr!r} is an FSDP1 FlatParameter, whose elements "
+                        "belong to many original parameters",
+                        fix="wrap with FullyShardedDataParallel(..., use_orig_params=True), or "
+                        "use FSDP2 (torch.distributed.fsdp.fully_shard)",
+                    )
+                roles = set()
+                if _is_bias_attr(attr):
+                    roles.add("bias")
+                if is_norm:
+                    roles.add("norm")
+                if is_emb:
+                    roles.add("embedding")
+                inv._add(prefix + attr, raw + attr, p, mod, prefix[:-1], attr, roles, seen)
+            wrapper_module = isinstance(mod, tuple(_MODULE_WRAPPERS))
+            children = [
+                (c, n) for n, c in mod._modules.items() if c is not None
+            ]
+            for child, n in reversed(children):
+                skip = n in _WRAPPER_ATTRS or (n == "module" and wrapper_module)
+                stack.append((child, prefix if skip else f"{prefix}{n}.", f"{raw}{n}."))
+        if declared:
+            inv._apply_no_weight_decay(declared)
+        inv.roles = [
+            frozenset(r | {"weight"}) if not (r & {"norm", "embedding", "bias"}) and p.dim() >= 2
+            else frozenset(r)
+            for r, p in zip(inv.roles, inv.params)
+        ]
+        return inv
+
+    def _add(self, name, raw, p, mod, mod_name, attr, roles, seen) -> None:
+        idx = len(self.names)
+        u = seen.get(id(p))
+        if u is None:
+            u = seen[id(p)] = len(self.first)
+            self.first.append(idx)
+            self._aliases.append([])
+        self._aliases[u].append(idx)
+        self.names.append(name)
+        self.raw_names.append(raw)
+        self.params.append(p)
+        self.modules.append(mod)
+        self.module_names.append(mod_name)
+        self.attrs.append(attr)
+        self.roles.append(roles)  # type: ignore[arg-type]  # finalised to frozensets in build()
+        self.unique.append(u)
+
+    def _apply_no_weight_decay(self, declared: list[tuple[str, set[str]]]) -> None:
+        for prefix, patterns in declared:
+            for i, name in enumerate(self.names):
+                if not name.startswith(prefix):
+                    continue
+                rel = name[len(prefix):]
+                if any(rel == pat or rel.startswith(pat + ".") or fnmatch.fnmatchcase(rel, pat)
+                       for pat in patterns):
+                    self.roles[i].add("embedding")  # type: ignore[attr-defined]
+
+    # ----------------------------------------------------------------------------- views
+    def __len__(self) -> int:
+        return len(self.names)
+
+    @property
+    def num_tensors(self) -> int:
+        """Number of distinct tensors (tied aliases counted once)."""
+        return len(self.first)
+
+    @property
+    def all_mask(self) -> int:
+        return (1 << len(self.names)) - 1
+
+    def aliases(self, u: int) -> list[int]:
+        """Entry indices of every name of tensor ``u`` (first name first)."""
+        return self._aliases[u]
+
+    def shape(self, i: int) -> tuple[int, ...]:
+        return tuple(self.params[i].shape)  # DTensor: the global shape
+
+    def trainable(self, i: int) -> bool:
+        return bool(self.params[i].requires_grad)
+
+    def info(self, i: int) -> ParamInfo:
+        u = self.unique[i]
+        return ParamInfo(
+            name=self.names[i],
+            param=self.params[i],
+            module=self.modules[i],
+            module_name=self.module_names[i],
+            attr=self.attrs[i],
+            roles=self.roles[i],
+            shape=self.shape(i),
+            aliases=tuple(self.names[j] for j in self._aliases[u]),
+        )
+
+    def index(self, name: str) -> int:
+        """Entry index of ``name`` (canonical or raw); a ParamwiseError with a suggestion if absent."""
+        lookup = self.__dict__.get("_index")
+        if lookup is None:
+            lookup = {n: i for i, n in enumerate(self.raw_names)}
+            lookup.update({n: i for i, n in enumerate(self.names)})
+            self._index = lookup
+        if name not in lookup:
+            from .errors import did_you_mean
+
+            raise ParamwiseError(
+                f"the model has no parameter named {name!r}{did_you_mean(name, self.names)}",
+                fix=f"names look like {self.names[0]!r}" if self.names else None,
+            )
+        return lookup[name]
+
+    def cached_mask(self, key: object, compute) -> int:
+        """Memoise a selector's mask for this inventory (selectors repeat across rules)."""
+        m = self._mask_cache.get(key)
+        if m is None:
+            m = self._mask_cache[key] = compute()
+        return m
+
+
+def bools_to_mask(bits) -> int:
+    """``[True, False, True]`` → ``0b101`` (bit i is element i)."""
+    s = "".join("1" if b else "0" for b in bits)
+    return int(s[::-1], 2) if s else 0
+
+
+def mask_to_str(mask: int, n: int) -> str:
+    """The reverse: a string of ``'0'``/``'1'`` whose character i is bit i."""
+    return format(mask, f"0{n}b")[::-1] if n else ""

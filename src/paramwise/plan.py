@@ -1,0 +1,230 @@
+"""Plan: apply the rules to the inventory, resolve every parameter's options, check them.
+
+Resolution for one parameter, with ``R`` its matching rules in order::
+
+    opts  = defaults, then each r in R overrides the keys it sets      (cascade)
+    mults = Π over R of each ``<key>_mult``                             (compose)
+    opts[key] = opts[key] * mults[key_mult]                             (concrete values)
+
+Parameters whose rules match identically share one resolution, so a model of 100k tensors
+with 20 rules resolves a handful of distinct option sets, not 100k. The plan checks, and raises
+:class:`~paramwise.errors.ParamwiseError` for: unknown option keys (with the closest valid
+key), bad values, multipliers without a base value, rules that match nothing (strict mode),
+tied parameters that rules resolve differently, regularizer options a parameter cannot take,
+and models with nothing to train.
+
+    >>> import torch.nn as nn
+    >>> plan = make_plan(nn.Linear(3, 2), [Rule("bias", weight_decay=0.0)], weight_decay=0.1)
+    >>> [plan.options_of(i) for i in range(2)]
+    [{'weight_decay': 0.1}, {'weight_decay': 0.0}]
+"""
+
+from __future__ import annotations
+
+import warnings
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass
+
+from torch import nn
+
+from .errors import ParamwiseError
+from .inventory import Inventory, mask_to_str
+from .options import MULTIPLIERS, check_key, check_value
+from .rules import Rule, RuleLike, expand_rules
+
+__all__ = ["Plan", "make_plan"]
+
+
+def _reg():
+    try:
+        from . import regularizers
+    except ImportError:  # pragma: no cover - bootstrap, before regularizers exists
+        return None
+    return regularizers
+
+
+@dataclass
+class Plan:
+    """The resolved plan for one model: rules, their masks, and options per parameter name."""
+
+    inv: Inventory
+    rules: list[Rule]
+    masks: list[int]
+    defaults: dict[str, object]
+    optim_cls: type | None
+    include_frozen: bool
+    entry_sig: list[int]  # entry -> index into ``resolved``
+    resolved: list[dict[str, object]]
+    sig_rules: list[tuple[int, ...]]  # resolution -> indices of its matching rules
+
+    def options_of(self, entry: int) -> dict[str, object]:
+        """Resolved options of entry ``entry`` (a parameter name)."""
+        return self.resolved[self.entry_sig[entry]]
+
+    def rules_of(self, entry: int) -> list[int]:
+        """Indices of the rules that match entry ``entry``, in order."""
+        return list(self.sig_rules[self.entry_sig[entry]])
+
+    def included(self, u: int) -> bool:
+        """Whether tensor ``u`` goes into a group (trainable, or frozen ones were asked for)."""
+        return self.include_frozen or self.inv.trainable(self.inv.first[u])
+
+
+def _where(i: int, rule: Rule) -> str:
+    return f"rule {i} ({rule.label!r})"
+
+
+def _resolve(defaults: Mapping[str, object], rules: list[Rule], hit: tuple[int, ...]
+             ) -> dict[str, object]:
+    opts = dict(defaults)
+    mults: dict[str, float] = {}
+    set_by: dict[str, int] = {}
+    for i in hit:
+        for k, v in rules[i].options.items():
+            if k in MULTIPLIERS:
+                mults[k] = mults.get(k, 1.0) * float(v)  # type: ignore[arg-type]
+                set_by[k] = i
+            else:
+                opts[k] = v
+    for k, m in mults.items():
+        base_key = MULTIPLIERS[k]
+        if base_key not in opts:
+            i = set_by[k]
+            raise ParamwiseError(
+                f"{_where(i, rules[i])} sets {k}={rules[i].options[k]} but no {base_key} is set "
+                "to multiply",
+                fix=f"pass {base_key}=... to paramwise.optimizer()/param_groups(), or set "
+                f"{base_key} in an earlier rule",
+            )
+        base = opts[base_key]
+        opts[base_key] = float(base) * m  # type: ignore[arg-type]
+    return opts
+
+
+def make_plan(
+    model: nn.Module | Inventory,
+    rules: Iterable[RuleLike] | RuleLike = (),
+    *,
+    optimizer: type | None = None,
+    strict: bool = True,
+    include_frozen: bool = False,
+    **defaults: object,
+) -> Plan:
+    """Resolve ``rules`` over ``model``; see the module docstring for the semantics."""
+    inv = model if isinstance(model, Inventory) else Inventory.build(model)
+    if inv.num_tensors == 0:
+        raise ParamwiseError("the model has no parameters", fix="build the model before the "
+                             "optimizer (lazy modules need one forward pass first)")
+    rule_list = expand_rules(rules, inv)
+    for k, v in defaults.items():
+        check_key(k, optimizer, where="the defaults")
+        check_value(k, v, where="the defaults")
+    for i, r in enumerate(rule_list):
+        for k in r.options:
+            check_key(k, optimizer, where=_where(i, r))
+
+    n = len(inv)
+    considered = [include_frozen or inv.trainable(i) for i in range(n)]
+    if not any(considered):
+        raise ParamwiseError(
+            f"all {inv.num_tensors} parameter tensors of the model are frozen "
+            "(requires_grad=False), so there is nothing to optimize",
+            fix="unfreeze what should train (p.requires_grad_(True)), or pass include_frozen=True",
+        )
+    from .inventory import bools_to_mask
+
+    live = bools_to_mask(considered)
+    masks = [r.select.mask(inv) for r in rule_list]
+    _check_matches(inv, rule_list, masks, live, strict)
+
+    # One resolution per distinct pattern of matching rules.
+    cols = [mask_to_str(m, n) for m in masks]
+    entry_sig: list[int] = []
+    sig_index: dict[tuple[str, ...], int] = {}
+    resolved: list[dict[str, object]] = []
+    sig_rules: list[tuple[int, ...]] = []
+    for key in (zip(*cols) if cols else (() for _ in range(n))):
+        s = sig_index.get(key)
+        if s is None:
+            s = sig_index[key] = len(resolved)
+            hit = tuple(j for j, c in enumerate(key) if c == "1")
+            sig_rules.append(hit)
+            resolved.append(_resolve(defaults, rule_list, hit))
+        entry_sig.append(s)
+
+    plan = Plan(inv, rule_list, masks, dict(defaults), optimizer, include_frozen, entry_sig,
+                resolved, sig_rules)
+    _check_tied(plan)
+    _check_regularizers(plan)
+    return plan
+
+
+def _check_matches(inv: Inventory, rules: list[Rule], masks: list[int], live: int,
+                   strict: bool) -> None:
+    for i, (r, m) in enumerate(zip(rules, masks)):
+        if m & live:
+            continue
+        if m:
+            frozen = [inv.names[j] for j, c in enumerate(mask_to_str(m, len(inv))) if c == "1"]
+            warnings.warn(f"{_where(i, r)} matched only frozen parameters (requires_grad=False), "
+                          f"e.g. {frozen[0]!r}; it has no effect unless include_frozen=True",
+                          stacklevel=4)
+            continue
+        msg = f"{_where(i, r)} matched no parameter ({r.select.describe_miss(inv)})"
+        if strict:
+            raise ParamwiseError(msg,
+                                 fix="fix the selector, remove the rule, or pass strict=False to "
+                                 "only warn")
+        warnings.warn(msg, stacklevel=4)
+
+
+def _diff(a: Mapping[str, object], b: Mapping[str, object]) -> str:
+    keys = [k for k in dict.fromkeys([*a, *b]) if a.get(k, "<unset>") != b.get(k, "<unset>")]
+    return ", ".join(f"{k}={a.get(k, '<unset>')!r} vs {b.get(k, '<unset>')!r}" for k in keys)
+
+
+def _check_tied(plan: Plan) -> None:
+    inv = plan.inv
+    for u in range(inv.num_tensors):
+        names = inv.aliases(u)
+        if len(names) < 2 or not plan.included(u):
+            continue
+        first = names[0]
+        for other in names[1:]:
+            if plan.entry_sig[other] == plan.entry_sig[first]:
+                continue
+            a, b = plan.options_of(first), plan.options_of(other)
+            if a == b:
+                continue
+            n1, n2 = inv.names[first], inv.names[other]
+            raise ParamwiseError(
+                f"{n1!r} and {n2!r} are the same (tied) tensor, but the rules give them different "
+                f"options: {_diff(a, b)} (rules {plan.rules_of(first)} vs {plan.rules_of(other)})",
+                fix=f"a tensor has one set of options: add a rule that selects both names last, "
+                f"e.g. Rule('{n1} | {n2}', ...)",
+            )
+
+
+def _check_regularizers(plan: Plan) -> None:
+    reg = _reg()
+    if reg is None:
+        return
+    keys = reg.REG_KEYS
+    inv = plan.inv
+    needs = [s for s, o in enumerate(plan.resolved) if keys & o.keys()]
+    if not needs:
+        return
+    needs_set = set(needs)
+    for u in range(inv.num_tensors):
+        e = inv.first[u]
+        s = plan.entry_sig[e]
+        if s not in needs_set or not plan.included(u):
+            continue
+        opts = plan.resolved[s]
+        problem = reg.check_options({k: v for k, v in opts.items() if k in keys}, inv.shape(e))
+        if problem:
+            setters = [i for i in plan.sig_rules[s] if keys & plan.rules[i].options.keys()]
+            who = (", ".join(_where(i, plan.rules[i]) for i in setters) if setters
+                   else "the defaults")
+            raise ParamwiseError(f"{who}: for parameter {inv.names[e]!r} of shape "
+                                 f"{tuple(inv.shape(e))}: {problem}")
