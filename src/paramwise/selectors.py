@@ -108,7 +108,7 @@ class _Glob(Selector):
         return _suggest_glob(self.pattern, inv.names, "")
 
 
-def _suggest_glob(pattern: str, names: list[str], prefix: str) -> str:
+def _suggest_glob(pattern: str, names: list[str], prefix: str, suffix: str = "") -> str:
     """Correct a glob segment by segment against the words the names are made of."""
     from .errors import closest
 
@@ -118,12 +118,12 @@ def _suggest_glob(pattern: str, names: list[str], prefix: str) -> str:
         if seg in vocab or any(ch in seg for ch in "*?[") or not seg:
             fixed.append(seg)
             continue
-        hit = closest(seg, vocab, cutoff=0.5)
+        hit = closest(seg, vocab, cutoff=0.7)
         fixed.append(hit[0] if hit else seg)
         changed = changed or bool(hit)
     guess = ".".join(fixed)
     example = f"names look like {names[0]!r}" if names else "the model has no parameters"
-    if changed and any(re.match(fnmatch.translate(guess), n) for n in names):
+    if changed and any(re.match(fnmatch.translate(guess + suffix), n) for n in names):
         return f"{example}; did you mean '{prefix}{guess}'?"
     tops = sorted({n.split(".")[0] for n in names})
     listed = ", ".join(repr(t) for t in tops[:6]) + (" ..." if len(tops) > 6 else "")
@@ -156,8 +156,7 @@ class _Module(Selector):
                                lambda: bools_to_mask(m(n) is not None for n in inv.names))
 
     def describe_miss(self, inv: Inventory) -> str:
-        mods = sorted({mn for mn in inv.module_names if mn})
-        return _suggest_glob(self.path, mods, "module:").replace("names look", "module names look")
+        return _suggest_glob(self.path, inv.names, "module:", ".*")
 
 
 class _Type(Selector):
