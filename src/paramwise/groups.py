@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import torch
 
-from .plan import Plan
+from .plan import Plan, gc_paused
 
 __all__ = ["build_groups", "freeze"]
 
@@ -36,6 +36,11 @@ def freeze(value: object) -> object:
 
 def build_groups(plan: Plan) -> list[dict]:
     """One group per distinct resolved option set, in order of first appearance."""
+    with gc_paused():
+        return _build_groups(plan)
+
+
+def _build_groups(plan: Plan) -> list[dict]:
     inv = plan.inv
     key_of_sig = [tuple(sorted((k, freeze(v)) for k, v in o.items())) for o in plan.resolved]
     by_key: dict[tuple, dict] = {}

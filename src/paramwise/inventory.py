@@ -140,6 +140,7 @@ class Inventory:
         self.module_names: list[str] = []
         self.attrs: list[str] = []
         self.roles: list[frozenset[str]] = []
+        self.ndims: list[int] = []
         self.unique: list[int] = []
         self.first: list[int] = []
         self._aliases: list[list[int]] = []
@@ -156,68 +157,82 @@ class Inventory:
         inv = cls()
         seen: dict[int, int] = {}
         declared: list[tuple[str, set[str]]] = []
+        facts: dict[type, tuple[bool, bool, bool, bool]] = {}
+        names, raws, params, modules = inv.names, inv.raw_names, inv.params, inv.modules
+        mod_names, attrs, roles, unique = inv.module_names, inv.attrs, inv.roles, inv.unique
         # Iterative pre-order walk = the order of model.named_parameters().
         stack: list[tuple[nn.Module, str, str]] = [(model, "", "")]
         while stack:
             mod, prefix, raw = stack.pop()
-            nwd = getattr(mod, "no_weight_decay", None)
-            if callable(nwd):
-                names = nwd()
-                declared.append((prefix, {names} if isinstance(names, str) else set(names)))
-            is_norm = is_norm_module(mod)
-            is_emb = isinstance(mod, _EMBEDDING_CLASSES)
-            for attr, p in mod._parameters.items():
-                if p is None:
-                    continue
-                if type(p).__name__ == "FlatParameter":
-                    raise ParamwiseError(
-                        f"parameter {raw + attr!r} is an FSDP1 FlatParameter, whose elements "
-                        "belong to many original parameters",
-                        fix="wrap with FullyShardedDataParallel(..., use_orig_params=True), or "
-                        "use FSDP2 (torch.distributed.fsdp.fully_shard)",
-                    )
-                roles = set()
-                if _is_bias_attr(attr):
-                    roles.add("bias")
-                if is_norm:
-                    roles.add("norm")
-                if is_emb:
-                    roles.add("embedding")
-                inv._add(prefix + attr, raw + attr, p, mod, prefix[:-1], attr, roles, seen)
-            wrapper_module = isinstance(mod, tuple(_MODULE_WRAPPERS))
-            children = [
-                (c, n) for n, c in mod._modules.items() if c is not None
-            ]
-            for child, n in reversed(children):
-                skip = n in _WRAPPER_ATTRS or (n == "module" and wrapper_module)
-                stack.append((child, prefix if skip else f"{prefix}{n}.", f"{raw}{n}."))
-        if declared:
-            inv._apply_no_weight_decay(declared)
-        inv.roles = [
-            frozenset(r | {"weight"}) if not (r & {"norm", "embedding", "bias"}) and p.dim() >= 2
-            else frozenset(r)
-            for r, p in zip(inv.roles, inv.params)
-        ]
+            t = type(mod)
+            f = facts.get(t)
+            if f is None:  # class-level facts, looked up once per module type
+                f = facts[t] = (
+                    callable(getattr(t, "no_weight_decay", None)),
+                    isinstance(mod, _EMBEDDING_CLASSES),
+                    isinstance(mod, tuple(_MODULE_WRAPPERS)),
+                    isinstance(mod, tuple(_NORM_CLASSES)) or "norm" in t.__name__.lower(),
+                )
+            has_nwd, is_emb, is_wrapper, maybe_norm = f
+            if has_nwd:
+                declared_names = mod.no_weight_decay()
+                declared.append((prefix, {declared_names} if isinstance(declared_names, str)
+                                 else set(declared_names)))
+            own = mod._parameters
+            if own:
+                is_norm = maybe_norm and is_norm_module(mod)
+                mod_name = prefix[:-1]
+                for attr, p in own.items():
+                    if p is None:
+                        continue
+                    if type(p).__name__ == "FlatParameter":
+                        raise ParamwiseError(
+                            f"parameter {raw + attr!r} is an FSDP1 FlatParameter, whose elements "
+                            "belong to many original parameters",
+                            fix="wrap with FullyShardedDataParallel(..., use_orig_params=True), "
+                            "or use FSDP2 (torch.distributed.fsdp.fully_shard)",
+                        )
+                    idx = len(names)
+                    u = seen.get(id(p))
+                    if u is None:
+                        u = seen[id(p)] = len(inv.first)
+                        inv.first.append(idx)
+                        inv._aliases.append([])
+                    inv._aliases[u].append(idx)
+                    unique.append(u)
+                    names.append(prefix + attr)
+                    raws.append(raw + attr)
+                    params.append(p)
+                    modules.append(mod)
+                    mod_names.append(mod_name)
+                    attrs.append(attr)
+                    roles.append((_is_bias_attr(attr), is_norm, is_emb))  # type: ignore[arg-type]
+            kids = mod._modules
+            if kids:
+                for n, child in reversed(kids.items()):
+                    if child is None:
+                        continue
+                    skip = n in _WRAPPER_ATTRS or (n == "module" and is_wrapper)
+                    stack.append((child, prefix if skip else f"{prefix}{n}.", f"{raw}{n}."))
+        emb_extra = inv._no_weight_decay_hits(declared) if declared else set()
+        inv.ndims = [p.dim() for p in params]
+        interned: dict[tuple, frozenset[str]] = {}
+        final = []
+        for i, (key, nd) in enumerate(zip(roles, inv.ndims)):
+            b, nrm, emb = key  # type: ignore[misc]
+            key = (b, nrm, emb or i in emb_extra, nd >= 2)
+            fs = interned.get(key)
+            if fs is None:
+                got = {r for r, on in zip(("bias", "norm", "embedding"), key) if on}
+                fs = interned[key] = frozenset(got or ({"weight"} if key[3] else set()))
+            final.append(fs)
+        inv.roles = final
         return inv
 
-    def _add(self, name, raw, p, mod, mod_name, attr, roles, seen) -> None:
-        idx = len(self.names)
-        u = seen.get(id(p))
-        if u is None:
-            u = seen[id(p)] = len(self.first)
-            self.first.append(idx)
-            self._aliases.append([])
-        self._aliases[u].append(idx)
-        self.names.append(name)
-        self.raw_names.append(raw)
-        self.params.append(p)
-        self.modules.append(mod)
-        self.module_names.append(mod_name)
-        self.attrs.append(attr)
-        self.roles.append(roles)  # type: ignore[arg-type]  # finalised to frozensets in build()
-        self.unique.append(u)
-
-    def _apply_no_weight_decay(self, declared: list[tuple[str, set[str]]]) -> None:
+    def _no_weight_decay_hits(self, declared: list[tuple[str, set[str]]]) -> set[int]:
+        """Entries named by a module's ``no_weight_decay()`` (timm): exact names, prefixes or
+        globs, relative to the declaring module."""
+        hits = set()
         for prefix, patterns in declared:
             for i, name in enumerate(self.names):
                 if not name.startswith(prefix):
@@ -225,7 +240,8 @@ class Inventory:
                 rel = name[len(prefix):]
                 if any(rel == pat or rel.startswith(pat + ".") or fnmatch.fnmatchcase(rel, pat)
                        for pat in patterns):
-                    self.roles[i].add("embedding")  # type: ignore[attr-defined]
+                    hits.add(i)
+        return hits
 
     # ----------------------------------------------------------------------------- views
     def __len__(self) -> int:
@@ -287,9 +303,12 @@ class Inventory:
         return m
 
 
+_BITS = bytes.maketrans(b"\x00\x01", b"01")
+
+
 def bools_to_mask(bits) -> int:
     """``[True, False, True]`` → ``0b101`` (bit i is element i)."""
-    s = "".join("1" if b else "0" for b in bits)
+    s = bytes(map(bool, bits)).translate(_BITS)
     return int(s[::-1], 2) if s else 0
 
 

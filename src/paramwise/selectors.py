@@ -80,7 +80,7 @@ class _Role(Selector):
 
     def mask(self, inv: Inventory) -> int:
         return inv.cached_mask(("role", self.role),
-                               lambda: bools_to_mask(self.role in r for r in inv.roles))
+                               lambda: bools_to_mask([self.role in r for r in inv.roles]))
 
     def describe_miss(self, inv: Inventory) -> str:
         present = sorted({r for rs in inv.roles for r in rs})
@@ -102,7 +102,7 @@ class _Glob(Selector):
     def mask(self, inv: Inventory) -> int:
         m = self._match
         return inv.cached_mask(("glob", self.pattern),
-                               lambda: bools_to_mask(m(n) is not None for n in inv.names))
+                               lambda: bools_to_mask([m(n) is not None for n in inv.names]))
 
     def describe_miss(self, inv: Inventory) -> str:
         return _suggest_glob(self.pattern, inv.names, "")
@@ -142,7 +142,7 @@ class _Regex(Selector):
     def mask(self, inv: Inventory) -> int:
         m = self._match
         return inv.cached_mask(("re", self.regex),
-                               lambda: bools_to_mask(m(n) is not None for n in inv.names))
+                               lambda: bools_to_mask([m(n) is not None for n in inv.names]))
 
 
 class _Module(Selector):
@@ -153,7 +153,7 @@ class _Module(Selector):
     def mask(self, inv: Inventory) -> int:
         m = self._match
         return inv.cached_mask(("module", self.path),
-                               lambda: bools_to_mask(m(n) is not None for n in inv.names))
+                               lambda: bools_to_mask([m(n) is not None for n in inv.names]))
 
     def describe_miss(self, inv: Inventory) -> str:
         return _suggest_glob(self.path, inv.names, "module:", ".*")
@@ -207,7 +207,7 @@ class _Ndim(Selector):
     def mask(self, inv: Inventory) -> int:
         f, v = _CMP[self.op], self.value
         return inv.cached_mask(("ndim", self.op, v),
-                               lambda: bools_to_mask(f(p.dim(), v) for p in inv.params))
+                               lambda: bools_to_mask([f(d, v) for d in inv.ndims]))
 
 
 class _Callable(Selector):
