@@ -21,6 +21,7 @@ Example::
 from __future__ import annotations
 
 import fnmatch
+import math
 from dataclasses import dataclass
 
 import torch
@@ -145,6 +146,7 @@ class Inventory:
         self.first: list[int] = []
         self._aliases: list[list[int]] = []
         self._mask_cache: dict[object, int] = {}
+        self._global: dict[int, tuple[int, ...]] = {}
 
     # ----------------------------------------------------------------------------- building
     @classmethod
@@ -157,7 +159,8 @@ class Inventory:
         inv = cls()
         seen: dict[int, int] = {}
         declared: list[tuple[str, set[str]]] = []
-        facts: dict[type, tuple[bool, bool, bool, bool]] = {}
+        facts: dict[type, tuple[bool, bool, bool, bool, bool]] = {}
+        fsdp1: list[nn.Module] = []
         names, raws, params, modules = inv.names, inv.raw_names, inv.params, inv.modules
         mod_names, attrs, roles, unique = inv.module_names, inv.attrs, inv.roles, inv.unique
         # Iterative pre-order walk = the order of model.named_parameters().
@@ -172,8 +175,11 @@ class Inventory:
                     isinstance(mod, _EMBEDDING_CLASSES),
                     isinstance(mod, tuple(_MODULE_WRAPPERS)),
                     isinstance(mod, tuple(_NORM_CLASSES)) or "norm" in t.__name__.lower(),
+                    t.__name__ == "FullyShardedDataParallel",
                 )
-            has_nwd, is_emb, is_wrapper, maybe_norm = f
+            has_nwd, is_emb, is_wrapper, maybe_norm, is_fsdp1 = f
+            if is_fsdp1:
+                fsdp1.append(mod)
             if has_nwd:
                 declared_names = mod.no_weight_decay()
                 declared.append((prefix, {declared_names} if isinstance(declared_names, str)
@@ -185,7 +191,7 @@ class Inventory:
                 for attr, p in own.items():
                     if p is None:
                         continue
-                    if type(p).__name__ == "FlatParameter":
+                    if getattr(p, "_is_flat_param", False):  # FSDP1's FlatParameter
                         raise ParamwiseError(
                             f"parameter {raw + attr!r} is an FSDP1 FlatParameter, whose elements "
                             "belong to many original parameters",
@@ -215,7 +221,9 @@ class Inventory:
                     skip = n in _WRAPPER_ATTRS or (n == "module" and is_wrapper)
                     stack.append((child, prefix if skip else f"{prefix}{n}.", f"{raw}{n}."))
         emb_extra = inv._no_weight_decay_hits(declared) if declared else set()
-        inv.ndims = [p.dim() for p in params]
+        inv._global = _fsdp1_shapes(fsdp1) if fsdp1 else {}
+        inv.ndims = [len(inv._global[id(p)]) if id(p) in inv._global else p.dim()
+                     for p in params]
         interned: dict[tuple, frozenset[str]] = {}
         final = []
         for i, (key, nd) in enumerate(zip(roles, inv.ndims)):
@@ -261,7 +269,14 @@ class Inventory:
         return self._aliases[u]
 
     def shape(self, i: int) -> tuple[int, ...]:
-        return tuple(self.params[i].shape)  # DTensor: the global shape
+        """The global shape: a DTensor's own; an FSDP1 (use_orig_params) view's original."""
+        p = self.params[i]
+        return tuple(self._global.get(id(p), p.shape))
+
+    def numel_of(self, p: torch.Tensor) -> int:
+        """Global number of elements of parameter ``p`` (see :meth:`shape`)."""
+        s = self._global.get(id(p))
+        return math.prod(s) if s is not None else p.numel()
 
     def trainable(self, i: int) -> bool:
         return bool(self.params[i].requires_grad)
@@ -304,6 +319,22 @@ class Inventory:
 
 
 _BITS = bytes.maketrans(b"\x00\x01", b"01")
+
+
+def _fsdp1_shapes(wrappers: list[nn.Module]) -> dict[int, tuple[int, ...]]:
+    """id(parameter) -> original shape, for FSDP1 ``use_orig_params=True`` parameters.
+
+    Outside forward/backward such a parameter is a flat 1-D view of this rank's slice (often
+    empty), so its own shape says nothing about the weight; the FlatParameter that owns it keeps
+    the original shapes (``_params`` / ``_shapes``, in the same order).
+    """
+    out: dict[int, tuple[int, ...]] = {}
+    for mod in wrappers:
+        flat = getattr(getattr(mod, "_handle", None), "flat_param", None)
+        params, shapes = getattr(flat, "_params", None), getattr(flat, "_shapes", None)
+        if params and shapes:
+            out.update({id(p): tuple(s) for p, s in zip(params, shapes)})
+    return out
 
 
 def bools_to_mask(bits) -> int:

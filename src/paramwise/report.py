@@ -108,7 +108,7 @@ def _frozen(inv: Inventory) -> tuple[int, int]:
         p = inv.params[i]
         if not p.requires_grad:
             t += 1
-            e += p.numel()
+            e += inv.numel_of(p)
     return t, e
 
 
@@ -127,13 +127,14 @@ def report(obj: nn.Module | torch.optim.Optimizer, rules=None, *, sample: int = 
         from .groups import build_groups
 
         groups = build_groups(plan)  # type: ignore[arg-type]
+    numel = plan.inv.numel_of if plan is not None else torch.Tensor.numel
     rows = []
     for i, g in enumerate(groups):
         names = g.get("param_names") or [f"<param {j}>" for j in range(len(g["params"]))]
         rows.append({
             "index": i,
             "tensors": len(g["params"]),
-            "elements": sum(p.numel() for p in g["params"]),
+            "elements": sum(numel(p) for p in g["params"]),
             "options": {k: v for k, v in g.items() if k not in _HIDDEN},
             "names": list(names),
         })
