@@ -11,18 +11,18 @@ $(STAMP): pyproject.toml
 	$(BIN)/python -m pip install -q --upgrade pip
 	# The CPU wheel first, so nothing below can pull a CUDA build of torch.
 	$(BIN)/python -m pip install -q torch==2.13.0
-	$(BIN)/python -m pip install -q -e ".[test,demo,yaml]"
+	$(BIN)/python -m pip install -q -e ".[test,demo,yaml,integrations]"
 	touch $(STAMP)
 
 demo: $(STAMP)
 	$(BIN)/paramwise demo
 
 test: $(STAMP)
-	$(BIN)/ruff check src tests benchmarks
+	$(BIN)/ruff check src tests benchmarks examples
 	$(BIN)/python -m pytest
 
 lint: $(STAMP)
-	$(BIN)/ruff check src tests benchmarks
+	$(BIN)/ruff check src tests benchmarks examples
 
 bench: $(STAMP)
 	$(BIN)/python benchmarks/bench_groups.py

@@ -8,6 +8,7 @@
 """
 
 from .api import optimizer, param_groups
+from .config import from_config
 from .errors import ParamwiseError
 from .inventory import register_norm, register_wrapper
 from .report import Report, explain, report
@@ -20,6 +21,7 @@ __all__ = [
     "Rule",
     "Selector",
     "explain",
+    "from_config",
     "layer_decay",
     "no_decay",
     "optimizer",

@@ -72,8 +72,13 @@ class Plan:
         return self.include_frozen or self.inv.trainable(self.inv.first[u])
 
 
+def rule_ref(i: int, rule: Rule) -> str:
+    """How messages name rule ``i``: its origin (``rules[2]`` in a config) or ``rule <i>``."""
+    return rule.origin or f"rule {i}"
+
+
 def _where(i: int, rule: Rule) -> str:
-    return f"rule {i} ({rule.label!r})"
+    return f"{rule_ref(i, rule)} ({rule.label!r})"
 
 
 def _resolve(defaults: Mapping[str, object], rules: list[Rule], hit: tuple[int, ...]
@@ -214,6 +219,10 @@ def _diff(a: Mapping[str, object], b: Mapping[str, object]) -> str:
 
 def _check_tied(plan: Plan) -> None:
     inv = plan.inv
+
+    def refs(e: int) -> str:
+        return "[" + ", ".join(rule_ref(i, plan.rules[i]) for i in plan.rules_of(e)) + "]"
+
     for u in range(inv.num_tensors):
         names = inv.aliases(u)
         if len(names) < 2 or not plan.included(u):
@@ -228,7 +237,7 @@ def _check_tied(plan: Plan) -> None:
             n1, n2 = inv.names[first], inv.names[other]
             raise ParamwiseError(
                 f"{n1!r} and {n2!r} are the same (tied) tensor, but the rules give them different "
-                f"options: {_diff(a, b)} (rules {plan.rules_of(first)} vs {plan.rules_of(other)})",
+                f"options: {_diff(a, b)} (rules {refs(first)} vs {refs(other)})",
                 fix=f"a tensor has one set of options: add a rule that selects both names last, "
                 f"e.g. Rule('{n1} | {n2}', ...)",
             )

@@ -21,7 +21,7 @@ from torch import nn
 from .api import resolve_target
 from .inventory import Inventory
 from .options import MULTIPLIERS
-from .plan import Plan
+from .plan import Plan, rule_ref
 
 __all__ = ["Report", "report", "explain"]
 
@@ -81,7 +81,7 @@ class Report:
                            for c in self.columns), shown])
         body.append(["total", str(self.total_tensors), f"{self.total_elements:,}",
                      *[""] * len(self.columns), ""])
-        if self.frozen_tensors is not None:
+        if self.frozen_tensors:
             body.append(["frozen", str(self.frozen_tensors), f"{self.frozen_elements:,}",
                          *[""] * len(self.columns), "(requires_grad=False, not optimized)"])
         widths = [max(len(row[i]) for row in [head, *body]) for i in range(len(head))]
@@ -199,7 +199,7 @@ def explain(obj: nn.Module | torch.optim.Optimizer, name: str, rules=None,
     hit = plan.rules_of(e)
     for i in hit:
         r = plan.rules[i]
-        entries.append((f"rule {i} ({r.label!r})", _kv(r.options)))
+        entries.append((f"{rule_ref(i, r)} ({r.label!r})", _kv(r.options)))
     if not hit:
         entries.append(("rules", f"none of {len(plan.rules)} matched"))
     resolved = plan.options_of(e)

@@ -38,7 +38,8 @@ class Rule:
     callable ``(name, param, module) -> bool``. ``options`` are any keys of the optimizer
     (``lr``, ``weight_decay``, ``momentum``, ``betas`` ...) or of paramwise (``lr_mult``,
     ``weight_decay_mult``, the regularizers ``l1``, ``l2``, ...). ``label`` names the rule in
-    messages and in :func:`paramwise.explain` (default: its selector text).
+    messages and in :func:`paramwise.explain` (default: its selector text); ``origin`` says where
+    the rule was written (``"rules[2]"`` in a config file) and replaces ``"rule <index>"`` there.
 
         >>> Rule("module:backbone", lr_mult=0.1)
         Rule('module:backbone', lr_mult=0.1)
@@ -47,8 +48,10 @@ class Rule:
     select: Selector
     options: dict[str, object] = field(hash=False)
     label: str
+    origin: str | None
 
-    def __init__(self, select: SelectorLike, *, label: str | None = None, **options: object):
+    def __init__(self, select: SelectorLike, *, label: str | None = None,
+                 origin: str | None = None, **options: object):
         sel = as_selector(select)
         text = label or sel.text
         if not options:
@@ -59,6 +62,11 @@ class Rule:
         object.__setattr__(self, "select", sel)
         object.__setattr__(self, "options", dict(options))
         object.__setattr__(self, "label", text)
+        object.__setattr__(self, "origin", origin)
+
+    def with_origin(self, origin: str) -> Rule:
+        """This rule, said to come from ``origin`` (e.g. ``"rules[2]"``)."""
+        return Rule(self.select, label=self.label, origin=origin, **self.options)
 
     def __repr__(self) -> str:
         opts = ", ".join(f"{k}={v!r}" for k, v in self.options.items())
@@ -92,6 +100,11 @@ class LayerDecay:
 
     rate: float
     depth: Callable[[str], int] | str | None = None
+    origin: str | None = None
+
+    def with_origin(self, origin: str) -> LayerDecay:
+        """This preset, said to come from ``origin`` (e.g. ``"rules[2]"``)."""
+        return LayerDecay(self.rate, self.depth, origin)
 
     def expand(self, inv: Inventory) -> list[Rule]:
         depths = self.depths(inv)
@@ -104,7 +117,7 @@ class LayerDecay:
 
         return [
             Rule(_MaskSelector(bools_to_mask(bits), f"layer_decay depth {d}/{top}"),
-                 lr_mult=float(self.rate) ** (top - d))
+                 origin=self.origin, lr_mult=float(self.rate) ** (top - d))
             for d, bits in sorted(by_depth.items())
         ]
 

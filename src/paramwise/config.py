@@ -1,0 +1,365 @@
+"""Config files: build an optimizer from a dict, any Mapping (OmegaConf/Hydra) or a YAML file.
+
+The shape mirrors the Python call ``paramwise.optimizer(model, optimizer, rules, **defaults)``::
+
+    optimizer: adamw              # a torch.optim name, or an import path: mypkg.optim:Lion
+    lr: 3.0e-4                    # every other top-level key is a default option
+    weight_decay: 0.05
+    rules:                        # applied in order, exactly like a list of paramwise.Rule
+      - preset: no_decay          # presets: no_decay (bias/norm/embedding switches, key)
+      - layer_decay: 0.75         #          layer_decay (rate, depth regex); short form
+      - select: "module:head"     # a rule: a selector (string or list of strings, or-ed)
+        lr_mult: 10               #         and the options it sets
+    strict: true                  # optional: a rule that matches nothing is an error
+    include_frozen: false         # optional: also group requires_grad=False parameters
+
+``rules`` may also be a mapping from names to rules (order kept), which Hydra can override
+one entry at a time (``optimizer.rules.head.lr_mult=5``) or switch off (``rules.head: null``).
+
+Every check of the Python API applies; errors name the config, the rule (``rules[2]`` or
+``rules.head``) and the key::
+
+    >>> from_config(nn.Linear(2, 2), {"optimizer": "sgd", "lr": 0.1,
+    ...             "rules": [{"select": "bias", "weight_deacy": 0.0}]})
+    Traceback (most recent call last):
+    ...
+    paramwise.errors.ParamwiseError: config: rules[0] ('bias') sets unknown option 'weight_deacy' for SGD (did you mean 'weight_decay'?); use 'weight_decay'
+
+YAML 1.1 reads ``1e-5`` (no dot) as a string; numeric strings in option values are read as
+numbers, and whole numbers for real-valued options (``weight_decay: 0``) as floats, so a
+config builds exactly the groups the equivalent Python rules build.
+"""
+
+from __future__ import annotations
+
+import importlib
+import inspect
+import os
+import re
+import warnings
+from collections.abc import Callable, Mapping
+from pathlib import Path
+
+import torch
+from torch import nn
+
+from .errors import ParamwiseError, closest
+from .options import check_key, check_value, known_keys, resolve_optimizer
+from .rules import LayerDecay, Rule, layer_decay, no_decay
+
+__all__ = ["from_config", "load_config", "PRESETS", "TOP_LEVEL_KEYS"]
+
+#: Top-level keys that are not optimizer options.
+TOP_LEVEL_KEYS = ("optimizer", "rules", "strict", "include_frozen")
+
+#: Preset name -> (factory, name of the argument a short form ``{name: value}`` fills).
+PRESETS: dict[str, tuple[Callable[..., Rule | LayerDecay], str | None]] = {
+    "no_decay": (no_decay, None),
+    "layer_decay": (layer_decay, "rate"),
+}
+
+# Real-valued options: YAML integers (``weight_decay: 0``) become floats, as in Python rules.
+_REAL_KEYS = frozenset({
+    "lr", "weight_decay", "lr_mult", "weight_decay_mult", "momentum", "dampening", "eps",
+    "alpha", "lr_decay", "rho", "initial_accumulator_value", "l1", "l2", "decoupled_decay",
+    "group_lasso", "max_norm", "l2_to_init",
+})
+_NUMBER = re.compile(r"[-+]?(\d+\.?\d*|\.\d+)([eE][-+]?\d+)?|[-+]?(inf|nan)", re.IGNORECASE)
+# Fixes the core words for Python callers, said the config's way.
+_PY_TO_CFG = [
+    (re.compile(r"pass (\w+)=\.\.\. to paramwise\.optimizer\(\)/param_groups\(\)"),
+     r"add '\1: ...' at the top level of the config"),
+    (re.compile(r"pass strict=False"), "set 'strict: false' in the config"),
+    (re.compile(r"pass include_frozen=True"), "set 'include_frozen: true' in the config"),
+    (re.compile(r"Rule\('([^']*)', \.\.\.\)"), r"{select: '\1', ...}"),
+]
+
+
+# --------------------------------------------------------------------------------- loading
+def load_config(cfg: Mapping | str | os.PathLike) -> tuple[dict, str]:
+    """``cfg`` as a plain ``dict`` (and a name for messages: the file path or ``"config"``).
+
+    Mappings are copied recursively (OmegaConf containers are resolved first, interpolations
+    included); a path is read with ``yaml.safe_load``.
+
+        >>> load_config({"optimizer": "sgd", "lr": 0.1})
+        ({'optimizer': 'sgd', 'lr': 0.1}, 'config')
+    """
+    if isinstance(cfg, (str, os.PathLike)):
+        return _load_yaml(Path(cfg)), str(cfg)
+    if _is_omegaconf(cfg):
+        from omegaconf import OmegaConf  # only reached when the object came from omegaconf
+
+        cfg = OmegaConf.to_container(cfg, resolve=True)
+    if not isinstance(cfg, Mapping):
+        raise ParamwiseError(
+            f"a config must be a mapping or a path to a YAML file, got {type(cfg).__name__}",
+            fix="pass a dict such as {'optimizer': 'adamw', 'lr': 1e-3, 'rules': [...]}, "
+            "an OmegaConf DictConfig, or 'path/to/optim.yaml'")
+    return _plain(cfg, "config"), "config"
+
+
+def _is_omegaconf(obj: object) -> bool:
+    return type(obj).__module__.split(".")[0] == "omegaconf"
+
+
+def _plain(obj: object, where: str) -> object:
+    if _is_omegaconf(obj):
+        from omegaconf import OmegaConf
+
+        obj = OmegaConf.to_container(obj, resolve=True)  # type: ignore[arg-type]
+    if isinstance(obj, Mapping):
+        out = {}
+        for k, v in obj.items():
+            if not isinstance(k, str):
+                raise ParamwiseError(f"{where} has a non-string key {k!r}",
+                                     fix="config keys are option names, e.g. lr or select")
+            out[k] = _plain(v, f"{where}.{k}")
+        return out
+    if isinstance(obj, (list, tuple)):
+        return [_plain(v, f"{where}[{i}]") for i, v in enumerate(obj)]
+    return obj
+
+
+def _load_yaml(path: Path) -> dict:
+    try:
+        import yaml
+    except ImportError as e:
+        raise ParamwiseError(f"reading {str(path)!r} needs PyYAML, which is not installed",
+                             fix="pip install 'paramwise[yaml]' (or pip install PyYAML), or "
+                             "pass the config as a dict") from e
+    if not path.is_file():
+        what = "is a directory" if path.is_dir() else "does not exist"
+        raise ParamwiseError(f"config file {str(path)!r} {what}",
+                             fix="pass the path of a YAML file, or a dict")
+    try:
+        data = yaml.safe_load(path.read_text(encoding="utf-8"))
+    except yaml.YAMLError as e:
+        mark = getattr(e, "problem_mark", None)
+        at = f" at line {mark.line + 1}, column {mark.column + 1}" if mark else ""
+        problem = getattr(e, "problem", None) or str(e).splitlines()[0]
+        raise ParamwiseError(f"{str(path)!r} is not valid YAML{at}: {problem}",
+                             fix="fix the YAML syntax (indentation, quotes around selectors "
+                             "that contain ':' or '!')") from e
+    if data is None:
+        raise ParamwiseError(f"config file {str(path)!r} is empty",
+                             fix="write at least 'optimizer: adamw' and 'lr: ...'")
+    if not isinstance(data, dict):
+        raise ParamwiseError(f"config file {str(path)!r} holds a {type(data).__name__}, "
+                             "not a mapping of keys", fix="start the file with 'optimizer: ...'")
+    return _plain(data, str(path))  # type: ignore[return-value]
+
+
+# --------------------------------------------------------------------------------- values
+def _number(key: str, value: object) -> object:
+    """YAML leftovers → Python values: '1e-5' → 1e-05, 0 → 0.0 for real keys, lists → tuples."""
+    if isinstance(value, str) and _NUMBER.fullmatch(value.strip()):
+        value = float(value)
+    if key in _REAL_KEYS and isinstance(value, int) and not isinstance(value, bool):
+        value = float(value)
+    if isinstance(value, list):
+        value = tuple(_number("", v) for v in value)
+    return value
+
+
+def _options(raw: Mapping[str, object], cls: type | None, where: str) -> dict[str, object]:
+    out = {}
+    for k, v in raw.items():
+        v = _number(k, v)
+        check_key(k, cls, where=where)
+        check_value(k, v, where=where)
+        out[k] = v
+    return out
+
+
+def _resolve_optimizer(name: object, src: str) -> type:
+    if isinstance(name, str) and (":" in name or "." in name):
+        mod_name, sep, attr = name.partition(":") if ":" in name else name.rpartition(".")
+        try:
+            obj = getattr(importlib.import_module(mod_name), attr)
+        except (ImportError, AttributeError) as e:
+            raise ParamwiseError(f"{src}: optimizer {name!r} cannot be imported "
+                                 f"({type(e).__name__}: {e})",
+                                 fix="write a torch.optim name (adamw, sgd, ...) or an import "
+                                 "path such as torch.optim.AdamW or mypkg.optim:Lion") from e
+        name = obj
+    if not isinstance(name, (str, type)):
+        raise ParamwiseError(f"{src}: 'optimizer' is {name!r} ({type(name).__name__})",
+                             fix="write e.g. optimizer: adamw")
+    try:
+        return resolve_optimizer(name)
+    except ParamwiseError as e:
+        raise ParamwiseError(f"{src}: {e}") from None
+
+
+# --------------------------------------------------------------------------------- rules
+def _rule_entries(rules: object, src: str) -> list[tuple[str, object]]:
+    """(location, entry) pairs from a list or a name → rule mapping (``null`` entries dropped)."""
+    if rules is None:
+        return []
+    if isinstance(rules, list):
+        return [(f"rules[{i}]", r) for i, r in enumerate(rules)]
+    if isinstance(rules, dict):
+        return [(f"rules.{k}", r) for k, r in rules.items() if r is not None]
+    raise ParamwiseError(f"{src}: 'rules' is a {type(rules).__name__}, not a list",
+                         fix="write rules as a list of mappings, e.g. "
+                         "rules: [{select: bias, weight_decay: 0.0}]")
+
+
+def _preset(name: str, args: object, where: str, short: bool) -> Rule | LayerDecay:
+    factory, first = PRESETS[name]
+    params = inspect.signature(factory).parameters
+    if isinstance(args, dict):
+        kwargs = dict(args)
+    elif short and first is not None:
+        kwargs = {first: args}
+    elif short and args is True:
+        kwargs = {}
+    else:
+        form = (f"{{{name}: {{{first}: ...}}}} or {{{name}: <{first}>}}" if first
+                else f"{{preset: {name}}} or {{{name}: {{bias: true, norm: false}}}}")
+        raise ParamwiseError(f"{where} ({name}) has the value {args!r}", fix=f"write {form}")
+    for k in kwargs:
+        if k not in params:
+            hit = closest(k, params)
+            raise ParamwiseError(
+                f"{where} ({name}) has unknown key {k!r}"
+                + (f" (did you mean {hit[0]!r}?)" if hit else ""),
+                fix=f"{name} takes {', '.join(params)}")
+        if k == "depth" and not isinstance(kwargs[k], str):
+            raise ParamwiseError(f"{where} (layer_decay) key 'depth' is {kwargs[k]!r}",
+                                 fix=r"in a config, depth is a regex capturing the block "
+                                 r"index, e.g. depth: 'blocks\.(\d+)\.'")
+    if "rate" in kwargs:
+        kwargs["rate"] = _number("rate", kwargs["rate"])
+    try:
+        return factory(**kwargs).with_origin(where)
+    except TypeError as e:
+        raise ParamwiseError(f"{where} ({name}): {e}", fix=f"{name} takes {', '.join(params)}"
+                             ) from None
+    except ParamwiseError as e:
+        raise ParamwiseError(f"{where} ({name}): {e}") from None
+
+
+def _rule(entry: object, where: str, cls: type | None) -> Rule | LayerDecay:
+    if not isinstance(entry, dict):
+        fix = "write a mapping: {select: '<selector>', <option>: <value>}"
+        if isinstance(entry, str) and entry in PRESETS:
+            fix = f"write {{preset: {entry}}}"
+        raise ParamwiseError(f"{where} is {entry!r}, not a rule", fix=fix)
+    if "preset" in entry:
+        name, args = entry["preset"], {k: v for k, v in entry.items() if k != "preset"}
+        if name not in PRESETS:
+            raise ParamwiseError(f"{where} has unknown preset {name!r}"
+                                 + (f" (did you mean {h[0]!r}?)"
+                                    if (h := closest(str(name), PRESETS)) else ""),
+                                 fix=f"presets are {', '.join(PRESETS)}")
+        return _preset(name, args, where, short=False)
+    if len(entry) == 1 and next(iter(entry)) in PRESETS:
+        name = next(iter(entry))
+        return _preset(name, entry[name], where, short=True)
+    if "select" not in entry:
+        hit = closest("select", entry, cutoff=0.5)
+        if hit:
+            fix = f"rename {hit[0]!r} to 'select'"
+        else:
+            fix = ("add select: '<selector>' (e.g. select: 'bias | norm'), or use a preset: "
+                   f"{', '.join(f'{{preset: {p}}}' for p in PRESETS)}")
+        raise ParamwiseError(f"{where} has no 'select' key (keys: {', '.join(entry)})", fix=fix)
+    select = entry["select"]
+    if isinstance(select, list) and select and all(isinstance(s, str) for s in select):
+        select = " | ".join(f"({s})" for s in select)
+    if not isinstance(select, str):
+        raise ParamwiseError(f"{where} key 'select' is {select!r} ({type(select).__name__})",
+                             fix="write a selector string such as 'bias | norm', or a list "
+                             "of them")
+    label = entry.get("label")
+    if label is not None and not isinstance(label, str):
+        raise ParamwiseError(f"{where} key 'label' is {label!r}", fix="a label is a string")
+    raw = {k: v for k, v in entry.items() if k not in ("select", "label")}
+    text = label or select
+    if not raw:
+        raise ParamwiseError(f"{where} ({text!r}) sets no option",
+                             fix="add the options it should set, e.g. weight_decay: 0.0")
+    try:
+        opts = _options(raw, cls, where=f"{where} ({text!r})")
+        return Rule(select, label=label, origin=where, **opts)
+    except ParamwiseError as e:
+        msg = str(e)
+        if msg.startswith(("bad selector", "a selector", "a rule's selector")):
+            raise ParamwiseError(f"{where} key 'select': {msg}") from None
+        raise
+
+
+def _in_config_words(err: ParamwiseError | str, src: str) -> str:
+    """The core's message (rules already named by their ``origin``), with the fixes it gives
+    Python callers said the config's way."""
+    msg = str(err)
+    for rx, repl in _PY_TO_CFG:
+        msg = rx.sub(repl, msg)
+    return f"{src}: {msg}"
+
+
+# --------------------------------------------------------------------------------- face
+def from_config(model: nn.Module, cfg: Mapping | str | os.PathLike,
+                **overrides: object) -> torch.optim.Optimizer:
+    """Build the optimizer a config describes (see the module docstring for the shape).
+
+    ``cfg`` is a dict, any Mapping (an OmegaConf ``DictConfig`` included) or a path to a YAML
+    file. ``overrides`` replace top-level keys (``from_config(model, "optim.yaml", lr=1e-3)``).
+    Returns the plain ``torch.optim`` optimizer, exactly as :func:`paramwise.optimizer` would.
+
+        >>> opt = from_config(model, {"optimizer": "adamw", "lr": 3e-4, "weight_decay": 0.05,
+        ...                           "rules": [{"preset": "no_decay"}]})  # doctest: +SKIP
+    """
+    from .api import optimizer as build  # the face imports the core, never the reverse
+
+    if not isinstance(model, nn.Module):
+        raise ParamwiseError(f"from_config(model, cfg) takes the model first, got "
+                             f"{type(model).__name__}", fix="call from_config(model, cfg)")
+    data, src = load_config(cfg)
+    data.update(_plain(overrides, "overrides"))  # type: ignore[arg-type]
+    if "optimizer" not in data:
+        hit = closest("optimizer", data, cutoff=0.7)
+        raise ParamwiseError(f"{src} has no 'optimizer' key"
+                             + (f" (did you mean to write 'optimizer' for {hit[0]!r}?)"
+                                if hit else ""),
+                             fix="add e.g. 'optimizer: adamw' (any torch.optim name or an "
+                             "import path)")
+    cls = _resolve_optimizer(data["optimizer"], src)
+
+    valid = known_keys(cls)
+    for key in data:
+        if key in TOP_LEVEL_KEYS or valid is None or key in valid:
+            continue
+        hit = closest(key, [*TOP_LEVEL_KEYS, *valid])
+        some = ", ".join(sorted(k for k in valid if k not in ("param_names",)))
+        raise ParamwiseError(
+            f"{src}: unknown top-level key {key!r}" + (f" (did you mean {hit[0]!r}?)" if hit else ""),
+            fix=f"top-level keys are {', '.join(TOP_LEVEL_KEYS)} and {cls.__name__}'s options "
+            f"({some})")
+    flags = {}
+    for flag in ("strict", "include_frozen"):
+        if flag in data:
+            if not isinstance(data[flag], bool):
+                raise ParamwiseError(f"{src}: {flag!r} is {data[flag]!r}",
+                                     fix=f"write {flag}: true or {flag}: false")
+            flags[flag] = data[flag]
+    defaults = {k: v for k, v in data.items() if k not in TOP_LEVEL_KEYS}
+    defaults = _options(defaults, cls, where=f"{src}: the top level")
+
+    rules = []
+    for where, entry in _rule_entries(data.get("rules"), src):
+        try:
+            rules.append(_rule(entry, where, cls))
+        except ParamwiseError as e:
+            raise ParamwiseError(f"{src}: {e}") from None
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        try:
+            opt = build(model, cls, rules, **flags, **defaults)
+        except ParamwiseError as e:
+            raise ParamwiseError(_in_config_words(e, src)) from None
+    for w in caught:  # the plan's warnings, in the config's words
+        warnings.warn(_in_config_words(str(w.message), src), w.category, stacklevel=2)
+    return opt
