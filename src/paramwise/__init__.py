@@ -7,29 +7,41 @@
     >>> print(paramwise.report(opt))  # doctest: +SKIP
 """
 
-from .api import optimizer, param_groups
+from .api import optimizer, param_groups, penalty, stats
+from .checkpoint import LoadReport, load_state_dict, state_dict
 from .config import from_config
+from .dcp import load_dcp
 from .errors import ParamwiseError
+from .hooks import attach
 from .inventory import register_norm, register_wrapper
+from .prox import register_scaling
 from .report import Report, explain, report
 from .rules import Rule, layer_decay, no_decay
 from .selectors import Selector, parse
 
 __all__ = [
+    "LoadReport",
     "ParamwiseError",
     "Report",
     "Rule",
     "Selector",
+    "attach",
     "explain",
     "from_config",
     "layer_decay",
+    "load_dcp",
+    "load_state_dict",
     "no_decay",
     "optimizer",
     "param_groups",
     "parse",
+    "penalty",
     "register_norm",
+    "register_scaling",
     "register_wrapper",
     "report",
+    "state_dict",
+    "stats",
 ]
 
 __version__ = "0.1.0"

@@ -22,11 +22,17 @@ from torch import nn
 
 from .errors import ParamwiseError
 from .groups import build_groups
+from .hooks import attach
+from .lowering import lower
+from .monitor import penalty as _penalty
+from .monitor import stats as _stats
 from .options import optimizer_keys, paramwise_keys, resolve_optimizer
 from .plan import Plan, make_plan
+from .regularizers import REG_KEYS
 from .rules import RuleLike
 
-__all__ = ["param_groups", "optimizer", "plan_for", "resolve_target"]
+__all__ = ["param_groups", "optimizer", "penalty", "stats", "plan_for", "resolve_target",
+           "optimizer_of"]
 
 # optimizer -> the plan it was built from; model -> the last optimizer built for it.
 _PLANS: weakref.WeakKeyDictionary[torch.optim.Optimizer, Plan] = weakref.WeakKeyDictionary()
@@ -82,15 +88,13 @@ def optimizer(
     plan = make_plan(model, rules, optimizer=cls, strict=strict, include_frozen=include_frozen,
                      **defaults)
     groups = build_groups(plan)
-    reg_keys = paramwise_keys()
-    has_reg = any(reg_keys & g.keys() for g in groups)
-    if has_reg:
-        from .hooks import lower
-
-        groups = lower(groups, cls)
     accepted = optimizer_keys(cls)
+    own_keys = paramwise_keys()
     ctor = {k: v for k, v in defaults.items()
-            if k not in reg_keys and (accepted is None or k in accepted)}
+            if k not in own_keys and (accepted is None or k in accepted)}
+    has_reg = any(REG_KEYS & g.keys() for g in groups)
+    if has_reg:
+        groups = lower(groups, cls, ctor)
     try:
         opt = cls(groups, **ctor)
     except (TypeError, ValueError) as e:
@@ -100,12 +104,38 @@ def optimizer(
                              fix="check the values passed to paramwise.optimizer() and set by "
                              "the rules (paramwise.report() shows them per group)") from e
     if has_reg:
-        from .hooks import attach
-
         attach(opt)
     _PLANS[opt] = plan
     _LAST[model] = weakref.ref(opt)
     return opt
+
+
+def optimizer_of(obj: nn.Module | torch.optim.Optimizer, *, what: str) -> torch.optim.Optimizer:
+    """An optimizer itself, or the last one :func:`optimizer` built for a model."""
+    if isinstance(obj, torch.optim.Optimizer):
+        return obj
+    if isinstance(obj, nn.Module):
+        ref = _LAST.get(obj)
+        opt = ref() if ref is not None else None
+        if opt is not None:
+            return opt
+        raise ParamwiseError(f"{what}(model): paramwise built no optimizer for this model",
+                             fix=f"pass the optimizer: paramwise.{what}(optimizer)")
+    raise ParamwiseError(f"{what}() takes a model or an optimizer, got {type(obj).__name__}")
+
+
+def penalty(obj: nn.Module | torch.optim.Optimizer) -> torch.Tensor:
+    """The differentiable sum of every configured penalty (see :func:`paramwise.monitor.penalty`).
+
+        >>> loss = task_loss + paramwise.penalty(model)   # doctest: +SKIP
+    """
+    return _penalty(optimizer_of(obj, what="penalty"))
+
+
+def stats(obj: nn.Module | torch.optim.Optimizer) -> dict:
+    """Per group: penalty, exact-zero fraction, zero rows, norms (see
+    :func:`paramwise.monitor.stats`); cheap enough to log every few steps."""
+    return _stats(optimizer_of(obj, what="stats"))
 
 
 def plan_for(opt: torch.optim.Optimizer) -> Plan | None:

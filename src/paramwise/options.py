@@ -42,10 +42,8 @@ _NONNEG = {"lr", "weight_decay", "lr_mult", "weight_decay_mult", "momentum", "da
 
 
 def _reg_keys() -> frozenset[str]:
-    try:
-        from .regularizers import REG_KEYS
-    except ImportError:  # pragma: no cover - during bootstrap only
-        return frozenset()
+    from .regularizers import REG_KEYS  # deferred: regularizers imports this module's checks
+
     return frozenset(REG_KEYS)
 
 

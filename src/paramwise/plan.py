@@ -37,14 +37,6 @@ from .rules import Rule, RuleLike, expand_rules
 __all__ = ["Plan", "make_plan"]
 
 
-def _reg():
-    try:
-        from . import regularizers
-    except ImportError:  # pragma: no cover - bootstrap, before regularizers exists
-        return None
-    return regularizers
-
-
 @dataclass
 class Plan:
     """The resolved plan for one model: rules, their masks, and options per parameter name."""
@@ -244,9 +236,8 @@ def _check_tied(plan: Plan) -> None:
 
 
 def _check_regularizers(plan: Plan) -> None:
-    reg = _reg()
-    if reg is None:
-        return
+    from . import regularizers as reg
+
     keys = reg.REG_KEYS
     inv = plan.inv
     needs = [s for s, o in enumerate(plan.resolved) if keys & o.keys()]

@@ -1,0 +1,208 @@
+"""What regularization costs per training step, every variant measured side by side in one run.
+
+Model: an MLP of two ``Linear(1024, 4096) → GELU → Linear(4096, 1024)`` blocks (16.8M
+parameters); regularization on the weight matrices, biases in a plain group. For SGD (momentum
+0.9) and Adam it times, interleaved round by round (medians), ``optimizer.step()`` alone and a
+whole training step (forward, backward, step) for:
+
+* ``plain``        — no regularization
+* ``builtin_wd``   — the optimizer's own ``weight_decay``
+* ``loss_l2`` / ``loss_l1`` — the loss-term pattern ``loss + λ·Σ‖p‖²/2`` / ``loss + λ·Σ|p|``
+* ``pw_l2``        — paramwise ``l2`` lowered to native ``weight_decay`` (what
+  ``paramwise.optimizer`` does)
+* ``pw_l2_hook``   — the same ``l2`` run by the step pre-hook (not lowered)
+* ``pw_l1_grad``   — ``l1`` with ``prox=False`` (subgradient in the pre-hook)
+* ``pw_l1_prox``   — proximal ``l1`` (adaptive scale; SGD: ``lr·λ/(1-μ)``)
+* ``pw_l1_prox_lr`` (Adam) — proximal ``l1`` with ``prox_scale='lr'``
+* ``pw_glasso``    — proximal group lasso over rows (Adam: metric prox, Newton)
+* ``pw_max_norm``  — max-norm projection of rows
+* ``pw_decoupled`` — ``decoupled_decay`` (Adam: lowered to ``decoupled_weight_decay``; SGD: hook)
+
+and ``pass``: one in-place elementwise pass over the weights (``w.mul_(1.0)``), the unit for
+group lasso and max-norm. On CUDA it also reports each variant's extra peak memory.
+
+Run: ``.venv/bin/python benchmarks/bench_regularizers.py [--device cuda] [--rounds 15]``
+(``--quick`` for a small smoke run).
+"""
+
+from __future__ import annotations
+
+import argparse
+import statistics
+import sys
+import time
+from pathlib import Path
+
+import torch
+from torch import nn
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "src"))
+
+from paramwise.hooks import attach, lower  # noqa: E402
+
+LAM = 1e-5
+
+
+def build_model(width: int, hidden: int, blocks: int, device: str) -> nn.Module:
+    torch.manual_seed(0)
+    layers = [nn.Sequential(nn.Linear(width, hidden), nn.GELU(), nn.Linear(hidden, width))
+              for _ in range(blocks)]
+    return nn.Sequential(*layers).to(device)
+
+
+VARIANTS = {
+    "plain": ({}, {}),
+    "builtin_wd": ({}, {"weight_decay": LAM}),
+    "loss_l2": ({}, {}),
+    "loss_l1": ({}, {}),
+    "pw_l2": ({"l2": LAM}, {}),
+    "pw_l2_hook": ({"l2": LAM}, {}),
+    "pw_l1_grad": ({"l1": LAM, "prox": False}, {}),
+    "pw_l1_prox": ({"l1": LAM}, {}),
+    "pw_l1_prox_lr": ({"l1": LAM, "prox_scale": "lr"}, {}),
+    "pw_glasso": ({"group_lasso": LAM}, {}),
+    "pw_max_norm": ({"max_norm": 10.0}, {}),
+    "pw_decoupled": ({"decoupled_decay": LAM}, {}),
+}
+
+
+def make_opt(name: str, cls: type, model: nn.Module, lr: float, kw: dict):
+    reg, native = VARIANTS[name]
+    weights = [p for p in model.parameters() if p.ndim >= 2]
+    others = [p for p in model.parameters() if p.ndim < 2]
+    groups = [{"params": weights, **reg, **native}, {"params": others}]
+    if reg and name != "pw_l2_hook":
+        groups = lower(groups, cls, kw)
+    opt = cls(groups, lr=lr, **kw)
+    if reg:
+        attach(opt)
+    return opt
+
+
+def sync(device: str) -> None:
+    if device == "cuda":
+        torch.cuda.synchronize()
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    ap.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    ap.add_argument("--rounds", type=int, default=15)
+    ap.add_argument("--batch", type=int, default=64)
+    ap.add_argument("--optim", default="sgd,adam")
+    ap.add_argument("--quick", action="store_true", help="tiny model, 2 rounds (smoke test)")
+    args = ap.parse_args()
+    dev = args.device
+    width, hidden, blocks = (64, 128, 1) if args.quick else (1024, 4096, 2)
+    rounds = 2 if args.quick else args.rounds
+    model = build_model(width, hidden, blocks, dev)
+    weights = [p for p in model.parameters() if p.ndim >= 2]
+    n = sum(p.numel() for p in model.parameters())
+    x = torch.randn(args.batch, width, device=dev)
+    y = torch.randn(args.batch, width, device=dev)
+    print(f"device={dev} threads={torch.get_num_threads()} torch={torch.__version__} "
+          f"params={n / 1e6:.1f}M rounds={rounds} batch={args.batch}")
+
+    families = {"sgd": (torch.optim.SGD, 1e-3, {"momentum": 0.9}),
+                "adam": (torch.optim.Adam, 1e-4, {})}
+    for fam in args.optim.split(","):
+        cls, lr, kw = families[fam]
+        names = [v for v in VARIANTS if not (fam == "sgd" and v == "pw_l1_prox_lr")]
+        bench_family(cls, kw, {v: make_opt(v, cls, model, lr, kw) for v in names}, model,
+                     weights, x, y, dev, rounds)
+
+
+def bench_family(cls: type, kw: dict, opts: dict, model: nn.Module, weights: list, x, y,
+                 dev: str, rounds: int) -> None:
+    names = list(opts)
+
+    def loss_fn(v: str) -> torch.Tensor:
+        loss = nn.functional.mse_loss(model(x), y)
+        if v == "loss_l2":
+            loss = loss + LAM / 2 * sum(p.square().sum() for p in weights)
+        elif v == "loss_l1":
+            loss = loss + LAM * sum(p.abs().sum() for p in weights)
+        return loss
+
+    def whole(v: str) -> float:
+        opt = opts[v]
+        sync(dev)
+        t0 = time.perf_counter()
+        opt.zero_grad(set_to_none=False)
+        loss_fn(v).backward()
+        opt.step()
+        sync(dev)
+        return time.perf_counter() - t0
+
+    def step_only(v: str) -> float:
+        sync(dev)
+        t0 = time.perf_counter()
+        opts[v].step()
+        sync(dev)
+        return time.perf_counter() - t0
+
+    def one_pass() -> float:
+        sync(dev)
+        t0 = time.perf_counter()
+        with torch.no_grad():
+            for p in weights:
+                p.mul_(1.0)
+        sync(dev)
+        return time.perf_counter() - t0
+
+    for v in names:                      # warm up: states, allocator, first-touch pages
+        whole(v)
+        whole(v)
+    peak: dict[str, float] = {}
+    if dev == "cuda":
+        for v in names:
+            torch.cuda.synchronize()
+            base = torch.cuda.memory_allocated()
+            torch.cuda.reset_peak_memory_stats()
+            opts[v].step()
+            torch.cuda.synchronize()
+            peak[v] = (torch.cuda.max_memory_allocated() - base) / 2 ** 20
+    t_step: dict[str, list[float]] = {v: [] for v in names}
+    t_whole: dict[str, list[float]] = {v: [] for v in names}
+    t_pass: list[float] = []
+    for _ in range(rounds):
+        t_pass.append(one_pass())
+        for v in names:
+            t_step[v].append(step_only(v))
+        for v in names:
+            t_whole[v].append(whole(v))
+    med_s = {v: statistics.median(t) * 1e3 for v, t in t_step.items()}
+    med_w = {v: statistics.median(t) * 1e3 for v, t in t_whole.items()}
+    pas = statistics.median(t_pass) * 1e3
+
+    print(f"\n== {cls.__name__} {kw}  (one elementwise pass over the weights: {pas:.2f} ms)")
+    head = f"{'variant':<15}{'step ms':>9}{'/plain':>8}{'/wd':>7}{'whole ms':>10}{'/plain':>8}{'/wd':>7}"
+    if peak:
+        head += f"{'peak+MiB':>10}"
+    print(head)
+    for v in names:
+        row = (f"{v:<15}{med_s[v]:>9.2f}{med_s[v] / med_s['plain']:>8.3f}"
+               f"{med_s[v] / med_s['builtin_wd']:>7.3f}{med_w[v]:>10.2f}"
+               f"{med_w[v] / med_w['plain']:>8.3f}{med_w[v] / med_w['builtin_wd']:>7.3f}")
+        if peak:
+            row += f"{peak[v]:>10.1f}"
+        print(row)
+
+
+    def extra(v: str, table: dict[str, float]) -> float:
+        return table[v] - table["plain"]
+
+    print("loss-term extra time / paramwise extra time (whole step; target >= 4):")
+    for lt, pw in [("loss_l1", "pw_l1_grad"), ("loss_l1", "pw_l1_prox"), ("loss_l2", "pw_l2"),
+                   ("loss_l2", "pw_l2_hook")]:
+        e_pw = extra(pw, med_w)
+        ratio = extra(lt, med_w) / e_pw if e_pw > 0 else float("inf")
+        print(f"  {lt} / {pw}: {extra(lt, med_w):.2f} ms / {e_pw:.2f} ms = {ratio:.1f}"
+              + ("  (paramwise within noise of plain)" if e_pw <= 0 else ""))
+    print("extra step time in elementwise passes (target <= 2):")
+    for v in ("pw_glasso", "pw_max_norm", "pw_l1_prox", "pw_l1_grad"):
+        print(f"  {v}: {extra(v, med_s) / pas:.2f}")
+
+
+if __name__ == "__main__":
+    main()

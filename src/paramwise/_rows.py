@@ -1,0 +1,107 @@
+r"""Row-wise (group) math shared by the group regularizers: a *group* of a tensor is one slice
+along ``dim`` (a row, an output channel), :math:`m` its number of elements.
+
+Works on plain tensors and on DTensors alike (a DTensor's group norm across shards is reduced by
+DTensor itself; in-place updates are redistributed to the parameter's own placement)::
+
+    >>> import torch
+    >>> group_norms(torch.tensor([[3.0, 4.0], [0.0, 1.0]]), 0).flatten().tolist()
+    [5.0, 1.0]
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+from torch import Tensor
+
+from ._chunks import is_dtensor
+
+__all__ = ["group_size", "group_norms", "sum_groups", "rowdot", "mul_", "assign_",
+           "metric_group_prox_"]
+
+
+def group_size(w: Tensor, dim: int) -> int:
+    """:math:`m`, the number of elements in one group (slice along ``dim``) of ``w``."""
+    return w.numel() // w.shape[dim] if w.ndim else 1
+
+
+def group_norms(w: Tensor, dim: int) -> Tensor:
+    r""":math:`\|w_r\|` for every slice :math:`w_r` along ``dim``, shaped to broadcast against ``w``
+    (size 1 in every other dim). For a 1-d ``w`` every element is a group: :math:`|w_i|`."""
+    other = [i for i in range(w.ndim) if i != dim % max(w.ndim, 1)]
+    if not other:
+        return w.abs()
+    return torch.linalg.vector_norm(w, dim=other, keepdim=True)
+
+
+def sum_groups(x: Tensor, dim: int) -> Tensor:
+    r""":math:`\sum_{i∈r} x_i` for every group :math:`r` along ``dim`` (keepdim-shaped)."""
+    other = [i for i in range(x.ndim) if i != dim % max(x.ndim, 1)]
+    return x.sum(dim=other, keepdim=True) if other else x
+
+
+def mul_(w: Tensor, f: Tensor) -> None:
+    """``w *= f`` (``f`` broadcast). A DTensor's in-place ops cannot change its placement, and
+    a row factor reduced across shards has another one: multiply out of place, redistribute
+    the product like ``w``, copy back."""
+    if is_dtensor(w):
+        assign_(w, w * f)
+    else:
+        w.mul_(f)
+
+
+def assign_(w: Tensor, x: Tensor) -> None:
+    """``w ← x`` for DTensors whose placements may differ."""
+    w.copy_(x.redistribute(w.device_mesh, w.placements))
+
+
+def rowdot(a: Tensor, b: Tensor, dim: int) -> Tensor:
+    r""":math:`\sum_{i∈r} a_i b_i` for every group :math:`r` along ``dim`` (keepdim-shaped)."""
+    if dim == 0 and a.is_contiguous() and b.is_contiguous() and not is_dtensor(a):
+        rows = a.shape[0]
+        r = torch.linalg.vecdot(a.reshape(rows, -1), b.reshape(rows, -1), dim=1)
+        return r.reshape((rows,) + (1,) * (a.ndim - 1))
+    return sum_groups(a * b, dim)
+
+
+def metric_group_prox_(w: Tensor, s: Tensor, tau: float, l2: float, dim: int,
+                        steps: int) -> None:
+    r"""Group-lasso prox of ``w`` in the metric :math:`\operatorname{diag}(1/s)`, in place.
+
+    Row :math:`r` becomes 0 iff :math:`\|w_r/s_r\| ≤ τ`, else
+    :math:`w_i ← w_i v/((1 + s_iλ_2)v + s_i)` with :math:`v` from Newton's method on
+    :math:`\|w_r/((1+sλ_2)v + s)\|^{-1} = 1/τ` (see
+    :func:`paramwise.regularizers.prox_group_lasso_`). At most ``steps`` steps; stops early
+    when every row's relative change is below :math:`\sqrt{ε}` (not under ``torch.compile``).
+    """
+    y2 = w.square()
+    a = s * l2 + 1.0 if l2 > 0 else None
+    norms = group_norms(w, dim)
+    ok = torch.isfinite(norms)
+    tol = math.sqrt(torch.finfo(w.dtype).eps)
+    v = torch.zeros_like(norms)
+    zero = active = None
+    compiling = torch.compiler.is_compiling()   # no data-dependent early exit in a graph
+    for k in range(steps):
+        c = (torch.addcmul(s, a, v) if a is not None else s + v).reciprocal_()   # 1/c
+        u = y2 * c                                                               # y²/c
+        big_s = rowdot(u, c, dim)                                               # Σ y²/c²
+        if zero is None:
+            zero = big_s <= tau * tau          # ‖y/s‖ ≤ τ: the whole row goes to zero
+            active = ok & ~zero
+            if not compiling and not bool(active.any()):
+                break
+        if a is not None:
+            u.mul_(a)
+        dsum = rowdot(u, c.square_(), dim)                                      # Σ a y²/c³
+        h = big_s.rsqrt()
+        dv = torch.where(active, (1.0 / tau - h) / (dsum * h.pow(3)), 0.0)
+        v = v + dv
+        if k and not compiling and bool((dv.abs() <= tol * v.abs()).all()):
+            break
+    f = (torch.addcmul(s, a, v) if a is not None else s + v).reciprocal_().mul_(v)
+    if zero is not None:
+        f = torch.where(zero, 0.0, f)
+    mul_(w, torch.where(ok, f, 1.0))

@@ -1,0 +1,401 @@
+"""Name-keyed optimizer checkpoints: state follows each parameter, options follow the rules.
+
+Why not ``optimizer.state_dict()`` / ``optimizer.load_state_dict()``? torch matches saved state
+to parameters *by position*: the k-th saved parameter id gets the k-th parameter of the current
+groups, and every current group's options are *replaced* by the saved group's. Change the rules
+between two runs (a new ``no_decay`` rule, a different ``lr_mult``, one more layer) and a resumed
+run silently gives one parameter another's Adam moments, or keeps the old learning rates, or
+fails with "a parameter group that doesn't match the size". paramwise groups carry
+``param_names`` (canonical names, wrappers removed), so checkpoints can be keyed by name:
+
+- :func:`state_dict` returns ``{"state": {name: {...}}, "param_groups": [{..., "params":
+  [names]}]}``, the same layout as ``torch.distributed.checkpoint.state_dict
+  .get_optimizer_state_dict`` (FQN-keyed; paramwise's canonical names *are* those FQNs), so
+  either can be saved with ``torch.save`` or ``torch.distributed.checkpoint.save`` and either
+  can be loaded by :func:`load_state_dict` or by ``set_optimizer_state_dict``.
+- :func:`load_state_dict` moves each saved parameter's state to the parameter of that name,
+  wherever its group is now; parameters the checkpoint does not know start fresh; saved names
+  with no parameter are reported (a warning, and the returned :class:`LoadReport`). Group options
+  stay those of the current optimizer, i.e. of the current rules; ``keep_saved_options=True``
+  restores the saved options per parameter instead (regrouping if parameters moved), and a
+  tuple of keys restores only those (e.g. ``("lr", "initial_lr")``).
+
+Like torch's, loading shares tensors with the dict it was given (no copy).
+
+Example::
+
+    >>> sd = paramwise.state_dict(opt)                                  # doctest: +SKIP
+    >>> torch.save(sd, "optim.pt")                                      # doctest: +SKIP
+    >>> opt = paramwise.optimizer(model, "adamw", new_rules, lr=3e-4)   # rules changed
+    >>> report = paramwise.load_state_dict(opt, torch.load("optim.pt")) # doctest: +SKIP
+    >>> print(report)                                                   # doctest: +SKIP
+    loaded state of 48 parameters (options from the current rules); 2 new (fresh state): ...
+
+Sharded (FSDP2): build the optimizer *after* ``fully_shard``; save with
+``dcp.save({"optim": paramwise.state_dict(opt)}, checkpoint_id=path)`` and resume, rules
+changed or not, with :func:`paramwise.dcp.load_dcp` (it reads the checkpoint's metadata, loads
+what the current parameters need, resharded, then calls :func:`load_state_dict`). A full (unsharded)
+checkpoint, e.g. ``get_optimizer_state_dict(model, opt, options=StateDictOptions(
+full_state_dict=True))`` loaded on every rank, is sharded locally to each parameter's placement.
+
+LR schedulers: the scheduled ``lr`` is a group option, so by default it comes from the current
+rules (the base lr). If the rules for ``lr`` did not change, pass
+``keep_saved_options=("lr", "initial_lr")`` to resume the schedule where it stopped.
+"""
+
+from __future__ import annotations
+
+import warnings
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass, field
+
+import torch
+
+from .errors import ParamwiseError
+from .groups import freeze
+
+__all__ = ["LoadReport", "state_dict", "load_state_dict", "ANCHORS_KEY"]
+
+_NOT_OPTIONS = ("params", "param_names")
+#: Top-level key of the ``l2_to_init`` anchors (``{name: w0}``), beside ``state``/``param_groups``;
+#: the same key under which :mod:`paramwise.hooks` puts them (by index) in ``opt.state_dict()``.
+ANCHORS_KEY = "paramwise_anchors"
+# Wrapper segments dropped when an exact name does not match (names saved from a wrapped
+# model by code that did not canonicalise them, e.g. a plain optimizer's ``param_names``).
+_WRAPPER_SEGMENTS = {"_orig_mod", "_fsdp_wrapped_module", "_checkpoint_wrapped_module"}
+
+
+def _loose(name: str) -> str:
+    parts = [s for s in name.split(".") if s not in _WRAPPER_SEGMENTS]
+    while len(parts) > 1 and parts[0] == "module":
+        parts = parts[1:]
+    return ".".join(parts)
+
+
+def _same(a: object, b: object) -> bool:
+    if isinstance(a, torch.Tensor) or isinstance(b, torch.Tensor):
+        return (isinstance(a, torch.Tensor) and isinstance(b, torch.Tensor)
+                and a.shape == b.shape and bool(torch.equal(a.detach().cpu(), b.detach().cpu())))
+    try:
+        return bool(a == b)
+    except (TypeError, ValueError, RuntimeError):
+        return a is b
+
+
+@dataclass
+class LoadReport:
+    """What :func:`load_state_dict` did, name by name.
+
+    ``loaded``: parameters whose saved state (possibly empty) was restored; ``new``: current
+    parameters absent from the checkpoint (fresh state); ``vanished``: saved names with no
+    parameter now (state dropped); ``reshaped``: names whose saved state no longer fits the
+    parameter's global shape, e.g. a resized layer (fresh state); ``changed``: per loaded
+    parameter, the options whose value differs from the saved one, ``{key: (saved, now)}``;
+    ``renamed``: saved name -> current name where only wrapper segments differed; ``options``:
+    where the group options came from; ``regrouped``: whether the groups were rebuilt
+    (``keep_saved_options`` with parameters that moved groups; build LR schedulers after it).
+    """
+
+    loaded: list[str] = field(default_factory=list)
+    new: list[str] = field(default_factory=list)
+    vanished: list[str] = field(default_factory=list)
+    reshaped: list[str] = field(default_factory=list)
+    changed: dict[str, dict[str, tuple[object, object]]] = field(default_factory=dict)
+    renamed: dict[str, str] = field(default_factory=dict)
+    options: str = "current rules"
+    regrouped: bool = False
+
+    @property
+    def exact(self) -> bool:
+        """True when checkpoint and optimizer hold the same parameters."""
+        return not self.new and not self.vanished and not self.reshaped
+
+    def __str__(self) -> str:
+        def few(names: list[str]) -> str:
+            return ", ".join(names[:4]) + (f", ... (+{len(names) - 4})" if len(names) > 4 else "")
+
+        out = [f"loaded state of {len(self.loaded)} parameters (options from the {self.options})"]
+        if self.new:
+            out.append(f"{len(self.new)} new (fresh state): {few(self.new)}")
+        if self.vanished:
+            out.append(f"{len(self.vanished)} vanished (state dropped): {few(self.vanished)}")
+        if self.reshaped:
+            out.append(f"{len(self.reshaped)} reshaped (fresh state): {few(self.reshaped)}")
+        if self.changed:
+            out.append(f"{len(self.changed)} with options changed since the checkpoint: "
+                       + few([f"{n} ({', '.join(c)})" for n, c in self.changed.items()]))
+        if self.regrouped:
+            out.append("param groups rebuilt to restore the saved options")
+        return "; ".join(out)
+
+
+# ------------------------------------------------------------------------------- names
+def _group_names(optimizer: torch.optim.Optimizer, model: torch.nn.Module | None
+                 ) -> list[list[str]]:
+    """Canonical names of every group's parameters, from the module tree or ``param_names``."""
+    by_id: dict[int, str] | None = None
+    if model is not None:
+        from .inventory import Inventory
+
+        inv = Inventory.build(model)
+        by_id = {}
+        for e in inv.first:
+            by_id.setdefault(id(inv.params[e]), inv.names[e])
+    out: list[list[str]] = []
+    for gi, g in enumerate(optimizer.param_groups):
+        if by_id is not None:
+            missing = [p for p in g["params"] if id(p) not in by_id]
+            if missing:
+                raise ParamwiseError(f"param group {gi} holds a tensor of shape "
+                                     f"{tuple(missing[0].shape)} that is not a parameter of the "
+                                     "model passed as model=",
+                                     fix="pass the model this optimizer was built for")
+            out.append([by_id[id(p)] for p in g["params"]])
+        elif "param_names" in g and len(g["param_names"]) == len(g["params"]):
+            out.append([str(n) for n in g["param_names"]])
+        else:
+            raise ParamwiseError(
+                f"param group {gi} of this {type(optimizer).__name__} has no 'param_names', so "
+                "its parameters cannot be keyed by name",
+                fix="build the optimizer with paramwise.optimizer()/param_groups(), or pass "
+                "model=the_model so names come from the module tree")
+    flat = [n for names in out for n in names]
+    if len(set(flat)) != len(flat):
+        dup = next(n for n in flat if flat.count(n) > 1)
+        raise ParamwiseError(f"the name {dup!r} appears twice in the optimizer's param_names",
+                             fix="every parameter needs its own name; rebuild the groups with "
+                             "paramwise.param_groups()")
+    return out
+
+
+# ------------------------------------------------------------------------------- saving
+def state_dict(optimizer: torch.optim.Optimizer, *, model: torch.nn.Module | None = None
+               ) -> dict:
+    """The optimizer's state keyed by canonical parameter names (FQNs).
+
+    Same layout as ``get_optimizer_state_dict``: ``{"state": {name: {key: value}},
+    "param_groups": [{**options, "params": [names], "param_names": [names]}]}``. Tensors are
+    the optimizer's own (DTensor shards under FSDP2), not copies. Names come from each group's
+    ``param_names``, or from ``model``'s module tree when given.
+
+        >>> sd = state_dict(opt)                        # doctest: +SKIP
+        >>> sorted(sd["state"])[:2]                     # doctest: +SKIP
+        ['0.bias', '0.weight']
+    """
+    names = _group_names(optimizer, model)
+    packed = optimizer.state_dict()  # runs the optimizer's state_dict hooks
+    id_state = packed["state"]
+    out_state: dict[str, object] = {}
+    out_groups: list[dict] = []
+    for g, gnames in zip(packed["param_groups"], names):
+        for pid, n in zip(g["params"], gnames):
+            if pid in id_state:
+                out_state[n] = id_state[pid]
+        opts = {k: v for k, v in g.items() if k not in _NOT_OPTIONS}
+        out_groups.append({**opts, "params": list(gnames), "param_names": list(gnames)})
+    out: dict = {"state": out_state, "param_groups": out_groups}
+    anchors = packed.get(ANCHORS_KEY)
+    if anchors:
+        id_to_name = {pid: n for g, gn in zip(packed["param_groups"], names)
+                      for pid, n in zip(g["params"], gn)}
+        out[ANCHORS_KEY] = {id_to_name[int(i)]: a for i, a in anchors.items()}
+    return out
+
+
+# ------------------------------------------------------------------------------- loading
+def _parse(state: Mapping) -> tuple[list[tuple[dict, list[str]]], dict[str, object], dict]:
+    """(saved groups as (options, names), state by name, anchors by name) from any layout."""
+    if not isinstance(state, Mapping) or "state" not in state or "param_groups" not in state:
+        keys = list(state)[:3] if isinstance(state, Mapping) else type(state).__name__
+        raise ParamwiseError(
+            f"expected an optimizer state dict with 'state' and 'param_groups', got {keys}",
+            fix="pass paramwise.state_dict(opt), optimizer.state_dict() of a paramwise "
+            "optimizer, or get_optimizer_state_dict(...) without flatten_optimizer_state_dict")
+    groups: list[tuple[dict, list[str]]] = []
+    id_to_name: dict[object, str] = {}
+    for gi, g in enumerate(state["param_groups"]):
+        params = list(g.get("params", []))
+        if all(isinstance(p, str) for p in params):
+            names = params
+        else:
+            names = [str(n) for n in g.get("param_names", [])]
+            if len(names) != len(params):
+                raise ParamwiseError(
+                    f"saved param group {gi} lists parameters by position without "
+                    "'param_names', so they cannot be matched by name",
+                    fix="save with paramwise.state_dict(opt) (or from an optimizer whose groups "
+                    "carry param_names); to load it positionally use optimizer.load_state_dict()")
+            id_to_name.update(zip(params, names))
+        groups.append(({k: v for k, v in g.items() if k not in _NOT_OPTIONS}, names))
+    by_name = {str(id_to_name.get(k, k)): v for k, v in state["state"].items()}
+    anchors = {str(id_to_name.get(k, k)): v for k, v in (state.get(ANCHORS_KEY) or {}).items()}
+    return groups, by_name, anchors  # type: ignore[return-value]
+
+
+def _fits(optimizer: torch.optim.Optimizer, param: torch.Tensor, saved: object) -> bool:
+    """Whether saved per-parameter state can be ``param``'s: one of its tensors (above 0-d) has
+    the parameter's global shape, or it has none. Factored optimizers (Adafactor) keep no
+    parameter-shaped state for matrices and are not checked."""
+    if not isinstance(saved, Mapping) or any(c.__name__ == "Adafactor"
+                                             for c in type(optimizer).__mro__):
+        return True
+    shapes = [tuple(v.shape) for v in saved.values() if isinstance(v, torch.Tensor) and v.dim()]
+    return not shapes or tuple(param.shape) in shapes
+
+
+def _keep_keys(keep: bool | Iterable[str]) -> frozenset[str] | None:
+    """``keep_saved_options`` as keys: None (none), {"*"} (all) or the given names."""
+    if keep is False or keep is None:
+        return None
+    if keep is True:
+        return frozenset({"*"})
+    if isinstance(keep, str):
+        keep = (keep,)
+    keys = frozenset(keep)
+    if not keys or not all(isinstance(k, str) for k in keys):
+        raise ParamwiseError(f"keep_saved_options={keep!r}",
+                             fix="pass True, False, or option names such as ('lr', 'initial_lr')")
+    return keys
+
+
+def load_state_dict(optimizer: torch.optim.Optimizer, state: Mapping, *,
+                    keep_saved_options: bool | Iterable[str] = False, strict: bool = False,
+                    model: torch.nn.Module | None = None) -> LoadReport:
+    """Load a name-keyed (or ``param_names``-carrying) optimizer state into ``optimizer``.
+
+    Each parameter gets the saved state of the parameter with its name, in whatever group it
+    sits now; unknown parameters start fresh; saved names without a parameter are dropped with
+    a warning. Options: the current groups' (i.e. the current rules'), unless
+    ``keep_saved_options`` is True (all saved options, per parameter) or a collection of
+    keys (only those). ``strict=True`` raises instead when any parameter is new or vanished.
+
+        >>> report = load_state_dict(opt, torch.load("optim.pt"))  # doctest: +SKIP
+        >>> report.new, report.vanished                            # doctest: +SKIP
+        (['head.weight', 'head.bias'], [])
+    """
+    keep = _keep_keys(keep_saved_options)
+    saved_groups, saved_state, saved_anchors = _parse(state)
+    names = _group_names(optimizer, model)
+    current = {n: (gi, p) for gi, (g, gn) in enumerate(zip(optimizer.param_groups, names))
+               for n, p in zip(gn, g["params"])}
+    saved_group_of = {n: gi for gi, (_, gn) in enumerate(saved_groups) for n in gn}
+    saved_names = list(dict.fromkeys([*saved_group_of, *saved_state]))
+
+    report = LoadReport()
+    match = {s: s for s in saved_names if s in current}  # current name -> saved name
+    unmatched = [s for s in saved_names if s not in current]
+    if unmatched:  # second chance: names that differ only by wrapper segments
+        loose_current: dict[str, list[str]] = {}
+        for n in current:
+            loose_current.setdefault(_loose(n), []).append(n)
+        for s in unmatched:
+            hits = [n for n in loose_current.get(_loose(s), []) if n not in match]
+            if len(hits) == 1:
+                match[hits[0]] = s
+                report.renamed[s] = hits[0]
+            else:
+                report.vanished.append(s)
+    for n in list(match):
+        if not _fits(optimizer, current[n][1], saved_state.get(match[n])):
+            report.reshaped.append(n)
+            del match[n]
+    report.new = [n for n in current if n not in match and n not in report.reshaped]
+    report.loaded = [n for n in current if n in match]
+    if strict and not report.exact:
+        raise ParamwiseError(
+            f"the checkpoint does not hold the same parameters as the optimizer: "
+            f"{len(report.new)} new (e.g. {report.new[:3]}), {len(report.vanished)} vanished "
+            f"(e.g. {report.vanished[:3]}), {len(report.reshaped)} reshaped "
+            f"(e.g. {report.reshaped[:3]})", fix="pass strict=False to load what matches")
+
+    # Options: compare, and restore saved ones if asked.
+    for n in report.loaded:
+        sg = saved_group_of.get(match[n])
+        if sg is None:
+            continue
+        saved_opts = saved_groups[sg][0]
+        now = optimizer.param_groups[current[n][0]]
+        diff = {k: (saved_opts.get(k, "<unset>"), now.get(k, "<unset>"))
+                for k in dict.fromkeys([*saved_opts, *(k for k in now if k not in _NOT_OPTIONS)])
+                if not _same(saved_opts.get(k, "<unset>"), now.get(k, "<unset>"))}
+        if diff:
+            report.changed[n] = diff
+    if keep is not None:
+        report.options = ("saved checkpoint" if keep == {"*"} else
+                          f"current rules, with {', '.join(sorted(keep))} from the checkpoint")
+        report.regrouped = _restore_options(optimizer, names, match, saved_groups,
+                                            saved_group_of, keep)
+        names = _group_names(optimizer, model) if report.regrouped else names
+
+    # State: a positional torch state dict built for the current groups, so torch's own
+    # casting rules (dtype/device, the ``step`` exception) and load hooks apply.
+    from .dcp import match_layout
+
+    pid = 0
+    packed_groups, packed_state, packed_anchors = [], {}, {}
+    for g, gn in zip(optimizer.param_groups, names):
+        ids = []
+        for n, p in zip(gn, g["params"]):
+            if n in match and match[n] in saved_state:
+                packed_state[pid] = match_layout(p, saved_state[match[n]])
+            a = saved_anchors.get(match.get(n, ""))
+            if isinstance(a, torch.Tensor) and tuple(a.shape) == tuple(p.shape):
+                packed_anchors[pid] = match_layout(p, a)
+            ids.append(pid)
+            pid += 1
+        packed_groups.append({**{k: v for k, v in g.items() if k != "params"}, "params": ids})
+    packed: dict = {"state": packed_state, "param_groups": packed_groups}
+    if packed_anchors:  # read by paramwise.hooks' load pre-hook (l2_to_init anchors)
+        packed[ANCHORS_KEY] = packed_anchors
+    groups_list, group_dicts = optimizer.param_groups, list(optimizer.param_groups)
+    optimizer.load_state_dict(packed)
+    for old, new in zip(group_dicts, optimizer.param_groups):  # keep the caller's group dicts
+        for k, v in new.items():
+            old.setdefault(k, v)
+    groups_list[:] = group_dicts
+    optimizer.param_groups = groups_list
+
+    for names_, what in ((report.vanished, "parameters in the checkpoint have no parameter of "
+                          "that name in the optimizer; their state was dropped"),
+                         (report.reshaped, "parameters changed shape since the checkpoint; "
+                          "they start with fresh state")):
+        if names_:
+            warnings.warn(f"{len(names_)} {what}: {', '.join(names_[:5])}"
+                          + (" ..." if len(names_) > 5 else ""), stacklevel=2)
+    return report
+
+
+def _restore_options(optimizer, names, match, saved_groups, saved_group_of, keep) -> bool:
+    """Put saved options back per parameter; rebuild the groups if they no longer agree."""
+    from .options import paramwise_keys
+
+    own = paramwise_keys() | {"paramwise_lowered"}
+    pieces: dict[object, dict] = {}
+    per_group_keys: list[set] = []
+    for g, gn in zip(optimizer.param_groups, names):
+        base = {k: v for k, v in g.items() if k not in _NOT_OPTIONS}
+        keys = set()
+        for n, p in zip(gn, g["params"]):
+            opts = dict(base)
+            sg = saved_group_of.get(match.get(n, ""))
+            if sg is not None:
+                saved = saved_groups[sg][0]
+                if "*" in keep:  # paramwise options the checkpoint lacks are off, as saved
+                    opts = {k: v for k, v in opts.items() if k in saved or k not in own}
+                opts.update({k: v for k, v in saved.items() if "*" in keep or k in keep})
+            key = tuple(sorted((k, freeze(v)) for k, v in opts.items()))
+            keys.add(key)
+            piece = pieces.setdefault(key, {"params": [], "param_names": [], **opts})
+            piece["params"].append(p)
+            piece["param_names"].append(n)
+        per_group_keys.append(keys)
+    if all(len(k) == 1 for k in per_group_keys):  # no group has to split: update in place
+        for g, keys in zip(optimizer.param_groups, per_group_keys):
+            opts = {k: v for k, v in pieces[next(iter(keys))].items() if k not in _NOT_OPTIONS}
+            for k in [k for k in g if k not in _NOT_OPTIONS and k not in opts]:
+                del g[k]
+            g.update(opts)
+        return False
+    optimizer.param_groups = list(pieces.values())
+    return True
+

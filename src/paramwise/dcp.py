@@ -1,0 +1,139 @@
+"""Sharded checkpoints: state laid out like DTensor parameters, and name-keyed DCP loading.
+
+Under FSDP2 each rank holds shards (DTensors); DCP saves them once, globally, and reshards on
+load. Save with the name-keyed dict of :func:`paramwise.checkpoint.state_dict` (it has
+``get_optimizer_state_dict``'s layout, so either works)::
+
+    dcp.save({"model": get_model_state_dict(model), "optim": paramwise.state_dict(opt)},
+             checkpoint_id=path)
+
+and resume, after building the sharded model and *then* the optimizer with the current rules::
+
+    dcp.load({"model": (msd := get_model_state_dict(model))}, checkpoint_id=path)
+    set_model_state_dict(model, msd)
+    report = paramwise.load_dcp(opt, path)
+
+Loading into a template built from the *current* optimizer would not do: DCP reads into the
+template's keys, so after a change of rules its param groups would be half old, half new, and
+parameters added since the save would be missing from the checkpoint. :func:`load_dcp` builds the
+template from the checkpoint's metadata instead (only what exists on both sides), then hands the
+result to :func:`paramwise.checkpoint.load_state_dict`.
+"""
+
+from __future__ import annotations
+
+import sys
+from collections.abc import Iterable, Mapping
+
+import torch
+
+from .checkpoint import ANCHORS_KEY, LoadReport, _group_names, _loose, load_state_dict
+from .errors import ParamwiseError
+
+__all__ = ["load_dcp", "match_layout"]
+
+
+def is_dtensor(t: object) -> bool:
+    """Whether ``t`` is a DTensor (without importing torch.distributed when nothing did)."""
+    mod = sys.modules.get("torch.distributed.tensor")
+    return mod is not None and isinstance(t, mod.DTensor)
+
+
+def match_layout(param: torch.Tensor, value: object) -> object:
+    """A saved state value laid out like ``param``: a full tensor is cut locally (no
+    communication) to a DTensor parameter's placements, a DTensor is gathered for a plain
+    parameter (collective: every rank loads), another placement is redistributed.
+
+        >>> match_layout(torch.zeros(3), torch.ones(3))    # plain parameter, plain value
+        tensor([1., 1., 1.])
+    """
+    if isinstance(value, Mapping):
+        return {k: match_layout(param, v) for k, v in value.items()}
+    if not isinstance(value, torch.Tensor) or value.dim() == 0:
+        return value
+    p_dt, v_dt = is_dtensor(param), is_dtensor(value)
+    if p_dt and not v_dt and tuple(value.shape) == tuple(param.shape):
+        from torch.distributed.tensor import distribute_tensor
+
+        return distribute_tensor(value.to(param.device), param.device_mesh,  # type: ignore[attr-defined]
+                                 param.placements, src_data_rank=None)  # type: ignore[attr-defined]
+    if v_dt and not p_dt:
+        return value.full_tensor()  # type: ignore[attr-defined]
+    if p_dt and v_dt and value.device_mesh == param.device_mesh and \
+            tuple(value.placements) != tuple(param.placements):  # type: ignore[attr-defined]
+        return value.redistribute(placements=param.placements)  # type: ignore[attr-defined]
+    return value
+
+
+def load_dcp(optimizer: torch.optim.Optimizer, checkpoint_id: object, *, key: str = "optim",
+             storage_reader: object | None = None, keep_saved_options: bool | Iterable[str] = False,
+             strict: bool = False, model: torch.nn.Module | None = None) -> LoadReport:
+    """Load ``state[key]`` of a ``torch.distributed.checkpoint`` (DCP) checkpoint by name.
+
+    The checkpoint was saved as ``dcp.save({key: paramwise.state_dict(opt), ...},
+    checkpoint_id=path)`` (or with ``get_optimizer_state_dict``'s output). Every rank calls
+    this after building its (sharded) model and optimizer. The load template is built from the
+    checkpoint's metadata and the *current* parameters: state tensors of parameters that still
+    exist are read straight into tensors laid out like them (DCP reshards), saved param groups
+    are read whole, nothing else is touched; then :func:`load_state_dict` does the rest.
+
+        >>> report = load_dcp(opt, "ckpt/step-100")          # doctest: +SKIP
+    """
+    import torch.distributed.checkpoint as dcp
+    from torch.distributed.checkpoint.metadata import TensorStorageMetadata
+
+    reader = storage_reader if storage_reader is not None else dcp.FileSystemReader(
+        checkpoint_id)  # type: ignore[arg-type]
+    entries = reader.read_metadata().state_dict_metadata  # type: ignore[attr-defined]
+    names = _group_names(optimizer, model)
+    params = {n: p for g, gn in zip(optimizer.param_groups, names) for n, p in zip(gn, g["params"])}
+    by_loose: dict[str, str] = {}
+    for n in params:
+        by_loose.setdefault(_loose(n), n)
+    head = f"{key}." if key else ""
+    groups: dict[int, dict[str, None]] = {}
+    tstate: dict[str, dict[str, object]] = {}
+    anchors: dict[str, object] = {}
+    for fqn, md in entries.items():
+        if not fqn.startswith(head):
+            continue
+        rest = fqn[len(head):]
+        if rest.startswith("param_groups."):
+            idx, _, opt_key = rest[len("param_groups."):].partition(".")
+            groups.setdefault(int(idx), {})[opt_key] = None
+            continue
+        section = next((s for s in ("state.", f"{ANCHORS_KEY}.") if rest.startswith(s)), None)
+        if section is None:
+            continue
+        body = rest[len(section):]
+        if section != "state.":
+            body += ".anchor"
+        saved_name, _, skey = body.rpartition(".")
+        p = params.get(saved_name)
+        if p is None:
+            p = params.get(by_loose.get(_loose(saved_name), ""))
+        if p is None:
+            continue  # vanished: never read
+        if isinstance(md, TensorStorageMetadata):
+            dtype = md.properties.dtype
+            if tuple(md.size) == tuple(p.shape):
+                value: object = torch.empty_like(p, dtype=dtype, requires_grad=False)
+            else:
+                value = torch.empty(tuple(md.size), dtype=dtype)
+        else:
+            value = None
+        if section == "state.":
+            tstate.setdefault(saved_name, {})[skey] = value
+        else:
+            anchors[saved_name] = value
+    if not groups:
+        raise ParamwiseError(f"checkpoint {checkpoint_id!r} has no optimizer under key {key!r}",
+                             fix="pass key= the name used in dcp.save({key: ...})")
+    template: dict = {"state": tstate,
+                      "param_groups": [groups.get(i, {}) for i in range(max(groups) + 1)]}
+    if anchors:
+        template[ANCHORS_KEY] = anchors
+    dcp.load({key: template} if key else template, checkpoint_id=checkpoint_id,
+             storage_reader=reader)  # type: ignore[arg-type]
+    return load_state_dict(optimizer, template, keep_saved_options=keep_saved_options,
+                           strict=strict, model=model)

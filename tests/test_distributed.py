@@ -1,0 +1,600 @@
+"""Real 2-process jobs on CPU (gloo, 127.0.0.1): DDP, FSDP2, FSDP1 refusal, name-keyed checkpoints.
+
+One job runs every check: the module-scoped fixture starts this file as a script twice (ranks 0
+and 1), each rank runs the checks below in order and writes its results as JSON; each test
+asserts one check on both ranks. References are single-process runs over the same global
+batch, computed inside each worker (no communication), in float64. Every regularization mode
+runs under DDP (ranks must stay bit-identical) and FSDP2 (uneven and empty shards; group norms
+along the shard dim and across it). ``PARAMWISE_DIST_ONLY=check1,check2`` runs a subset;
+a failing rank prints its traceback to its log. Deselect all with ``-m "not distributed"``.
+
+The optimizer is built *after* ``fully_shard``: FSDP2 replaces the parameters with DTensor
+parameters, and an optimizer built before would hold the old, orphaned tensors.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import socket
+import subprocess
+import sys
+import time
+import traceback
+from collections.abc import Callable
+from datetime import timedelta
+from pathlib import Path
+
+import pytest
+import torch
+from torch import nn
+
+WORLD = 2
+STEPS = 3
+CHECKS: dict[str, Callable[[], None]] = {}
+# Checks that fail because of a known problem outside this file; strict: a fix turns them red.
+KNOWN_FAILURES: dict[str, str] = {}
+
+
+def check(fn: Callable[[], None]) -> Callable[[], None]:
+    CHECKS[fn.__name__] = fn
+    return fn
+
+
+# ------------------------------------------------------------------------------ the model
+class Tiny(nn.Module):
+    """Uneven shards over 2 ranks: 7 embedding rows (4/3), 5-row Linears (3/2); ``out`` has one
+    row, so rank 1's shards of its weight and bias are empty."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.emb = nn.Embedding(7, 4)
+        self.fc1 = nn.Linear(4, 5)
+        self.norm = nn.LayerNorm(5)
+        self.fc2 = nn.Linear(5, 5)
+        self.out = nn.Linear(5, 1)
+
+    def forward(self, idx: torch.Tensor) -> torch.Tensor:
+        x = self.emb(idx).mean(1)
+        x = self.norm(torch.tanh(self.fc1(x)))
+        return self.out(torch.tanh(self.fc2(x)))
+
+
+def tiny(seed: int = 0) -> Tiny:
+    torch.manual_seed(seed)
+    return Tiny().double()
+
+
+def global_batches(steps: int = STEPS, seed: int = 1) -> list[tuple[torch.Tensor, torch.Tensor]]:
+    g = torch.Generator().manual_seed(seed)
+    return [(torch.randint(0, 7, (8, 3), generator=g), torch.randn(8, 1, generator=g,
+                                                                   dtype=torch.float64))
+            for _ in range(steps)]
+
+
+def local(batch, rank: int):
+    x, y = batch
+    n = x.shape[0] // WORLD
+    return x[rank * n:(rank + 1) * n], y[rank * n:(rank + 1) * n]
+
+
+def train(model, opt, batches) -> None:
+    for x, y in batches:
+        opt.zero_grad()
+        nn.functional.mse_loss(model(x), y).backward()
+        opt.step()
+
+
+def shard(model: nn.Module) -> nn.Module:
+    from torch.distributed.device_mesh import init_device_mesh
+    from torch.distributed.fsdp import fully_shard
+
+    mesh = init_device_mesh("cpu", (WORLD,))
+    for m in (model.fc1, model.fc2, model.out):
+        fully_shard(m, mesh=mesh)
+    fully_shard(model, mesh=mesh)
+    return model
+
+
+def full(t: torch.Tensor) -> torch.Tensor:
+    return t.full_tensor() if hasattr(t, "full_tensor") else t
+
+
+def rank() -> int:
+    import torch.distributed as dist
+
+    return dist.get_rank()
+
+
+def same_groups(got: list[dict], want: list[dict]) -> None:
+    assert [g["param_names"] for g in got] == [g["param_names"] for g in want], \
+        ([g["param_names"] for g in got], [g["param_names"] for g in want])
+    for a, b in zip(got, want):
+        oa = {k: v for k, v in a.items() if k != "params"}
+        ob = {k: v for k, v in b.items() if k != "params"}
+        assert oa == ob, (oa, ob)
+
+
+def rules():
+    import paramwise
+
+    return [paramwise.no_decay(), paramwise.layer_decay(0.5, depth=lambda n: {
+        "emb": 0, "fc1": 1, "norm": 1, "fc2": 2, "out": 3}[n.split(".")[0]]),
+        paramwise.Rule("weight", lr_mult=0.5), paramwise.Rule("ndim<2", momentum=0.8)]
+
+
+def groups_of(model):
+    import paramwise
+
+    return paramwise.param_groups(model, rules(), lr=0.1, weight_decay=0.01, momentum=0.9)
+
+
+# ------------------------------------------------------------------------------ checks: DDP
+@check
+def ddp_groups_and_checkpoint_names() -> None:
+    from torch.distributed.checkpoint.state_dict import get_optimizer_state_dict
+    from torch.nn.parallel import DistributedDataParallel as DDP
+
+    import paramwise
+    from paramwise.checkpoint import state_dict
+
+    ddp = DDP(tiny())
+    assert next(n for n, _ in ddp.named_parameters()) == "module.emb.weight"
+    same_groups(groups_of(ddp), groups_of(tiny()))
+    opt = paramwise.optimizer(ddp, "adamw", [paramwise.no_decay()], lr=1e-2, weight_decay=0.1)
+    train(ddp, opt, [local(b, rank()) for b in global_batches(1)])
+    ours, theirs = state_dict(opt), get_optimizer_state_dict(ddp, opt)
+    assert list(ours["state"]) == list(theirs["state"])
+    assert sorted(ours["state"]) == sorted(n for n, _ in tiny().named_parameters())
+    for n in ours["state"]:
+        assert ours["state"][n]["exp_avg"] is theirs["state"][n]["exp_avg"], n
+
+
+# ------------------------------------------------------------------------------ checks: FSDP1
+def _fsdp1(use_orig_params: bool) -> nn.Module:
+    from torch.distributed.fsdp import FullyShardedDataParallel as FSDP
+
+    return FSDP(tiny(), use_orig_params=use_orig_params, device_id=torch.device("cpu"))
+
+
+@check
+def fsdp1_flat_param_is_refused() -> None:
+    import paramwise
+
+    flat = _fsdp1(use_orig_params=False)
+    assert [n for n, _ in flat.named_parameters()] == ["_fsdp_wrapped_module._flat_param"]
+    for build in (lambda: paramwise.param_groups(flat),
+                  lambda: paramwise.optimizer(flat, "sgd", lr=0.1)):
+        try:
+            build()
+        except paramwise.ParamwiseError as e:
+            assert "FlatParameter" in str(e) and "use_orig_params=True" in str(e), str(e)
+            assert "fully_shard" in str(e), str(e)
+        else:
+            raise AssertionError("an FSDP1 flat parameter was accepted")
+
+
+@check
+def fsdp1_orig_params_names_are_canonical() -> None:
+    import paramwise
+
+    wrapped = _fsdp1(use_orig_params=True)
+    assert next(n for n, _ in wrapped.named_parameters()).startswith("_fsdp_wrapped_module.")
+    got = [g["param_names"] for g in paramwise.param_groups(wrapped, lr=0.1)]
+    assert sorted(n for names in got for n in names) == sorted(n for n, _ in tiny().named_parameters())
+
+
+@check
+def fsdp1_orig_params_roles_use_global_shapes() -> None:
+    import paramwise
+
+    wrapped = _fsdp1(use_orig_params=True)   # parameters are flat 1-D views of local shards
+    same_groups(groups_of(wrapped), groups_of(tiny()))
+    rep = paramwise.report(wrapped, rules(), lr=0.1, weight_decay=0.01, momentum=0.9).to_dict()
+    assert rep["total"]["elements"] == sum(p.numel() for p in tiny().parameters())
+
+
+# ------------------------------------------------------------------------------ checks: FSDP2
+@check
+def fsdp2_groups_roles_and_report_use_global_shapes() -> None:
+    import paramwise
+
+    model = shard(tiny())
+    local_rows = {n: p.to_local().shape[0] for n, p in model.named_parameters()}
+    assert local_rows["fc1.weight"] == (3, 2)[rank()] and local_rows["emb.weight"] == (4, 3)[rank()]
+    assert local_rows["out.weight"] == (1, 0)[rank()]                       # an empty shard
+    same_groups(groups_of(model), groups_of(tiny()))
+    rep = paramwise.report(model, rules(), lr=0.1, weight_decay=0.01, momentum=0.9).to_dict()
+    ref = paramwise.report(tiny(), rules(), lr=0.1, weight_decay=0.01, momentum=0.9).to_dict()
+    assert rep["groups"] == ref["groups"] and rep["total"] == ref["total"]
+    text = paramwise.explain(model, "out.weight", rules=rules(), lr=0.1, weight_decay=0.01,
+                             momentum=0.9)
+    assert "(1, 5)" in text, text
+
+
+def _checkpoint_rules():
+    import paramwise
+
+    a = [paramwise.no_decay(), paramwise.Rule("fc2.*", lr_mult=0.5)]
+    b = [paramwise.Rule("bias | norm", weight_decay=0.0), paramwise.Rule("embedding | out.*", lr=3e-3),
+         paramwise.Rule("fc1.weight", weight_decay=0.2)]
+    return a, b
+
+
+def _adamw(model, rules):
+    import paramwise
+
+    return paramwise.optimizer(model, "adamw", rules, lr=1e-2, weight_decay=0.1)
+
+
+def _by_name(model, opt) -> dict[str, dict]:
+    return {n: opt.state[p] for n, p in model.named_parameters() if p in opt.state}
+
+
+def _assert_state_equal(a: dict, b: dict) -> None:
+    assert a.keys() == b.keys(), (a.keys(), b.keys())
+    for k in a:
+        x, y = a[k], b[k]
+        x = x.to_local() if hasattr(x, "to_local") else x
+        y = y.to_local() if hasattr(y, "to_local") else y
+        assert torch.equal(x, y), k
+
+
+@check
+def fsdp2_dcp_save_change_rules_load_continue() -> None:
+    import torch.distributed.checkpoint as dcp
+    from torch.distributed.checkpoint.state_dict import get_model_state_dict, set_model_state_dict
+
+    from paramwise.checkpoint import state_dict
+    from paramwise.dcp import load_dcp
+
+    rules_a, rules_b = _checkpoint_rules()
+    path = str(OUT / "ckpt")
+    model = shard(tiny())
+    opt = _adamw(model, rules_a)
+    data = global_batches(2 * STEPS)
+    train(model, opt, [local(b, rank()) for b in data[:STEPS]])
+    dcp.save({"model": get_model_state_dict(model), "optim": state_dict(opt)}, checkpoint_id=path)
+
+    model2 = shard(tiny(seed=5))
+    opt2 = _adamw(model2, rules_b)
+    msd = get_model_state_dict(model2)
+    dcp.load({"model": msd}, checkpoint_id=path)
+    set_model_state_dict(model2, msd)
+    report = load_dcp(opt2, path)
+    assert report.exact and not report.renamed, str(report)
+    assert report.changed["fc1.weight"] == {"weight_decay": (0.1, 0.2)}, report.changed
+    want = _by_name(model, opt)
+    got = _by_name(model2, opt2)
+    assert got.keys() == want.keys()
+    for n in want:
+        _assert_state_equal(got[n], want[n])
+    table = {n: (g["lr"], g["weight_decay"]) for g in opt2.param_groups for n in g["param_names"]}
+    assert table == {"emb.weight": (3e-3, 0.1), "fc1.weight": (1e-2, 0.2), "fc2.weight": (1e-2, 0.1),
+                     "out.weight": (3e-3, 0.1), "fc1.bias": (1e-2, 0.0), "norm.weight": (1e-2, 0.0),
+                     "norm.bias": (1e-2, 0.0), "fc2.bias": (1e-2, 0.0), "out.bias": (3e-3, 0.0)}, table
+
+    # Reference: the original run, its state moved by hand into an optimizer with rules B.
+    ref_opt = _adamw(model, rules_b)
+    for p in model.parameters():
+        ref_opt.state[p] = {k: v.clone() for k, v in opt.state[p].items()}
+    more = [local(b, rank()) for b in data[STEPS:]]
+    train(model2, opt2, more)
+    train(model, ref_opt, more)
+    for (n, p), q in zip(model.named_parameters(), model2.parameters()):
+        assert torch.equal(full(p), full(q)), n
+
+    # keep_saved_options restores rules A's options, name by name.
+    model3 = shard(tiny(seed=6))
+    opt3 = _adamw(model3, rules_b)
+    load_dcp(opt3, path, keep_saved_options=True)
+    opts = {n: (g["lr"], g["weight_decay"]) for g in opt3.param_groups for n in g["param_names"]}
+    assert opts == {n: (g["lr"], g["weight_decay"]) for g in opt.param_groups
+                    for n in g["param_names"]}
+
+
+@check
+def fsdp2_dcp_cycle_with_regularizers() -> None:
+    """l1 moves to another layer, l2_to_init stays: moments and the *original* anchors follow
+    the names through a sharded checkpoint."""
+    import torch.distributed.checkpoint as dcp
+    from torch.distributed.checkpoint.state_dict import get_model_state_dict, set_model_state_dict
+
+    import paramwise
+    from paramwise.checkpoint import state_dict
+    from paramwise.dcp import load_dcp
+    from paramwise.hooks import handle_of
+
+    R = paramwise.Rule
+    rules_a = [paramwise.no_decay(), R("fc1.weight | fc2.weight", l1=1e-2),
+               R("out.weight | emb.weight", l2_to_init=0.5)]
+    rules_b = [paramwise.no_decay(), R("fc2.weight", l1=2e-2),
+               R("out.weight | emb.weight", l2_to_init=0.5)]
+    path = str(OUT / "ckpt_reg")
+    model = shard(tiny())
+    opt = _adamw(model, rules_a)
+    data = global_batches(2 * STEPS, seed=9)
+    train(model, opt, [local(b, rank()) for b in data[:STEPS]])
+    dcp.save({"model": get_model_state_dict(model), "optim": state_dict(opt)}, checkpoint_id=path)
+
+    model2 = shard(tiny(seed=5))
+    opt2 = _adamw(model2, rules_b)        # anchors taken now, from the wrong (seed 5) weights
+    msd = get_model_state_dict(model2)
+    dcp.load({"model": msd}, checkpoint_id=path)
+    set_model_state_dict(model2, msd)
+    report = load_dcp(opt2, path)
+    assert report.exact, str(report)
+    anchors = dict(zip([n for n, _ in model.named_parameters()], model2.parameters()))
+    for n in ("out.weight", "emb.weight"):
+        want = handle_of(opt).anchors[dict(model.named_parameters())[n]]
+        _assert_state_equal({"a": handle_of(opt2).anchors[anchors[n]]}, {"a": want})
+
+    ref_opt = _adamw(model, rules_b)
+    for p in model.parameters():
+        ref_opt.state[p] = {k: v.clone() for k, v in opt.state[p].items()}
+    for p, a in handle_of(opt).anchors.items():
+        handle_of(ref_opt).anchors[p] = a.clone()
+    more = [local(b, rank()) for b in data[STEPS:]]
+    train(model2, opt2, more)
+    train(model, ref_opt, more)
+    for (n, p), q in zip(model.named_parameters(), model2.parameters()):
+        assert torch.equal(full(p), full(q)), n
+
+
+@check
+def fsdp2_fqn_state_dicts_interoperate() -> None:
+    from torch.distributed.checkpoint.state_dict import (
+        StateDictOptions,
+        get_optimizer_state_dict,
+        set_optimizer_state_dict,
+    )
+
+    from paramwise.checkpoint import load_state_dict, state_dict
+
+    rules_a, rules_b = _checkpoint_rules()
+    model = shard(tiny())
+    opt = _adamw(model, rules_a)
+    train(model, opt, [local(b, rank()) for b in global_batches()])
+    ours = state_dict(opt)
+    theirs = get_optimizer_state_dict(model, opt)
+    assert ours["state"].keys() == theirs["state"].keys()
+    # A full (unsharded) FQN-keyed dict, as rank 0 would torch.save it, loads by name into
+    # sharded parameters under other rules: each rank keeps its own slice.
+    full_sd = get_optimizer_state_dict(model, opt, options=StateDictOptions(full_state_dict=True))
+    assert not hasattr(full_sd["state"]["fc1.weight"]["exp_avg"], "to_local")
+    model2 = shard(tiny(seed=3))
+    opt2 = _adamw(model2, rules_b)
+    load_state_dict(opt2, full_sd)
+    for n, st in _by_name(model, opt).items():
+        _assert_state_equal(_by_name(model2, opt2)[n], st)
+    # paramwise's dict goes into torch's set_optimizer_state_dict (same rules).
+    model3 = shard(tiny(seed=4))
+    opt3 = _adamw(model3, rules_a)
+    set_optimizer_state_dict(model3, opt3, state_dict(opt))
+    for n, st in _by_name(model, opt).items():
+        _assert_state_equal(_by_name(model3, opt3)[n], st)
+
+
+# ------------------------------------------------------------------------------ checks: regularization
+def _modes() -> dict[str, tuple[str, dict, list]]:
+    """name -> (optimizer, its options, rules). Strengths are set so that every prox and
+    projection really acts within STEPS steps (zeros, zero rows, clipped rows)."""
+    import paramwise
+
+    R = paramwise.Rule
+    sgd, sgdm, adam = dict(lr=0.1), dict(lr=0.1, momentum=0.9), dict(lr=3e-2)
+    return {
+        "l2_lowered_sgd": ("sgd", sgdm, [R("weight", l2=0.05)]),
+        "l2_hook_adamw": ("adamw", dict(lr=1e-2, weight_decay=0.0), [R("weight", l2=0.05)]),
+        "l1_prox_adam": ("adam", adam, [R("weight | embedding", l1=0.02)]),
+        "l1_prox_lr_adam": ("adam", adam, [R("weight", l1=0.02, prox_scale="lr")]),
+        "l1_prox_sgd_momentum": ("sgd", sgdm, [R("weight", l1=0.02)]),
+        "l1_subgradient": ("sgd", sgd, [R("weight", l1=0.02, prox=False)]),
+        "elastic_net": ("sgd", sgd, [R("weight", l1=0.02, l2=0.05)]),
+        "decoupled_decay_sgd": ("sgd", sgdm, [R("weight", decoupled_decay=0.1)]),
+        "l2_to_init": ("sgd", sgd, [R("weight", l2_to_init=0.5)]),
+        # group dim 0 is FSDP2's shard dim: every row lies on one rank (5 rows: 3/2, 7: 4/3)
+        "group_lasso_rows_sgd": ("sgd", sgd, [R("weight | embedding", group_lasso=1.0)]),
+        "group_lasso_rows_adam": ("adam", adam, [R("weight | embedding", group_lasso=0.1)]),
+        # group dim 1: every column is split across the ranks; its norm needs both halves
+        "group_lasso_cols_sgd": ("sgd", sgd, [R("weight", group_lasso=1.0, group_dim=1)]),
+        "group_lasso_cols_adam": ("adam", adam, [R("weight", group_lasso=0.5, group_dim=1)]),
+        "group_lasso_cols_subgradient": ("sgd", sgd, [R("weight", group_lasso=1.0, group_dim=1,
+                                                        prox=False)]),
+        "max_norm_rows": ("sgd", dict(lr=0.5), [R("weight | embedding", max_norm=0.3)]),
+        "max_norm_cols": ("sgd", dict(lr=0.5), [R("weight", max_norm=0.3, max_norm_dim=1)]),
+    }
+
+
+MODE_NAMES = list(_modes())
+
+
+def _reference(mode: str):
+    """Single process, global batch; and the same run without the rules (must differ)."""
+    import paramwise
+
+    optim, kw, rules = _modes()[mode]
+    model = tiny()
+    opt = paramwise.optimizer(model, optim, rules, **kw)
+    train(model, opt, global_batches())
+    plain = tiny()
+    train(plain, paramwise.optimizer(plain, optim, **kw), global_batches())
+    assert any(not torch.allclose(p, q) for p, q in zip(model.parameters(), plain.parameters())), \
+        "the rules changed nothing: the reference would prove nothing"
+    return model, opt
+
+
+def _close(got: torch.Tensor, want: torch.Tensor, what: str) -> None:
+    torch.testing.assert_close(got, want, rtol=1e-9, atol=1e-12, msg=lambda m: f"{what}: {m}")
+
+
+def _same_stats(got: dict, want: dict) -> None:
+    assert got.keys() == want.keys(), (got.keys(), want.keys())
+    for i in want:
+        assert got[i].keys() == want[i].keys(), (i, got[i].keys(), want[i].keys())
+        for k, v in want[i].items():
+            if isinstance(v, int):
+                assert got[i][k] == v, (i, k, got[i][k], v)
+            else:
+                assert abs(got[i][k] - v) <= 1e-9 * max(1.0, abs(v)), (i, k, got[i][k], v)
+
+
+def _ddp_mode(mode: str) -> None:
+    import torch.distributed as dist
+    from torch.nn.parallel import DistributedDataParallel as DDP
+
+    import paramwise
+    from paramwise.monitor import penalty, stats
+
+    ref, ref_opt = _reference(mode)
+    optim, kw, rules = _modes()[mode]
+    model = DDP(tiny())
+    opt = paramwise.optimizer(model, optim, rules, **kw)
+    train(model, opt, [local(b, rank()) for b in global_batches()])
+    flat = torch.cat([p.detach().reshape(-1) for p in model.parameters()])
+    gathered = [torch.empty_like(flat) for _ in range(WORLD)]
+    dist.all_gather(gathered, flat)
+    assert all(torch.equal(g, gathered[0]) for g in gathered), "ranks diverged"
+    for (n, p), q in zip(model.module.named_parameters(), ref.parameters()):
+        _close(p, q, n)
+    _close(penalty(opt), penalty(ref_opt), "penalty")
+    _same_stats(stats(opt), stats(ref_opt))
+
+
+def _fsdp2_mode(mode: str) -> None:
+    import paramwise
+    from paramwise.monitor import penalty, stats
+
+    ref, ref_opt = _reference(mode)
+    optim, kw, rules = _modes()[mode]
+    model = shard(tiny())
+    opt = paramwise.optimizer(model, optim, rules, **kw)
+    train(model, opt, [local(b, rank()) for b in global_batches()])
+    for (n, p), q in zip(model.named_parameters(), ref.parameters()):
+        _close(full(p), q, n)
+    pen = penalty(opt)
+    assert not hasattr(pen, "to_local"), "penalty() must be a plain (global) tensor"
+    _close(pen, penalty(ref_opt), "penalty")
+    _same_stats(stats(opt), stats(ref_opt))
+
+
+for _m in MODE_NAMES:
+    CHECKS[f"ddp_{_m}"] = lambda _m=_m: _ddp_mode(_m)
+for _m in MODE_NAMES:
+    CHECKS[f"fsdp2_{_m}"] = lambda _m=_m: _fsdp2_mode(_m)
+
+
+# ------------------------------------------------------------------------------ worker side
+OUT = Path(".")
+
+
+def main(rank_: int, port: int, out: Path) -> None:
+    global OUT
+    import torch.distributed as dist
+
+    OUT = out
+    torch.set_num_threads(1)
+    dist.init_process_group("gloo", init_method=f"tcp://127.0.0.1:{port}", rank=rank_,
+                            world_size=WORLD, timeout=timedelta(seconds=60))
+    results: dict[str, dict] = {}
+    only = os.environ.get("PARAMWISE_DIST_ONLY")
+    for name, fn in CHECKS.items():
+        if only and name not in only.split(","):
+            continue
+        t = time.perf_counter()
+        try:
+            fn()
+            results[name] = {"ok": True}
+        except BaseException:  # noqa: BLE001 - reported to the parent, which asserts
+            results[name] = {"ok": False, "error": traceback.format_exc()}
+            print(f"rank {rank_}: {name} failed:\n{results[name]['error']}", file=sys.stderr)
+        results[name]["seconds"] = round(time.perf_counter() - t, 3)
+        try:
+            dist.barrier()
+        except RuntimeError:  # the ranks fell out of step (one failed inside a collective)
+            results[name] = {"ok": False, "error": traceback.format_exc(),
+                             "before": results[name]}
+            break
+    (out / f"rank{rank_}.json").write_text(json.dumps(results, indent=1))
+    dist.destroy_process_group()
+
+
+if __name__ == "__main__":
+    main(int(sys.argv[1]), int(sys.argv[2]), Path(sys.argv[3]))
+
+
+# ------------------------------------------------------------------------------ pytest side
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def run_job(script: str, out: Path, timeout: float = 170.0) -> list[dict]:
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONUNBUFFERED": "1"}
+    if Path("/sys/class/net/lo").exists():
+        env.setdefault("GLOO_SOCKET_IFNAME", "lo")
+    port = free_port()
+    logs = [open(out / f"rank{r}.log", "w") for r in range(WORLD)]  # noqa: SIM115
+    procs = [subprocess.Popen([sys.executable, script, str(r), str(port), str(out)], env=env,
+                              stdout=logs[r], stderr=subprocess.STDOUT) for r in range(WORLD)]
+    deadline = time.monotonic() + timeout
+    try:
+        for p in procs:
+            p.wait(timeout=max(1.0, deadline - time.monotonic()))
+    except subprocess.TimeoutExpired:
+        pass
+    finally:
+        for p in procs:
+            if p.poll() is None:
+                p.kill()
+                p.wait()
+        for f in logs:
+            f.close()
+    results = []
+    for r in range(WORLD):
+        f = out / f"rank{r}.json"
+        if not f.exists():
+            log = (out / f"rank{r}.log").read_text()[-4000:]
+            pytest.fail(f"rank {r} wrote no results (exit {procs[r].returncode}):\n{log}")
+        results.append(json.loads(f.read_text()))
+    return results
+
+
+@pytest.fixture(scope="module")
+def job(tmp_path_factory) -> list[dict]:
+    return run_job(__file__, tmp_path_factory.mktemp("dist"))
+
+
+@pytest.mark.distributed
+@pytest.mark.parametrize("name", [
+    pytest.param(n, marks=pytest.mark.xfail(strict=True, reason=KNOWN_FAILURES[n]))
+    if n in KNOWN_FAILURES else n for n in CHECKS])
+def test_distributed(job: list[dict], name: str) -> None:
+    for r, results in enumerate(job):
+        res = results.get(name)
+        assert res is not None, f"rank {r} did not run {name}"
+        assert res["ok"], f"rank {r}:\n{res['error']}"
+
+
+@pytest.mark.distributed
+def test_torchrun_fsdp_example(tmp_path: Path) -> None:
+    """examples/torchrun_fsdp.py under torchrun, 2 processes, a few steps, and a checkpoint."""
+    script = Path(__file__).resolve().parents[1] / "examples" / "torchrun_fsdp.py"
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    if Path("/sys/class/net/lo").exists():
+        env.setdefault("GLOO_SOCKET_IFNAME", "lo")
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", str(WORLD),
+           "--master_addr", "127.0.0.1", "--master_port", str(free_port()), str(script),
+           "--steps", "3", "--save", str(tmp_path / "ckpt")]
+    done = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=170)
+    out = done.stdout
+    assert done.returncode == 0, out[-3000:] + done.stderr[-3000:]
+    assert re.search(r"^group\s+tensors\s+elements", out, re.M), out        # the table, once
+    assert "blocks.0.mlp.0.weight" in out, out
+    steps = [line for line in out.splitlines() if line.startswith("step ")]
+    assert [line.split()[1] for line in steps] == ["1", "2", "3"], out  # printed once: rank 0
+    zeros = [float(line.rsplit(" ", 1)[-1].rstrip("%")) for line in steps]
+    assert zeros[-1] > 0, out                            # the proximal L1 made exact zeros
+    assert (tmp_path / "ckpt" / ".metadata").exists()
