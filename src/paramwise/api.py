@@ -62,6 +62,9 @@ def param_groups(
 
         >>> groups = param_groups(model, [Rule("bias | norm", weight_decay=0.0)], weight_decay=0.05)
         >>> torch.optim.AdamW(groups, lr=1e-3)  # doctest: +SKIP
+
+    Groups may carry regularizer options (``l1``, ``group_lasso``, ...): an optimizer built from
+    them by hand needs ``paramwise.attach(opt)`` for those to run (:func:`optimizer` does it).
     """
     cls = resolve_optimizer(optimizer) if optimizer is not None else None
     plan = make_plan(model, rules, optimizer=cls, strict=strict, include_frozen=include_frozen,
