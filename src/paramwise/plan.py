@@ -113,6 +113,7 @@ def gc_paused() -> Iterator[None]:
             gc.enable()
 
 
+@gc_paused()
 def make_plan(
     model: nn.Module | Inventory,
     rules: Iterable[RuleLike] | RuleLike = (),
@@ -123,20 +124,6 @@ def make_plan(
     **defaults: object,
 ) -> Plan:
     """Resolve ``rules`` over ``model``; see the module docstring for the semantics."""
-    with gc_paused():
-        return _make_plan(model, rules, optimizer=optimizer, strict=strict,
-                          include_frozen=include_frozen, **defaults)
-
-
-def _make_plan(
-    model: nn.Module | Inventory,
-    rules: Iterable[RuleLike] | RuleLike = (),
-    *,
-    optimizer: type | None = None,
-    strict: bool = True,
-    include_frozen: bool = False,
-    **defaults: object,
-) -> Plan:
     inv = model if isinstance(model, Inventory) else Inventory.build(model)
     if inv.num_tensors == 0:
         raise ParamwiseError("the model has no parameters", fix="build the model before the "
