@@ -262,8 +262,10 @@ def test_tied_conflicts_name_config_rules():
     model.head.weight = model.embed.weight  # tied (10, 8)
     cfg = {**BASE, "rules": [{"preset": "no_decay"}, {"select": "module:head", "lr": 0.5}]}
     with pytest.raises(ParamwiseError, match=re.escape(
-            "(rules [rules[0]] vs [rules[1]]); a tensor has one set of options: add a rule "
-            "that selects both names last, e.g. {select: 'embed.weight | head.weight', ...}")):
+            "weight_decay=0.0 vs unset (rules [rules[0]] vs [rules[1]]); a tensor has one set of "
+            "options: make the rules that differ select both names (or neither), e.g. add "
+            "'| head.weight' to their selectors, or set the option for both last with "
+            "{select: 'embed.weight | head.weight', ...}")):
         from_config(model, cfg)
 
 

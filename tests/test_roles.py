@@ -77,7 +77,16 @@ def test_roles_never_come_from_name_substrings():
     assert roles["bias_net.bias"] == {"bias"}
 
 
-def test_norm_heuristic_and_registration():
+@pytest.fixture
+def restore_norm_classes():
+    from paramwise import inventory
+
+    saved = list(inventory._NORM_CLASSES)
+    yield
+    inventory._NORM_CLASSES[:] = saved
+
+
+def test_norm_heuristic_and_registration(restore_norm_classes):
     class WeightNormish(nn.Module):  # 'norm' in the name but owns a matrix: not a norm layer
         def __init__(self):
             super().__init__()
@@ -123,6 +132,7 @@ def test_no_decay_preset_selects_roles_and_tied_conflict_is_an_error():
     msg = str(e.value)
     assert "'embed.weight' and 'head.weight' are the same (tied) tensor" in msg
     assert "weight_decay=0.0 vs 0.1" in msg and "Rule('embed.weight | head.weight'" in msg
+    assert "add '| head.weight' to their selectors" in msg
     # the fix the message suggests works, and the tied tensor lands in one group only
     groups = paramwise.param_groups(
         model, [paramwise.no_decay(), paramwise.Rule("embed.weight | head.weight",

@@ -153,19 +153,26 @@ def resolve_target(obj: nn.Module | torch.optim.Optimizer, rules, defaults: dict
     An optimizer → its plan (if paramwise built it). A model with ``rules`` → a fresh plan. A
     model without rules → the last optimizer paramwise built for it.
     """
+    optim_arg = defaults.pop("optimizer", None)
+    cls = resolve_optimizer(optim_arg) if optim_arg is not None else None
     if isinstance(obj, torch.optim.Optimizer):
-        if rules is not None:
-            raise ParamwiseError(f"{what}(optimizer, rules=...) mixes two sources",
-                                 fix=f"pass either the optimizer or the model with its rules to {what}()")
+        if rules is not None or defaults or cls is not None:
+            raise ParamwiseError(f"{what}(optimizer, ...) got rules or options as well",
+                                 fix=f"pass either the optimizer alone, or the model with its "
+                                 f"rules and options to {what}()")
         return _PLANS.get(obj), obj
     if isinstance(obj, nn.Module):
         if rules is not None:
-            optim_arg = defaults.pop("optimizer", None)
-            cls = resolve_optimizer(optim_arg) if optim_arg is not None else None
             return make_plan(obj, rules, optimizer=cls, **defaults), None
         ref = _LAST.get(obj)
         opt = ref() if ref is not None else None
         if opt is not None:
+            if defaults or cls is not None:
+                raise ParamwiseError(
+                    f"{what}(model, ...) with options, but paramwise already built an optimizer "
+                    "for this model and would show that one",
+                    fix=f"pass rules=... with the options to see a new plan, or call {what}(model) "
+                    "alone")
             return _PLANS.get(opt), opt
-        return make_plan(obj, (), **defaults), None
+        return make_plan(obj, (), optimizer=cls, **defaults), None
     raise ParamwiseError(f"{what}() takes a model or an optimizer, got {type(obj).__name__}")

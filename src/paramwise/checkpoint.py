@@ -53,6 +53,7 @@ import torch
 
 from .errors import ParamwiseError
 from .groups import freeze
+from .inventory import WRAPPER_ATTRS
 
 __all__ = ["LoadReport", "state_dict", "load_state_dict", "ANCHORS_KEY"]
 
@@ -62,11 +63,8 @@ _NOT_OPTIONS = ("params", "param_names")
 ANCHORS_KEY = "paramwise_anchors"
 # Wrapper segments dropped when an exact name does not match (names saved from a wrapped
 # model by code that did not canonicalise them, e.g. a plain optimizer's ``param_names``).
-_WRAPPER_SEGMENTS = {"_orig_mod", "_fsdp_wrapped_module", "_checkpoint_wrapped_module"}
-
-
 def _loose(name: str) -> str:
-    parts = [s for s in name.split(".") if s not in _WRAPPER_SEGMENTS]
+    parts = [s for s in name.split(".") if s not in WRAPPER_ATTRS]
     while len(parts) > 1 and parts[0] == "module":
         parts = parts[1:]
     return ".".join(parts)

@@ -32,7 +32,6 @@ config builds exactly the groups the equivalent Python rules build.
 
 from __future__ import annotations
 
-import importlib
 import inspect
 import os
 import re
@@ -173,16 +172,6 @@ def _options(raw: Mapping[str, object], cls: type | None, where: str) -> dict[st
 
 
 def _resolve_optimizer(name: object, src: str) -> type:
-    if isinstance(name, str) and (":" in name or "." in name):
-        mod_name, sep, attr = name.partition(":") if ":" in name else name.rpartition(".")
-        try:
-            obj = getattr(importlib.import_module(mod_name), attr)
-        except (ImportError, AttributeError) as e:
-            raise ParamwiseError(f"{src}: optimizer {name!r} cannot be imported "
-                                 f"({type(e).__name__}: {e})",
-                                 fix="write a torch.optim name (adamw, sgd, ...) or an import "
-                                 "path such as torch.optim.AdamW or mypkg.optim:Lion") from e
-        name = obj
     if not isinstance(name, (str, type)):
         raise ParamwiseError(f"{src}: 'optimizer' is {name!r} ({type(name).__name__})",
                              fix="write e.g. optimizer: adamw")

@@ -22,21 +22,15 @@ result to :func:`paramwise.checkpoint.load_state_dict`.
 
 from __future__ import annotations
 
-import sys
 from collections.abc import Iterable, Mapping
 
 import torch
 
+from ._chunks import is_dtensor
 from .checkpoint import ANCHORS_KEY, LoadReport, _group_names, _loose, load_state_dict
 from .errors import ParamwiseError
 
 __all__ = ["load_dcp", "match_layout"]
-
-
-def is_dtensor(t: object) -> bool:
-    """Whether ``t`` is a DTensor (without importing torch.distributed when nothing did)."""
-    mod = sys.modules.get("torch.distributed.tensor")
-    return mod is not None and isinstance(t, mod.DTensor)
 
 
 def match_layout(param: torch.Tensor, value: object) -> object:

@@ -12,9 +12,13 @@ that says what was expected, what came, and how to fix it, in the user's own nam
 from __future__ import annotations
 
 import difflib
+import os
+import sys
 from collections.abc import Iterable
 
-__all__ = ["ParamwiseError", "closest", "did_you_mean"]
+__all__ = ["ParamwiseError", "closest", "did_you_mean", "user_stacklevel"]
+
+_PACKAGE_DIR = os.path.dirname(os.path.abspath(__file__)) + os.sep
 
 
 class ParamwiseError(ValueError):
@@ -44,3 +48,13 @@ def did_you_mean(word: str, candidates: Iterable[str]) -> str:
     """``" (did you mean 'x'?)"`` when a close candidate exists, else ``""``."""
     hit = closest(word, candidates)
     return f" (did you mean {hit[0]!r}?)" if hit else ""
+
+
+def user_stacklevel() -> int:
+    """The ``stacklevel`` that makes a warning point at the first frame outside paramwise
+    (and outside ``contextlib``), i.e. at the user's call."""
+    frame, level = sys._getframe(1), 1
+    while frame is not None and (frame.f_code.co_filename.startswith(_PACKAGE_DIR)
+                                 or frame.f_code.co_filename.endswith("contextlib.py")):
+        frame, level = frame.f_back, level + 1
+    return level

@@ -11,6 +11,8 @@ Few groups keep the foreach/fused optimizer paths fast: they batch work per grou
 
 from __future__ import annotations
 
+from numbers import Real
+
 import torch
 
 from .plan import Plan, gc_paused
@@ -30,7 +32,11 @@ def freeze(value: object) -> object:
         hash(value)
     except TypeError:
         return ("object", id(value))
-    # 0.0 == 0 == False hash alike; keep types apart so a group's option keeps its type.
+    # Equal numbers (0 and 0.0) share a group; bools stay apart from 0/1.
+    if isinstance(value, bool):
+        return ("bool", value)
+    if isinstance(value, Real):
+        return ("num", float(value))
     return (type(value).__name__, value)
 
 

@@ -20,6 +20,7 @@ Example::
 
 from __future__ import annotations
 
+import bisect
 import fnmatch
 import math
 from dataclasses import dataclass
@@ -36,6 +37,7 @@ __all__ = [
     "register_norm",
     "register_wrapper",
     "is_norm_module",
+    "WRAPPER_ATTRS",
 ]
 
 ROLES = ("bias", "norm", "embedding", "weight")
@@ -54,9 +56,11 @@ if hasattr(nn, "RMSNorm"):
 _EMBEDDING_CLASSES: tuple[type, ...] = (nn.Embedding, nn.EmbeddingBag)
 
 # Edges that are always wrapper edges, whatever the parent: torch.compile, FSDP1, activation
-# checkpointing. ``module`` is a wrapper edge only below the classes registered here.
-_WRAPPER_ATTRS = {"_orig_mod", "_fsdp_wrapped_module", "_checkpoint_wrapped_module"}
-_MODULE_WRAPPERS: list[type] = [nn.DataParallel, nn.parallel.DistributedDataParallel]
+# checkpointing (names no user module takes). Other edges are wrapper edges only below the
+# classes registered for them: ``module`` below DDP/DataParallel, and register_wrapper's pairs.
+WRAPPER_ATTRS = frozenset({"_orig_mod", "_fsdp_wrapped_module", "_checkpoint_wrapped_module"})
+_CLASS_WRAPPERS: list[tuple[type, str]] = [
+    (nn.DataParallel, "module"), (nn.parallel.DistributedDataParallel, "module")]
 
 
 def register_norm(cls: type) -> type:
@@ -75,13 +79,17 @@ def register_norm(cls: type) -> type:
 
 
 def register_wrapper(cls: type, attr: str = "module") -> type:
-    """Declare ``cls`` a wrapper whose child ``attr`` holds the real model (its name is dropped)."""
-    if attr == "module":
-        if cls not in _MODULE_WRAPPERS:
-            _MODULE_WRAPPERS.append(cls)
-    else:
-        _WRAPPER_ATTRS.add(attr)
+    """Declare ``cls`` a wrapper whose child ``attr`` holds the real model: below instances of
+    ``cls`` (only there) the ``attr`` segment is dropped from canonical names."""
+    if not (isinstance(cls, type) and issubclass(cls, nn.Module)):
+        raise ParamwiseError(f"register_wrapper expects an nn.Module subclass, got {cls!r}")
+    if (cls, attr) not in _CLASS_WRAPPERS:
+        _CLASS_WRAPPERS.append((cls, attr))
     return cls
+
+
+def _wrapper_attrs(t: type) -> frozenset[str]:
+    return frozenset(a for c, a in _CLASS_WRAPPERS if issubclass(t, c))
 
 
 def is_norm_module(module: nn.Module) -> bool:
@@ -159,7 +167,7 @@ class Inventory:
         inv = cls()
         seen: dict[int, int] = {}
         declared: list[tuple[str, set[str]]] = []
-        facts: dict[type, tuple[bool, bool, bool, bool, bool]] = {}
+        facts: dict[type, tuple[bool, bool, frozenset[str], bool, bool]] = {}
         fsdp1: list[nn.Module] = []
         names, raws, params, modules = inv.names, inv.raw_names, inv.params, inv.modules
         mod_names, attrs, roles, unique = inv.module_names, inv.attrs, inv.roles, inv.unique
@@ -173,17 +181,15 @@ class Inventory:
                 f = facts[t] = (
                     callable(getattr(t, "no_weight_decay", None)),
                     isinstance(mod, _EMBEDDING_CLASSES),
-                    isinstance(mod, tuple(_MODULE_WRAPPERS)),
+                    WRAPPER_ATTRS | _wrapper_attrs(t),
                     isinstance(mod, tuple(_NORM_CLASSES)) or "norm" in t.__name__.lower(),
                     t.__name__ == "FullyShardedDataParallel",
                 )
-            has_nwd, is_emb, is_wrapper, maybe_norm, is_fsdp1 = f
+            has_nwd, is_emb, skip_attrs, maybe_norm, is_fsdp1 = f
             if is_fsdp1:
                 fsdp1.append(mod)
             if has_nwd:
-                declared_names = mod.no_weight_decay()
-                declared.append((prefix, {declared_names} if isinstance(declared_names, str)
-                                 else set(declared_names)))
+                declared.append((prefix, _declared(mod, raw)))
             own = mod._parameters
             if own:
                 is_norm = maybe_norm and is_norm_module(mod)
@@ -191,6 +197,12 @@ class Inventory:
                 for attr, p in own.items():
                     if p is None:
                         continue
+                    if isinstance(p, nn.parameter.UninitializedParameter):
+                        raise ParamwiseError(
+                            f"parameter {raw + attr!r} of a lazy module is not initialized yet",
+                            fix="run one forward pass (or initialize the lazy modules) before "
+                            "building the optimizer",
+                        )
                     if getattr(p, "_is_flat_param", False):  # FSDP1's FlatParameter
                         raise ParamwiseError(
                             f"parameter {raw + attr!r} is an FSDP1 FlatParameter, whose elements "
@@ -218,8 +230,9 @@ class Inventory:
                 for n, child in reversed(kids.items()):
                     if child is None:
                         continue
-                    skip = n in _WRAPPER_ATTRS or (n == "module" and is_wrapper)
+                    skip = n in skip_attrs
                     stack.append((child, prefix if skip else f"{prefix}{n}.", f"{raw}{n}."))
+        inv._check_unique_names()
         emb_extra = inv._no_weight_decay_hits(declared) if declared else set()
         inv._global = _fsdp1_shapes(fsdp1) if fsdp1 else {}
         inv.ndims = [len(inv._global[id(p)]) if id(p) in inv._global else p.dim()
@@ -237,18 +250,34 @@ class Inventory:
         inv.roles = final
         return inv
 
+    def _check_unique_names(self) -> None:
+        """Two different tensors must never share a canonical name."""
+        owner: dict[str, int] = {}
+        for i, (name, u) in enumerate(zip(self.names, self.unique)):
+            j = owner.setdefault(name, i)
+            if j != i and self.unique[j] != u:
+                raise ParamwiseError(
+                    f"two different parameters, {self.raw_names[j]!r} and {self.raw_names[i]!r}, "
+                    f"both become {name!r} once wrapper segments are dropped",
+                    fix="register the wrapper for its own class only "
+                    "(register_wrapper(WrapperClass, attr)), or rename one of the submodules",
+                )
+
     def _no_weight_decay_hits(self, declared: list[tuple[str, set[str]]]) -> set[int]:
         """Entries named by a module's ``no_weight_decay()`` (timm): exact names, prefixes or
-        globs, relative to the declaring module."""
+        globs, relative to the declaring module. Only names under each declaring module are
+        scanned (a bisect over the sorted names), so repeated declaring blocks stay linear."""
+        order = sorted(range(len(self.names)), key=self.names.__getitem__)
+        keys = [self.names[i] for i in order]
         hits = set()
         for prefix, patterns in declared:
-            for i, name in enumerate(self.names):
-                if not name.startswith(prefix):
-                    continue
-                rel = name[len(prefix):]
+            k = bisect.bisect_left(keys, prefix)
+            while k < len(keys) and keys[k].startswith(prefix):
+                rel = keys[k][len(prefix):]
                 if any(rel == pat or rel.startswith(pat + ".") or fnmatch.fnmatchcase(rel, pat)
                        for pat in patterns):
-                    hits.add(i)
+                    hits.add(order[k])
+                k += 1
         return hits
 
     # ----------------------------------------------------------------------------- views
@@ -319,6 +348,25 @@ class Inventory:
 
 
 _BITS = bytes.maketrans(b"\x00\x01", b"01")
+
+
+def _declared(mod: nn.Module, raw: str) -> set[str]:
+    """The names a module's ``no_weight_decay()`` returns, as a set (``None``: none)."""
+    got = mod.no_weight_decay()
+    if got is None:
+        return set()
+    if isinstance(got, str):
+        return {got}
+    try:
+        names = set(got)
+    except TypeError:
+        raise ParamwiseError(
+            f"{type(mod).__name__}.no_weight_decay() (module {raw[:-1] or '<root>'!r}) returned "
+            f"{got!r}", fix="return a set of parameter names relative to that module") from None
+    if not all(isinstance(n, str) for n in names):
+        raise ParamwiseError(f"{type(mod).__name__}.no_weight_decay() returned non-strings: "
+                             f"{sorted(map(repr, names))}", fix="return parameter names")
+    return names
 
 
 def _fsdp1_shapes(wrappers: list[nn.Module]) -> dict[int, tuple[int, ...]]:

@@ -15,6 +15,7 @@ every ``torch.optim`` optimizer's arguments, so a typo such as ``weight_deacy`` 
 
 from __future__ import annotations
 
+import importlib
 import inspect
 import math
 from functools import cache
@@ -63,8 +64,21 @@ def _torch_optimizers() -> dict[str, type]:
     return out
 
 
+def _import(path: str) -> object:
+    mod_name, _, attr = path.partition(":") if ":" in path else path.rpartition(".")
+    try:
+        return getattr(importlib.import_module(mod_name), attr)
+    except (ImportError, AttributeError, ValueError) as e:
+        raise ParamwiseError(f"optimizer {path!r} cannot be imported ({type(e).__name__}: {e})",
+                             fix="use a torch.optim name (adamw, sgd, ...) or an import path "
+                             "such as torch.optim.AdamW or mypkg.optim:Lion") from None
+
+
 def resolve_optimizer(optim: str | type) -> type:
-    """A ``torch.optim.Optimizer`` subclass from itself or a case-insensitive name (``"adamw"``)."""
+    """A ``torch.optim.Optimizer`` subclass from itself, a case-insensitive name (``"adamw"``) or
+    an import path (``"torch.optim.AdamW"``, ``"mypkg.optim:Lion"``)."""
+    if isinstance(optim, str) and (":" in optim or "." in optim):
+        optim = _import(optim)  # type: ignore[assignment]
     if isinstance(optim, type):
         if issubclass(optim, torch.optim.Optimizer):
             return optim
@@ -116,16 +130,16 @@ def known_keys(cls: type | None) -> frozenset[str] | None:
     own = _all_torch_keys() if cls is None else optimizer_keys(cls)
     if own is None:
         return None
-    return own | paramwise_keys() | {"param_names"}
+    return own | paramwise_keys()
 
 
 def check_key(key: str, cls: type | None, *, where: str) -> None:
     """Raise if ``key`` is not an option of ``cls`` (or of any torch optimizer when ``cls`` is None)."""
     if not isinstance(key, str):
         raise ParamwiseError(f"{where} has a non-string option key {key!r}")
-    if key == "params":
-        raise ParamwiseError(f"{where} sets 'params'", fix="rules select parameters with their "
-                             "selector; remove the 'params' option")
+    if key in ("params", "param_names"):
+        raise ParamwiseError(f"{where} sets {key!r}", fix="rules select parameters with their "
+                             f"selector, and paramwise fills {key!r} itself; remove the option")
     valid = known_keys(cls)
     if valid is None or key in valid:
         return

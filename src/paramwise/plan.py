@@ -27,9 +27,10 @@ import warnings
 from collections.abc import Iterable, Iterator, Mapping
 from dataclasses import dataclass
 
+import torch
 from torch import nn
 
-from .errors import ParamwiseError
+from .errors import ParamwiseError, user_stacklevel
 from .inventory import Inventory, mask_to_str
 from .options import MULTIPLIERS, check_key, check_value
 from .rules import Rule, RuleLike, expand_rules
@@ -93,10 +94,11 @@ def _resolve(defaults: Mapping[str, object], rules: list[Rule], hit: tuple[int, 
                 f"{_where(i, rules[i])} sets {k}={rules[i].options[k]} but no {base_key} is set "
                 "to multiply",
                 fix=f"pass {base_key}=... to paramwise.optimizer()/param_groups(), or set "
-                f"{base_key} in an earlier rule",
+                f"{base_key} in a rule that matches these parameters",
             )
         base = opts[base_key]
-        opts[base_key] = float(base) * m  # type: ignore[arg-type]
+        # A tensor lr (capturable/compiled optimizers) stays a tensor, a new one per group.
+        opts[base_key] = base * m if isinstance(base, torch.Tensor) else float(base) * m  # type: ignore[arg-type]
     return opts
 
 
@@ -132,6 +134,11 @@ def make_plan(
     for k, v in defaults.items():
         check_key(k, optimizer, where="the defaults")
         check_value(k, v, where="the defaults")
+        if k in MULTIPLIERS:
+            raise ParamwiseError(
+                f"the defaults set {k}={v}, but a multiplier only scales what rules select",
+                fix=f"pass {MULTIPLIERS[k]}=<value> directly, or use "
+                f"Rule('all', {k}={v})")
     for i, r in enumerate(rule_list):
         for k in r.options:
             check_key(k, optimizer, where=_where(i, r))
@@ -181,19 +188,22 @@ def _check_matches(inv: Inventory, rules: list[Rule], masks: list[int], live: in
             frozen = [inv.names[j] for j, c in enumerate(mask_to_str(m, len(inv))) if c == "1"]
             warnings.warn(f"{_where(i, r)} matched only frozen parameters (requires_grad=False), "
                           f"e.g. {frozen[0]!r}; it has no effect unless include_frozen=True",
-                          stacklevel=4)
+                          stacklevel=user_stacklevel())
             continue
         msg = f"{_where(i, r)} matched no parameter ({r.select.describe_miss(inv)})"
         if strict:
             raise ParamwiseError(msg,
                                  fix="fix the selector, remove the rule, or pass strict=False to "
                                  "only warn")
-        warnings.warn(msg, stacklevel=4)
+        warnings.warn(msg, stacklevel=user_stacklevel())
 
 
 def _diff(a: Mapping[str, object], b: Mapping[str, object]) -> str:
-    keys = [k for k in dict.fromkeys([*a, *b]) if a.get(k, "<unset>") != b.get(k, "<unset>")]
-    return ", ".join(f"{k}={a.get(k, '<unset>')!r} vs {b.get(k, '<unset>')!r}" for k in keys)
+    def show(d: Mapping[str, object], k: str) -> str:
+        return repr(d[k]) if k in d else "unset"
+
+    keys = [k for k in dict.fromkeys([*a, *b]) if show(a, k) != show(b, k)]
+    return ", ".join(f"{k}={show(a, k)} vs {show(b, k)}" for k in keys)
 
 
 def _check_tied(plan: Plan) -> None:
@@ -217,8 +227,9 @@ def _check_tied(plan: Plan) -> None:
             raise ParamwiseError(
                 f"{n1!r} and {n2!r} are the same (tied) tensor, but the rules give them different "
                 f"options: {_diff(a, b)} (rules {refs(first)} vs {refs(other)})",
-                fix=f"a tensor has one set of options: add a rule that selects both names last, "
-                f"e.g. Rule('{n1} | {n2}', ...)",
+                fix=f"a tensor has one set of options: make the rules that differ select both "
+                f"names (or neither), e.g. add '| {n2}' to their selectors, or set the option for "
+                f"both last with Rule('{n1} | {n2}', ...)",
             )
 
 

@@ -122,6 +122,12 @@ class LayerDecay:
         ]
 
     def depths(self, inv: Inventory) -> list[int]:
+        """Depth per inventory entry; every name of a tied tensor takes its first name's."""
+        per_name = self._depths(inv)
+        first, unique = inv.first, inv.unique
+        return [per_name[first[unique[i]]] for i in range(len(per_name))]
+
+    def _depths(self, inv: Inventory) -> list[int]:
         if callable(self.depth):
             return [int(self.depth(n)) for n in inv.names]
         if isinstance(self.depth, str):
@@ -145,19 +151,28 @@ class LayerDecay:
             else:
                 seen_block = True
                 out.append(rank[i])
+        # Embeddings are the bottom layer wherever they are registered.
+        out = [0 if i is None and "embedding" in r else d
+               for d, i, r in zip(out, idx, inv.roles)]
         return out
 
     def _detect(self, inv: Inventory) -> list[int | None]:
-        # The blocks container: the module path whose numbered children (ModuleList /
-        # Sequential entries) own parameters, with the most such children.
+        # The blocks container: among module paths not inside a numbered entry themselves, the
+        # one whose numbered children (ModuleList / Sequential entries) own parameters, with
+        # the most such children; the shallowest on a tie (so a block's inner Sequential, or a
+        # numbered entry's, never wins over the blocks).
         counts: dict[str, set[str]] = {}
         for name in inv.names:
             parts = name.split(".")
             for k in range(len(parts) - 1):
                 if parts[k].isdigit():
                     counts.setdefault(".".join(parts[:k]), set()).add(parts[k])
+        def nested(prefix: str) -> bool:
+            return any(seg.isdigit() for seg in prefix.split(".")) if prefix else False
+
+        pool = {p: k for p, k in counts.items() if not nested(p)} or counts
         best, best_n = None, 1
-        for prefix, kids in counts.items():
+        for prefix, kids in sorted(pool.items(), key=lambda pk: pk[0].count(".") + bool(pk[0])):
             if len(kids) > best_n:
                 best, best_n = prefix, len(kids)
         if best is None:
@@ -211,10 +226,11 @@ def expand_rules(rules: Iterable[RuleLike] | RuleLike, inv: Inventory) -> list[R
                              fix="e.g. rules=[paramwise.Rule('bias', weight_decay=0.0)]")
     out: list[Rule] = []
     for i, r in enumerate(rules):
+        # Messages name rules by the user's own index, also after presets expand.
         if isinstance(r, Rule):
-            out.append(r)
+            out.append(r if r.origin else r.with_origin(f"rule {i}"))
         elif isinstance(r, LayerDecay):
-            out.extend(r.expand(inv))
+            out.extend((r if r.origin else r.with_origin(f"rule {i}")).expand(inv))
         elif isinstance(r, nn.Module):
             raise ParamwiseError(f"rule {i} is a model", fix="pass the model as the first argument")
         else:

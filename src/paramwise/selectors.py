@@ -169,8 +169,8 @@ class _Type(Selector):
                 self._cls = getattr(importlib.import_module(mod), attr)
             except (ImportError, AttributeError):
                 raise _syntax(source, pos + 5, f"cannot import class {cls_name!r}",
-                              "use a dotted path that imports (torch.nn.Conv2d) or a bare class "
-                              "name (Conv2d)") from None
+                              f"use a dotted path that imports (torch.nn.{attr}) or the bare "
+                              f"class name (type:{attr})") from None
 
     def _hit(self, cls: type) -> bool:
         if self._cls is not None:
@@ -411,10 +411,11 @@ _CACHE: dict[str, Selector] = {}
 
 def parse(text: str) -> Selector:
     """Parse a selector string (cached); raises :class:`ParamwiseError` with the position."""
+    if not isinstance(text, str):
+        raise ParamwiseError(f"a selector must be a string, got {type(text).__name__} {text!r}",
+                             fix="join several with '|', e.g. 'bias | norm'")
     sel = _CACHE.get(text)
     if sel is None:
-        if not isinstance(text, str):
-            raise ParamwiseError(f"a selector must be a string or callable, got {type(text).__name__}")
         sel = _CACHE[text] = _Parsed(_Parser(text).parse(), text)
     return sel
 
