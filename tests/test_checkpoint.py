@@ -427,3 +427,80 @@ def test_load_dcp_single_process_with_new_and_vanished_parameters(tmp_path):
     assert options_by_name(opt2)["0.weight"] == (1e-2, 0.0)      # RULES_B
     with pytest.raises(paramwise.ParamwiseError, match=r"no optimizer under key 'opt'"):
         load_dcp(opt2, str(tmp_path), key="opt")
+
+
+def _l2_to_init_reference(model: nn.Module, anchors: dict[str, torch.Tensor], data) -> nn.Module:
+    """Plain SGD on loss + Σ (0.5/2)·||w - w0||² over ``anchors`` (by name)."""
+    ref = clone_model(model)
+    plain = torch.optim.SGD(ref.parameters(), lr=0.1)
+    params = dict(ref.named_parameters())
+    for x, y in data:
+        plain.zero_grad()
+        loss = nn.functional.mse_loss(ref(x), y)
+        for n, a in anchors.items():
+            loss = loss + 0.25 * (params[n] - a).square().sum()
+        loss.backward()
+        plain.step()
+    return ref
+
+
+@pytest.mark.parametrize("loader", ["paramwise", "dcp_template_first"])
+def test_resume_order_anchors_new_parameters_at_the_loaded_weights(loader):
+    """build model → build optimizer → load model weights → load optimizer state: anchors in
+    the checkpoint come back bit-identical; a parameter the checkpoint has no anchor for is
+    anchored at its *loaded* weights, not at the random init the optimizer was built with."""
+    import torch.distributed.checkpoint.state_dict as dsd
+
+    before = [paramwise.Rule("2.weight", l2_to_init=0.5)]
+    after = [paramwise.Rule("2.weight", l2_to_init=0.5),
+             paramwise.Rule("3.weight", l2_to_init=0.5)]    # 3.weight: new to the anchors
+    model = net()
+    opt = paramwise.optimizer(model, "sgd", before, lr=0.1)
+    train(model, opt, batches(2))
+    saved_model = roundtrip(model.state_dict())
+    saved_opt = roundtrip(state_dict(opt))
+    w0 = dict(saved_opt["paramwise_anchors"])
+    assert sorted(w0) == ["2.weight"]
+
+    model2 = net(seed=7)                                     # random init, not the checkpoint's
+    opt2 = paramwise.optimizer(model2, "sgd", after, lr=0.1)
+    handle = paramwise.hooks.handle_of(opt2)
+    if loader == "dcp_template_first":                       # torchtitan-style: the template
+        dsd.get_optimizer_state_dict(model2, opt2)           # first (an lr = 0 step inside)
+    model2.load_state_dict(saved_model)
+    load_state_dict(opt2, saved_opt)
+    params = dict(model2.named_parameters())
+    assert torch.equal(handle.anchors[params["2.weight"]], w0["2.weight"])
+    assert params["3.weight"] not in handle.anchors
+    more = batches(2, seed=11)
+    train(model2, opt2, more)
+    assert torch.equal(handle.anchors[params["2.weight"]], w0["2.weight"])   # restored wins
+    assert torch.equal(handle.anchors[params["3.weight"]], saved_model["3.weight"])
+    want = {"2.weight": w0["2.weight"], "3.weight": saved_model["3.weight"]}
+    ref = _l2_to_init_reference(net_loaded(saved_model), want, more)
+    for (n, p), q in zip(model2.named_parameters(), ref.parameters()):
+        torch.testing.assert_close(p, q, rtol=1e-6, atol=1e-7, msg=n)
+
+
+def net_loaded(state: dict) -> nn.Module:
+    model = net(seed=99)
+    model.load_state_dict(state)
+    return model
+
+
+def test_fine_tuning_anchors_at_the_pretrained_weights():
+    """L2-SP without an optimizer checkpoint: optimizer built, then pretrained weights loaded."""
+    pretrained = net(seed=3).state_dict()
+    model = net()
+    opt = paramwise.optimizer(model, "sgd", [paramwise.Rule("weight", l2_to_init=0.5)], lr=0.1)
+    model.load_state_dict(pretrained)
+    data = batches(2, seed=4)
+    train(model, opt, data)
+    anchors = paramwise.hooks.handle_of(opt).anchors
+    for n, p in model.named_parameters():
+        if n.endswith("weight") and p.ndim == 2:
+            assert torch.equal(anchors[p], pretrained[n]), n
+    want = {n: t for n, t in pretrained.items() if n.endswith("weight") and t.ndim == 2}
+    ref = _l2_to_init_reference(net_loaded(pretrained), want, data)
+    for (n, p), q in zip(model.named_parameters(), ref.parameters()):
+        torch.testing.assert_close(p, q, rtol=1e-6, atol=1e-7, msg=n)

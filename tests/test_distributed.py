@@ -319,7 +319,8 @@ def fsdp2_dcp_cycle_with_regularizers() -> None:
     dcp.save({"model": get_model_state_dict(model), "optim": state_dict(opt)}, checkpoint_id=path)
 
     model2 = shard(tiny(seed=5))
-    opt2 = _adamw(model2, rules_b)        # anchors taken now, from the wrong (seed 5) weights
+    opt2 = _adamw(model2, rules_b)        # no anchors yet: seed 5's weights are not the ones
+    assert handle_of(opt2).anchors == {}  # it will train from
     msd = get_model_state_dict(model2)
     dcp.load({"model": msd}, checkpoint_id=path)
     set_model_state_dict(model2, msd)
@@ -477,6 +478,69 @@ def _fsdp2_mode(mode: str) -> None:
     assert not hasattr(pen, "to_local"), "penalty() must be a plain (global) tensor"
     _close(pen, penalty(ref_opt), "penalty")
     _same_stats(stats(opt), stats(ref_opt))
+
+
+@check
+def fsdp2_stats_reads_only_local_shards() -> None:
+    """stats() under FSDP2 gathers no parameter (no ``full_tensor``/``redistribute``, no
+    all_gather): each rank sums its shard and one all_reduce makes the numbers global, equal to
+    the single-process ones. Rows along the shard dim, rows split across ranks, an empty shard,
+    DTensor anchors and exact-zero rows are all in play."""
+    from torch.distributed.tensor import DTensor
+    from torch.distributed.tensor.debug import CommDebugMode
+
+    import paramwise
+    from paramwise.monitor import stats
+
+    R = paramwise.Rule
+    rules = [R("fc1.weight", group_lasso=2.0, max_norm=0.3, max_norm_dim=1, l2=0.01),
+             R("fc2.weight", group_lasso=1.0, group_dim=1, l1=1e-2),
+             R("emb.weight | out.weight", l2_to_init=0.5, max_norm=0.4)]
+    ref = tiny()
+    ref_opt = paramwise.optimizer(ref, "sgd", rules, lr=0.1)
+    train(ref, ref_opt, global_batches(2))
+    model = shard(tiny())
+    opt = paramwise.optimizer(model, "sgd", rules, lr=0.1)
+    train(model, opt, [local(b, rank()) for b in global_batches(2)])
+    with torch.no_grad():
+        ref.fc1.weight[1] = 0.0            # a zero row of fc1 (group dim 0 = the shard dim)
+        ref.fc2.weight[:, 2] = 0.0         # a zero column of fc2 (group dim 1: split by the shards)
+        for name in ("fc1.weight", "fc2.weight"):
+            p, q = model.get_parameter(name), ref.get_parameter(name)
+            p.copy_(_sharded_like(p, q))
+
+    calls: list[str] = []
+    spied = {"full_tensor": DTensor.full_tensor, "redistribute": DTensor.redistribute}
+
+    def spy(name):
+        def wrapper(*args, **kwargs):
+            calls.append(name)
+            return spied[name](*args, **kwargs)
+        return wrapper
+
+    try:
+        for name in spied:
+            setattr(DTensor, name, spy(name))
+        with CommDebugMode() as comm:
+            got = stats(opt)
+    finally:
+        for name, fn in spied.items():
+            setattr(DTensor, name, fn)
+    assert calls == [], calls
+    counts = {str(k): v for k, v in comm.get_comm_counts().items()}
+    assert comm.get_total_counts() == 1 and "allreduce" in next(iter(counts)), counts
+    want = stats(ref_opt)
+    _same_stats(got, want)
+    index = {n: i for i, g in enumerate(opt.param_groups) for n in g["param_names"]}
+    assert want[index["fc1.weight"]]["zero_rows"] >= 1, want
+    assert want[index["fc2.weight"]]["zero_rows"] >= 1, want
+
+
+def _sharded_like(p: torch.Tensor, full_value: torch.Tensor) -> torch.Tensor:
+    """``full_value`` cut to DTensor ``p``'s placements (no communication)."""
+    from torch.distributed.tensor import distribute_tensor
+
+    return distribute_tensor(full_value.detach(), p.device_mesh, p.placements, src_data_rank=None)
 
 
 for _m in MODE_NAMES:

@@ -302,7 +302,7 @@ def test_group_lasso_prox_gives_zero_rows_and_stats_counts_them():
 def test_gradient_terms_equal_autograd_of_penalty(opts):
     w = make((6, 5))
     opt = OPTIM.SGD([{"params": [w], **opts}], lr=0.0)        # lr 0: the step moves nothing
-    attach(opt)
+    attach(opt).capture_anchors()                  # l2_to_init: w0 now, not at the first step
     with torch.no_grad():
         w.add_(0.3)                                            # away from the anchor
     expected, = torch.autograd.grad(penalty(opt), [w])
@@ -353,16 +353,95 @@ def test_state_dict_round_trip_resumes_bit_identically():
         assert torch.equal(p, q)
 
 
-def test_anchor_comes_from_attach_time():
+def test_capture_anchors_anchors_at_attach_time():
     w = make((5,))
     opt = OPTIM.SGD([{"params": [w], "l2_to_init": 1.0}], lr=0.5)
-    attach(opt)
+    assert attach(opt).capture_anchors() == 1
     start = w.detach().clone()
     with torch.no_grad():
         w.add_(1.0)
     w.grad = torch.zeros_like(w)
     opt.step()                                   # w ← w - 0.5·(w - w0): halfway back
     torch.testing.assert_close(w.detach(), start + 0.5)
+
+
+def test_anchor_is_taken_at_the_first_step_not_at_attach():
+    w = make((5,))
+    opt = OPTIM.SGD([{"params": [w], "l2_to_init": 1.0}], lr=0.5)
+    handle = attach(opt)
+    assert handle.anchors == {} and float(penalty(opt)) == 0.0
+    with torch.no_grad():
+        w.add_(1.0)                              # e.g. weights loaded after the optimizer was built
+    loaded = w.detach().clone()
+    w.grad = torch.zeros_like(w)
+    opt.step()                                   # anchored at `loaded`: no pull yet
+    assert torch.equal(w.detach(), loaded) and torch.equal(handle.anchors[w], loaded)
+    with torch.no_grad():
+        w.add_(1.0)
+    opt.step()
+    torch.testing.assert_close(w.detach(), loaded + 0.5)
+
+
+def test_a_step_with_lr_zero_takes_no_anchor():
+    """torch.distributed.checkpoint's state init runs step() with lr = 0 before weights load."""
+    w = make((5,))
+    opt = OPTIM.SGD([{"params": [w], "l2_to_init": 1.0}], lr=0.0)
+    handle = attach(opt)
+    w.grad = torch.zeros_like(w)
+    opt.step()
+    assert handle.anchors == {} and torch.equal(w.grad, torch.zeros_like(w))
+    with torch.no_grad():
+        w.add_(1.0)
+    opt.param_groups[0]["lr"] = 0.5
+    opt.step()
+    assert torch.equal(handle.anchors[w], w.detach())
+
+
+def test_anchor_is_taken_when_the_first_gradient_arrives():
+    """In backward (eager even under a compiled step), from the weights the step starts from;
+    a restored anchor wins; the grad hooks go at the next step and with remove()."""
+    model = torch.nn.Linear(4, 3).double()
+    opt = OPTIM.SGD([{"params": [model.weight], "l2_to_init": 0.1},
+                     {"params": [model.bias]}], lr=0.1)
+    handle = attach(opt)
+    restored = torch.full_like(model.bias, 7.0)
+    handle.anchors[model.bias] = restored
+    with torch.no_grad():
+        model.weight.mul_(2.0)
+    before = model.weight.detach().clone()
+    model(torch.ones(2, 4, dtype=F64)).sum().backward()
+    assert torch.equal(handle.anchors[model.weight], before)
+    assert handle.anchors[model.bias] is restored
+    opt.step()
+    assert handle._grad_hooks == {}
+    handle.remove()
+    handle2 = attach(opt)
+    handle2.remove()
+    model(torch.ones(2, 4, dtype=F64)).sum().backward()
+    assert handle2.anchors == {}
+
+
+def test_anchors_round_trip_through_state_dict_bit_identically():
+    w, v = make((4, 3)), make((3,), seed=1)
+    opt = OPTIM.Adam([{"params": [w, v], "l2_to_init": 0.3}], lr=1e-2)
+    attach(opt)
+    train(opt, [w, v], 2)
+    sd = opt.state_dict()
+    assert sorted(sd["paramwise_anchors"]) == [0, 1]
+    w2, v2 = make((4, 3), seed=5), make((3,), seed=6)
+    opt2 = OPTIM.Adam([{"params": [w2, v2], "l2_to_init": 0.3}], lr=1e-2)
+    h2 = attach(opt2)
+    h2.capture_anchors([w2])                     # taken before the load: the loaded one wins
+    buf = io.BytesIO()
+    torch.save(sd, buf)
+    buf.seek(0)
+    opt2.load_state_dict(torch.load(buf, weights_only=True))
+    for a, b in ((h2.anchors[w2], sd["paramwise_anchors"][0]),
+                 (h2.anchors[v2], sd["paramwise_anchors"][1])):
+        assert torch.equal(a, b) and a.dtype == b.dtype
+    w2.grad, v2.grad = torch.zeros_like(w2), torch.zeros_like(v2)
+    opt2.step()
+    assert torch.equal(h2.anchors[w2], sd["paramwise_anchors"][0])   # not re-taken
 
 
 # ------------------------------------------------------------------ attach, remove, errors
@@ -547,3 +626,59 @@ def test_stats_reports_the_largest_row_norm():
     attach(opt)
     train(opt, [w], 1)
     assert stats(opt)[0]["max_row_norm"] == pytest.approx(0.5)
+
+
+def test_stats_in_small_chunks_and_without_underflow(monkeypatch):
+    """stats() sums a chunk at a time (float64) and counts a zero row by its exact zeros, so a
+    row of tiny values (whose squares underflow) is not counted as zero."""
+    w, v = make((9, 7), dtype=torch.float32), make((6,), seed=1, dtype=torch.float32)
+    with torch.no_grad():
+        w[2] = 0.0
+        w[4] = 1e-30
+        w[:, 3] = 0.0
+        v[1] = float("nan")
+    opt = OPTIM.SGD([{"params": [w], "group_lasso": 0.1, "l1": 0.2, "l2": 0.3,
+                      "max_norm": 5.0, "max_norm_dim": 1},
+                     {"params": [v], "l1": 0.2, "max_norm": 5.0}], lr=0.1)
+    attach(opt)
+    whole = stats(opt)
+    monkeypatch.setitem(chunks.DEFAULT_LIMITS, "cpu", 5)
+    small = stats(opt)
+    for i in (0, 1):
+        assert small[i].keys() == whole[i].keys()
+        for k, val in whole[i].items():
+            assert small[i][k] == pytest.approx(val, rel=1e-12, nan_ok=True), (i, k)
+    s, x = whole[0], w.detach().double()
+    assert s["zero_rows"] == 1 and s["rows"] == 9 and s["nonfinite"] == 0
+    assert s["zeros"] == 7 + 8 and s["numel"] == 63 and s["zero_fraction"] == 15 / 63
+    want = (0.2 * x.abs().sum() + 0.15 * x.square().sum()
+            + 0.1 * 7 ** 0.5 * x.norm(dim=1).sum())
+    assert s["penalty"] == pytest.approx(float(want), rel=1e-12)
+    assert s["norm"] == pytest.approx(float(x.norm()), rel=1e-12)
+    assert s["max_row_norm"] == pytest.approx(float(x.norm(dim=0).max()), rel=1e-12)
+    assert whole[1]["nonfinite"] == 1 and whole[1]["penalty"] != whole[1]["penalty"]  # NaN
+
+
+@pytest.mark.parametrize("kw", [{"eps": 0.0}, {"amsgrad": True}, {}])
+def test_adaptive_prox_scaled_path_matches_the_generic_one(kw, monkeypatch):
+    """The CPU fast path (s = k/d on chunk buffers) against the per-element-s path, including
+    Adam with eps = 0 (where the fast path steps aside) and a user-registered rule."""
+    def run(foreach):
+        ps = [make((40, 30), seed=1), make((7, 3, 2), seed=2)]
+        with torch.no_grad():
+            ps[1][2:4] *= 1e-3                        # rows that go to zero
+        opt = OPTIM.Adam([{"params": ps[:1], "l1": 2e-2},
+                          {"params": ps[1:], "group_lasso": 2.0, "l2": 1e-2}], lr=5e-2, **kw)
+        attach(opt, foreach=foreach)
+        train(opt, ps, 6)
+        return ps
+    monkeypatch.setitem(chunks.DEFAULT_LIMITS, "cpu", 128)
+    fast, generic = run(False), run(True)
+    for p, q in zip(fast, generic):
+        torch.testing.assert_close(p, q, rtol=1e-12, atol=1e-14)
+        assert torch.equal(p == 0, q == 0)
+    assert (fast[0] == 0).any() and (fast[1] == 0).all(dim=(1, 2)).any()
+    assert not (fast[1] == 0).all()
+    assert prox.denominator_for(OPTIM.Adam) is not None
+    monkeypatch.setitem(prox._RULES, OPTIM.Adam, prox._RULES[OPTIM.Adam].__call__)
+    assert prox.denominator_for(OPTIM.Adam) is None     # a user's rule wins over the fast path

@@ -351,3 +351,84 @@ def test_foreach_and_loop_paths_agree(dtype):
             torch.testing.assert_close(x, y, rtol=1e-2, atol=1e-2)
         else:
             assert torch.equal(x, y)
+
+
+# ------------------------------------------------------- scaled (s = k/d) forms, majorized prox
+@pytest.mark.parametrize("lam, l2", [(0.7, 0.0), (0.7, 0.2), (0.0, 0.3)])
+def test_prox_l1_scaled_is_prox_l1_with_s_equal_k_over_d(lam, l2):
+    w = rand(30, 4)
+    d = rand(30, 4, seed=1).abs() + 0.1
+    k = 0.05
+    expected = [w.clone()]
+    R.prox_l1_(expected, [k / d], lam, l2)
+    got = [w.clone()]
+    R.prox_l1_scaled_(got, [d.clone()], [k], lam, l2, [torch.empty_like(w)])
+    torch.testing.assert_close(got[0], expected[0], rtol=1e-14, atol=1e-15)
+    assert torch.equal(got[0] == 0, expected[0] == 0)          # the same exact zeros
+    if lam:
+        assert (got[0] == 0).any() and not (got[0] == 0).all()
+
+
+def _metric_setup(seed=7):
+    g = torch.Generator().manual_seed(seed)
+    y = torch.randn(12, 20, generator=g, dtype=F64)
+    y[::3] *= 0.05                                   # rows that go to zero
+    s = 10 ** (torch.rand(12, 20, generator=g, dtype=F64) * 2) * 1e-2
+    lam = 0.5 * float(torch.linalg.vector_norm(y / s, dim=1).median()) / math.sqrt(20)
+    return y, s, lam
+
+
+@pytest.mark.parametrize("l2", [0.0, 0.3])
+def test_majorized_group_prox_is_exact_at_its_fixed_point(l2):
+    """With n = ‖x*‖ (x* the exact metric prox of y) the closed-form step gives x* again: the
+    step hooks' majorize-minimize prox has the exact prox's fixed points."""
+    y, s, lam = _metric_setup()
+    exact = y.clone()
+    R.prox_group_lasso_([exact], [s], lam, [0], l2=l2)
+    rho = 1 / R.group_norms(exact, 0)
+    got = y.clone()
+    R.prox_group_lasso_([got], [s], lam, [0], l2=l2, rho=[rho])
+    assert torch.equal(got == 0, exact == 0) and (got == 0).all(dim=1).any()
+    torch.testing.assert_close(got, exact, rtol=1e-10, atol=1e-13)
+    # the scaled form (s = k/d) gives the same numbers
+    k = 0.02
+    scaled = y.clone()
+    R.prox_group_lasso_scaled_([scaled], [k / s], [k], lam, [0], l2, [rho],
+                               [torch.empty_like(y)])
+    torch.testing.assert_close(scaled, got, rtol=1e-13, atol=1e-15)
+
+
+def test_majorized_group_prox_is_a_majorize_minimize_step():
+    """Away from the fixed point it decreases the prox objective (never increases it)."""
+    y, s, lam = _metric_setup(seed=8)
+    tau = lam * math.sqrt(20)
+    for n_scale in (0.3, 1.0, 3.0):
+        rho = 1 / (n_scale * R.group_norms(y, 0))
+        x = y.clone()
+        R.prox_group_lasso_([x], [s], lam, [0], rho=[rho])
+
+        def obj(z):
+            return ((z - y) ** 2 / (2 * s)).sum(dim=1) + tau * z.norm(dim=1)
+
+        assert (obj(x) <= obj(y) + 1e-12).all()
+
+
+def test_majorized_group_prox_wakes_zero_rows_and_keeps_nonfinite_ones():
+    y, s, lam = _metric_setup(seed=9)
+    y[4, 2] = float("nan")
+    rho = 1 / R.group_norms(y, 0)                    # row 4: NaN
+    rho[1] = math.inf                                # row 1 was 0 before the step
+    from paramwise._rows import inverse_radius
+    assert inverse_radius(torch.zeros(2, 3, dtype=F64), 0).isinf().all()
+    rho = torch.nan_to_num(rho, nan=0.0, posinf=math.inf)
+    for scaled in (False, True):
+        x = y.clone()
+        if scaled:
+            R.prox_group_lasso_scaled_([x], [1 / s], [1.0], lam, [0], 0.0, [rho],
+                                       [torch.empty_like(y)])
+        else:
+            R.prox_group_lasso_([x], [s], lam, [0], rho=[rho])
+        if torch.linalg.vector_norm(y[1] / s[1]) > lam * math.sqrt(20):
+            assert (x[1] != 0).all()                 # woke up
+        assert torch.isnan(x).sum() == 1 and torch.isnan(x[4, 2])
+        assert torch.equal(x[4, [0, 1, 3]], y[4, [0, 1, 3]])   # left unchanged

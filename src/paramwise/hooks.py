@@ -22,6 +22,20 @@ skips (inf/NaN gradients) applies nothing: the non-fused path never calls ``step
 optimizers the pre-hook reads ``optimizer.found_inf`` (one sync) and multiplies gradient terms by
 ``optimizer.grad_scale``, since there the gradients are still scaled.
 
+**Anchors** (``l2_to_init``'s :math:`w_0`) are taken lazily, just before the first step that
+can change the parameter: when its first gradient arrives (a post-accumulate-grad hook, run
+eagerly even when the step is compiled, so a compiled step never recompiles for it) or, for a
+gradient set by hand or ``l2_to_init`` added after :func:`attach`, at the first ``step()`` in
+which it has a gradient and its group's ``lr`` is not 0. So the usual resume order (build the
+model, build the optimizer, load the model's weights, load the optimizer's state) anchors every
+parameter at the loaded (pretrained) weights, never at the random initialisation the optimizer
+was built with. Anchors restored by ``load_state_dict`` (saved under ``"paramwise_anchors"``)
+replace any taken before and are never re-taken; the lr = 0 step that
+``torch.distributed.checkpoint.state_dict`` runs to create optimizer state takes none. Until a
+parameter has its anchor, its ``l2_to_init`` term is 0 (:math:`w_0 = w`), in the hooks and in
+:func:`paramwise.penalty`. :meth:`Handle.capture_anchors` anchors at the current values at once
+(the attach-time anchor, or a new reference point at any time).
+
 **Bad values.** A strength that became negative or non-finite after :func:`attach` (e.g. set by
 hand) raises :class:`~paramwise.errors.ParamwiseError` from the pre-hook, before anything is
 changed. A NaN/inf parameter or gradient element stays where it is: no regularizer spreads it to
@@ -32,7 +46,13 @@ use multi-tensor ``torch._foreach_*`` kernels; on CPU a per-tensor loop (as fast
 and it can use one-pass kernels such as ``softshrink``); DTensors a per-tensor loop of ordinary
 ops, whose sharding rules DTensor owns (row norms across shards included). Work that needs
 temporaries runs in batches of about :func:`paramwise._chunks.chunk_limit` elements (big tensors
-cut into whole rows), so extra memory stays one batch. Under ``torch.compile`` the hooks trace
+cut into whole rows), so extra memory stays one batch. With an adaptive scale on plain CPU float
+tensors the proximal maps work in the scaled variable :math:`w·d` (:math:`s = k/d`, read from the
+optimizer's state into two half-chunk buffers): l1 costs one read of the state and one
+read-modify-write of the weights (:func:`paramwise.regularizers.prox_l1_scaled_`). Adaptive group
+lasso takes one closed-form majorize-minimize step per row around the row norm captured by the
+pre-hook, exact at fixed points (:func:`paramwise.regularizers.prox_group_lasso_`), instead of
+Newton iterations. Under ``torch.compile`` the hooks trace
 without graph breaks (no ``.item()``; the plain loop, which inductor fuses). Sparse gradients are
 skipped.
 
@@ -60,9 +80,10 @@ from torch import Tensor
 
 from . import regularizers as R
 from ._chunks import batches, chunk_limit, is_dtensor
+from ._rows import inverse_radius
 from .errors import ParamwiseError
 from .lowering import LOWERED_KEY, lower
-from .prox import scaling_for, warn_unknown
+from .prox import denominator_for, per_element, scaling_for, warn_unknown
 
 __all__ = ["attach", "Handle", "handle_of", "lower", "LOWERED_KEY"]
 
@@ -160,13 +181,15 @@ def _buckets(items: Iterable[tuple[Tensor, ...]]) -> dict[tuple, list[list[Tenso
 
 class Handle:
     """What :func:`attach` returns: ``remove()`` detaches the hooks; ``anchors`` maps each
-    parameter with ``l2_to_init`` to its anchor :math:`w_0` (saved in ``state_dict()`` under
-    ``"paramwise_anchors"``)."""
+    parameter with ``l2_to_init`` to its anchor :math:`w_0` once it has one (taken at its first
+    step, loaded from a checkpoint, or set by :meth:`capture_anchors`; saved in
+    ``state_dict()`` under ``"paramwise_anchors"``)."""
 
     def __init__(self, optimizer: torch.optim.Optimizer, foreach: bool | None) -> None:
         self._opt = weakref.ref(optimizer)
         self.foreach = foreach
         self.anchors: dict[Tensor, Tensor] = {}
+        self._grad_hooks: dict[Tensor, Any] = {}  # take the anchor when the first grad arrives
         self._skip = False
         self._post_cfgs: list[tuple[dict, _Cfg]] = []
         self._hooks = [
@@ -179,7 +202,9 @@ class Handle:
         for group in optimizer.param_groups:
             if group.get("l2_to_init") is not None:
                 for p in group["params"]:
-                    self.anchors[p] = p.detach().clone()
+                    if p.requires_grad and p.is_leaf and p not in self._grad_hooks:
+                        self._grad_hooks[p] = p.register_post_accumulate_grad_hook(
+                            self._first_grad)
 
     @property
     def attached(self) -> bool:
@@ -187,12 +212,36 @@ class Handle:
 
     def remove(self) -> None:
         """Detach: later steps run the optimizer alone. Safe to call twice."""
-        for h in self._hooks:
+        for h in [*self._hooks, *self._grad_hooks.values()]:
             h.remove()
-        self._hooks = []
+        self._hooks, self._grad_hooks = [], {}
         opt = self._opt()
         if opt is not None and _ATTACHED.get(opt) is self:
             del _ATTACHED[opt]
+
+    def capture_anchors(self, params: Iterable[Tensor] | None = None) -> int:
+        """Anchor ``params`` at their current values now, replacing any anchor they had (taken
+        at a step or loaded); by default every parameter of a group with ``l2_to_init``.
+        Returns how many were anchored. For the attach-time anchor, call it right after
+        :func:`attach` (or ``paramwise.optimizer``)::
+
+            >>> w = torch.nn.Parameter(torch.ones(3))
+            >>> opt = torch.optim.SGD([{"params": [w], "l2_to_init": 0.1}], lr=0.1)
+            >>> handle = attach(opt)
+            >>> handle.capture_anchors()
+            1
+        """
+        if params is None:
+            opt = self._opt()
+            params = [] if opt is None else [p for g in opt.param_groups
+                                             if g.get("l2_to_init") is not None
+                                             for p in g["params"]]
+        n = 0
+        with torch.no_grad():
+            for p in params:
+                self.anchors[p] = p.detach().clone()
+                n += 1
+        return n
 
     # --- state_dict: anchors travel with the optimizer's state ------------------------------
     def _indexed(self, opt: torch.optim.Optimizer) -> list[Tensor]:
@@ -213,9 +262,25 @@ class Handle:
                 self.anchors[p] = a.detach().to(device=p.device, dtype=p.dtype, copy=True)
         return sd
 
-    def _anchor(self, p: Tensor) -> Tensor:
+    def _first_grad(self, p: Tensor) -> None:
+        """Post-accumulate-grad hook (eager, in backward): the weights the first step starts
+        from are these. A restored or explicitly captured anchor is kept."""
+        if p not in self.anchors:
+            self.anchors[p] = p.detach().clone()
+
+    def _drop_grad_hooks(self) -> None:
+        """Remove the grad hooks of anchored parameters (not from inside a hook: the autograd
+        engine iterates over the hook dict while it runs them)."""
+        for p in [p for p in self._grad_hooks if p in self.anchors]:
+            self._grad_hooks.pop(p).remove()
+
+    def _anchor(self, p: Tensor, take: bool) -> Tensor:
+        """``p``'s anchor; a parameter without one gets its current value, kept if ``take``
+        (its first step that can change it), else only for this step (``w0 = w``: no pull)."""
         a = self.anchors.get(p)
-        if a is None:  # l2_to_init added after attach(): anchor at the current value
+        if a is None:
+            if not take:
+                return p.detach()
             a = self.anchors[p] = p.detach().clone()
         return a
 
@@ -227,6 +292,8 @@ class Handle:
     # --- the hooks -------------------------------------------------------------------------
     def _pre(self, opt: torch.optim.Optimizer, args: Any, kwargs: Any) -> None:
         self._post_cfgs = []
+        if not torch.compiler.is_compiling() and self._grad_hooks:
+            self._drop_grad_hooks()
         cfgs = []
         for i, g in enumerate(opt.param_groups):
             c = _Cfg.read(i, g)
@@ -243,6 +310,20 @@ class Handle:
                 if cfg.pre:
                     self._pre_group(group, cfg, gscale)
         self._post_cfgs = [(g, c) for g, c in cfgs if c.post and c.lr != 0]
+        self._capture_rows(opt)
+
+    def _capture_rows(self, opt: torch.optim.Optimizer) -> None:
+        """Inverse row norms before the step, for the adaptive group-lasso prox (a
+        majorize-minimize step around them; see :func:`paramwise.regularizers.prox_group_lasso_`)."""
+        self._prev_norms: dict[Tensor, Tensor] = {}
+        if not per_element(type(opt)):
+            return
+        with torch.no_grad():
+            for g, c in self._post_cfgs:
+                if c.group_on and c.group_prox > 0 and c.adaptive:
+                    for p in g["params"]:
+                        if p.grad is not None:
+                            self._prev_norms[p] = inverse_radius(p, c.group_dim % p.ndim)
 
     def _pre_group(self, group: dict, cfg: _Cfg, gscale: float) -> None:
         k = cfg.sign * gscale
@@ -253,8 +334,8 @@ class Handle:
             if cfg.l2_grad:
                 R.add_l2_grad_(gs, ps, k * cfg.l2_grad, foreach=fe)
             if cfg.l2_to_init:
-                R.add_l2_to_init_grad_(gs, ps, [self._anchor(p) for p in ps], k * cfg.l2_to_init,
-                                       foreach=fe)
+                anchors = [self._anchor(p, cfg.lr != 0) for p in ps]
+                R.add_l2_to_init_grad_(gs, ps, anchors, k * cfg.l2_to_init, foreach=fe)
             if cfg.l1_grad:
                 for b in batches(ps, [0] * len(ps), chunk_limit(device)):
                     R.add_l1_grad_([pc.view(pc.param.grad) for pc in b],
@@ -273,40 +354,87 @@ class Handle:
         with torch.no_grad():
             for group, cfg in cfgs:
                 self._post_group(opt, group, cfg)
+        self._prev_norms = {}
 
     def _post_group(self, opt: torch.optim.Optimizer, group: dict, cfg: _Cfg) -> None:
-        rule = None
+        rule = den = None
         if cfg.prox_on and cfg.adaptive:
             rule = scaling_for(type(opt))
             if rule is None:
                 warn_unknown(type(opt))
+            else:
+                den = denominator_for(type(opt))
         ps_all = [(p,) for p in group["params"] if p.grad is not None]
-        for (device, _, dt), (ps,) in _buckets(ps_all).items():
+        prev_all = getattr(self, "_prev_norms", {})
+        for (device, dtype, dt), (ps,) in _buckets(ps_all).items():
             fe = self._foreach(device, dt)
             if cfg.prox_on:
                 gl = cfg.group_on
                 dims = [cfg.group_dim % p.ndim for p in ps] if gl else [0] * len(ps)
+                prev = {p: prev_all[p] for p in ps if p in prev_all} if rule is not None else {}
+                # plain CPU float tensors: the scaled form s = k/d, on two chunk buffers
+                scaled = (den is not None and not fe and not dt and device.type == "cpu"
+                          and dtype in (torch.float32, torch.float64)
+                          and not torch.compiler.is_compiling()
+                          and (not gl or cfg.group_prox <= 0 or len(prev) == len(ps)))
+                limit = chunk_limit(device) // (2 if scaled else 1)
                 # l1 alone: ask the rule (linear in lr) for the threshold s·λ directly
                 k = cfg.l1_prox if not gl and not cfg.l2_fold else 1.0
-                for b in batches(ps, dims, chunk_limit(device)):
+                work: Tensor | None = None
+                wake = {p: bool(torch.isinf(r).any()) for p, r in prev.items()} if scaled else {}
+                for b in batches(ps, dims, limit):
+                    ws = [pc.view(pc.param) for pc in b]
+                    bdims = [pc.dim for pc in b] if gl else []
+                    bprev = [pc.view(prev[pc.param]) if pc.param in prev else None for pc in b]
+                    if scaled:
+                        n = sum(pc.numel for pc in b)
+                        if work is None or work.numel() < 2 * n:
+                            work = torch.empty(2 * n, dtype=dtype, device=device)
+                        ds, xs = _split(work, ws)
+                        ks = den(group, cfg.lr, b, opt.state, ds)  # type: ignore[misc]
+                        if ks is not None:
+                            self._prox_scaled(ws, ds, ks, xs, cfg, gl, bdims, bprev,
+                                              [wake.get(pc.param, True) for pc in b])
+                            continue
                     s = (rule(group, cfg.lr * k, b, opt.state, foreach=fe) if rule is not None
                          else cfg.lr * k)
-                    ws = [pc.view(pc.param) for pc in b]
                     if k != 1.0:
                         R.soft_threshold_(ws, s, foreach=fe)
                     else:
-                        self._prox(ws, s, cfg, gl, [pc.dim for pc in b] if gl else [], fe)
+                        self._prox(ws, s, cfg, gl, bdims, fe, bprev)
             if cfg.max_norm is not None:
                 R.project_max_norm_(ps, cfg.max_norm, [cfg.max_norm_dim % max(p.ndim, 1)
                                                        for p in ps])
 
     @staticmethod
     def _prox(ws: list[Tensor], s: R.Scale, cfg: _Cfg, gl: bool, dims: Sequence[int],
-              fe: bool) -> None:
+              fe: bool, prev: Sequence[Tensor | None]) -> None:
         if cfg.l1_prox > 0 or not gl:
             R.prox_l1_(ws, s, cfg.l1_prox, 0.0 if gl else cfg.l2_fold, foreach=fe)
         if gl:
-            R.prox_group_lasso_(ws, s, cfg.group_prox, dims, cfg.l2_fold)
+            R.prox_group_lasso_(ws, s, cfg.group_prox, dims, cfg.l2_fold, rho=prev)
+
+    @staticmethod
+    def _prox_scaled(ws: list[Tensor], ds: list[Tensor], ks: list[float], xs: list[Tensor],
+                     cfg: _Cfg, gl: bool, dims: Sequence[int],
+                     prev: Sequence[Tensor | None], wake: Sequence[bool]) -> None:
+        if cfg.l1_prox > 0 or not gl:
+            R.prox_l1_scaled_(ws, ds, ks, cfg.l1_prox, 0.0 if gl else cfg.l2_fold, xs)
+        if gl:
+            R.prox_group_lasso_scaled_(ws, ds, ks, cfg.group_prox, dims, cfg.l2_fold,
+                                       prev, xs, wake)  # type: ignore[arg-type]
+
+
+def _split(work: Tensor, ws: Sequence[Tensor]) -> tuple[list[Tensor], list[Tensor]]:
+    """Two sets of scratch tensors shaped like ``ws``, both views of ``work`` (one chunk)."""
+    half = work.numel() // 2
+    ds, xs, o = [], [], 0
+    for w in ws:
+        m = w.numel()
+        ds.append(work[o:o + m].view(w.shape))
+        xs.append(work[half + o:half + o + m].view(w.shape))
+        o += m
+    return ds, xs
 
 
 def attach(optimizer: torch.optim.Optimizer, *, foreach: bool | None = None) -> Handle:
@@ -316,7 +444,8 @@ def attach(optimizer: torch.optim.Optimizer, *, foreach: bool | None = None) -> 
     :class:`~paramwise.errors.ParamwiseError` with the group and parameter names), registers the
     step hooks and returns a :class:`Handle`. ``foreach`` forces the multi-tensor fast path on
     (``True``) or off (``False``); by default it is on for accelerators and off on CPU, where a
-    per-tensor loop is as fast. Parameters with ``l2_to_init`` get their anchor copied now.
+    per-tensor loop is as fast. Parameters with ``l2_to_init`` are anchored at their first step,
+    not now (see the module docstring; :meth:`Handle.capture_anchors` anchors now).
 
         >>> model = torch.nn.Linear(4, 2)
         >>> opt = torch.optim.SGD([{"params": [model.weight], "l1": 1e-4},

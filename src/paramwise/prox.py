@@ -21,6 +21,14 @@ Adadelta        :math:`s = \mathrm{lr}\sqrt{u + ε}/\sqrt{v + ε}`
 Adamax          :math:`s = \mathrm{lr}/u` (:math:`u` the infinity norm ``exp_inf``)
 =============== ==========================================================================
 
+**Denominator form.** For the built-in adaptive optimizers :math:`s` is a scalar over a
+per-element denominator, :math:`s = k/d` (Adam: :math:`k = \mathrm{lr}\,b`,
+:math:`d = \sqrt{v} + ε b`, :math:`b = \sqrt{1-β_2^t}`). :func:`denominator_for` returns a rule
+that writes :math:`d` into caller-owned buffers and returns :math:`k`, so the proximal maps can
+work in the scaled variable :math:`w·d` (fewer passes, no temporaries, exact zeros; see
+:func:`paramwise.regularizers.prox_l1_scaled_`). A rule returns ``None`` where :math:`d` could be
+0 (:math:`ε = 0`); callers then use the per-element :math:`s` rule.
+
 ``prox_scale="lr"`` uses :math:`s = \mathrm{lr}` (decoupled, like AdamW's decay). For any other
 optimizer class ``"adaptive"`` falls back to :math:`s = \mathrm{lr}` and warns once per class;
 :func:`register_scaling` teaches paramwise a new one. Example::
@@ -44,14 +52,21 @@ from torch import Tensor
 
 from ._chunks import Piece, is_dtensor
 
-__all__ = ["Scaling", "register_scaling", "scaling_for", "warn_unknown"]
+__all__ = ["Scaling", "Denominator", "register_scaling", "scaling_for", "denominator_for",
+           "per_element", "warn_unknown"]
 
 #: ``rule(group, lr, pieces, state, foreach=...) -> s``: a number, or one new tensor per piece
 #: (shaped like the piece) holding the per-element scale. ``state`` is ``optimizer.state``.
 #: Rules are linear in ``lr``: called with ``lr·λ`` they return the threshold ``s·λ`` directly.
 Scaling = Callable[..., "float | list[Tensor]"]
 
+#: ``rule(group, lr, pieces, state, out) -> [k, ...] | None``: writes the denominator :math:`d`
+#: of :math:`s = k/d` into ``out[i]`` (a buffer shaped like piece ``i``) and returns one :math:`k`
+#: per piece; ``None`` when the form does not apply (then ``out`` holds nothing useful).
+Denominator = Callable[..., "list[float] | None"]
+
 _RULES: dict[type, Scaling] = {}
+_DENOMS: dict[type, Denominator] = {}
 _ONE_PASS = (torch.float32, torch.float64)
 _WARNED: set[type] = set()
 
@@ -64,6 +79,19 @@ def register_scaling(cls: type, rule: Scaling) -> None:
 def scaling_for(cls: type) -> Scaling | None:
     """The rule for exactly ``cls`` (subclasses may change the update, so they are not guessed)."""
     return _RULES.get(cls)
+
+
+def denominator_for(cls: type) -> Denominator | None:
+    """The built-in denominator-form rule for exactly ``cls``, or None. Only used while the
+    scaling rule is still paramwise's own (a rule registered by the user wins)."""
+    rule = _DENOMS.get(cls)
+    return rule if rule is not None and _RULES.get(cls) is _BUILTIN.get(cls) else None
+
+
+def per_element(cls: type) -> bool:
+    """Whether ``'adaptive'`` on ``cls`` may give a per-element scale (every rule but SGD's)."""
+    rule = _RULES.get(cls)
+    return rule is not None and rule is not _sgd
 
 
 def warn_unknown(cls: type) -> None:
@@ -194,7 +222,58 @@ def _adamax(group: Mapping[str, Any], lr: float, pieces: Sequence[Piece], state:
     return _finish([t.clone() for t in u], lr, foreach)
 
 
+def _adam_den(group: Mapping[str, Any], lr: float, pieces: Sequence[Piece], state: Mapping,
+              out: Sequence[Tensor]) -> list[float] | None:
+    # s = lr/(sqrt(v)/b + eps) = (lr·b)/(sqrt(v) + eps·b): k = lr·b, d = sqrt(v) + eps·b
+    beta2 = _num(group["betas"][1])
+    eps = _num(group["eps"])
+    key = "max_exp_avg_sq" if group.get("amsgrad", False) else "exp_avg_sq"
+    ks = []
+    for pc, d in zip(pieces, out):
+        b = (1 - beta2 ** _num(state[pc.param]["step"])) ** 0.5
+        if not eps * b > 0:
+            return None
+        torch.sqrt(pc.view(state[pc.param][key]), out=d).add_(eps * b)
+        ks.append(lr * b)
+    return ks
+
+
+def _rmsprop_den(group: Mapping[str, Any], lr: float, pieces: Sequence[Piece], state: Mapping,
+                 out: Sequence[Tensor]) -> list[float] | None:
+    eps = _num(group["eps"])
+    if not eps > 0:
+        return None
+    centered = group.get("centered", False)
+    for pc, d in zip(pieces, out):
+        sq = pc.view(state[pc.param]["square_avg"])
+        if centered:
+            ga = pc.view(state[pc.param]["grad_avg"])
+            torch.addcmul(sq, ga, ga, value=-1, out=d).sqrt_()
+        else:
+            torch.sqrt(sq, out=d)
+        d.add_(eps)
+    mu = _num(group.get("momentum", 0.0))
+    return [lr / (1 - mu) if mu > 0 else lr] * len(out)
+
+
+def _adagrad_den(group: Mapping[str, Any], lr: float, pieces: Sequence[Piece], state: Mapping,
+                 out: Sequence[Tensor]) -> list[float] | None:
+    eps = _num(group["eps"])
+    if not eps > 0:
+        return None
+    decay = _num(group.get("lr_decay", 0.0))
+    ks = []
+    for pc, d in zip(pieces, out):
+        torch.sqrt(pc.view(state[pc.param]["sum"]), out=d).add_(eps)
+        ks.append(lr / (1 + (_num(state[pc.param]["step"]) - 1) * decay))
+    return ks
+
+
 for _cls, _rule in [(torch.optim.SGD, _sgd), (torch.optim.Adam, _adam), (torch.optim.AdamW, _adam),
                     (torch.optim.RMSprop, _rmsprop), (torch.optim.Adagrad, _adagrad),
                     (torch.optim.Adadelta, _adadelta), (torch.optim.Adamax, _adamax)]:
     register_scaling(_cls, _rule)
+_BUILTIN: dict[type, Scaling] = dict(_RULES)
+for _cls, _den in [(torch.optim.Adam, _adam_den), (torch.optim.AdamW, _adam_den),
+                   (torch.optim.RMSprop, _rmsprop_den), (torch.optim.Adagrad, _adagrad_den)]:
+    _DENOMS[_cls] = _den

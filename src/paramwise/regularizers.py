@@ -53,14 +53,23 @@ import torch
 from torch import Tensor
 
 from ._chunks import is_dtensor, plain
-from ._rows import assign_, group_norms, group_size, metric_group_prox_, mul_
+from ._rows import (
+    assign_,
+    group_norms,
+    group_size,
+    majorized_group_prox_,
+    majorized_group_prox_scaled_,
+    metric_group_prox_,
+    mul_,
+)
 
 __all__ = [
     "REG_KEYS", "STRENGTH_KEYS", "PROX_SCALES", "check_options", "check_values",
     "group_norms", "group_size",
     "l2_penalty", "l1_penalty", "group_lasso_penalty", "l2_to_init_penalty",
     "add_l2_grad_", "add_l1_grad_", "add_group_lasso_grad_", "add_l2_to_init_grad_", "decay_",
-    "soft_threshold_", "prox_l1_", "prox_group_lasso_", "project_max_norm_",
+    "soft_threshold_", "prox_l1_", "prox_l1_scaled_", "prox_group_lasso_",
+    "prox_group_lasso_scaled_", "project_max_norm_",
 ]
 
 #: Regularization option keys a param group may carry (public API).
@@ -307,6 +316,33 @@ def prox_l1_(params: Sequence[Tensor], scale: Scale, lam: float, l2: float = 0.0
                 w.div_(s * l2 + 1.0)
 
 
+def prox_l1_scaled_(params: Sequence[Tensor], dens: Sequence[Tensor], ks: Sequence[float],
+                    lam: float, l2: float, scratch: Sequence[Tensor]) -> None:
+    r""":func:`prox_l1_` with a per-element scale given as :math:`s = k/d` (one number :math:`k`
+    and one tensor :math:`d > 0` per parameter), in place, on plain tensors.
+
+    Soft-thresholding commutes with positive scaling, :math:`S(w, t)\,d = S(wd, td)`, and
+    :math:`td = kλ` is one number, so
+
+    .. math:: w ← \frac{S(w d,\ kλ)}{d + kλ_2}
+              = \frac{\operatorname{sign}(w)\max(|w| - sλ, 0)}{1 + sλ_2}
+
+    in four passes, three of them over chunk-sized ``scratch`` (shaped like the parameters):
+    :math:`x = wd`, :math:`x ← x - \operatorname{clamp}(x, -kλ, kλ)` (one ``softshrink``,
+    exact zeros where :math:`|w| d ≤ kλ`), then :math:`w = x/(d + kλ_2)`; the threshold
+    :math:`sλ` is never formed. ``dens`` is overwritten when ``l2 > 0``. Surviving elements
+    differ from :func:`prox_l1_` by rounding only. An element whose :math:`d` is not finite
+    (its optimizer state overflowed) becomes NaN.
+    """
+    for w, d, k, x in zip(params, dens, ks, scratch):
+        torch.mul(w, d, out=x)
+        if lam > 0:
+            torch.ops.aten.softshrink.out(x, k * lam, out=x)
+        if l2 > 0:
+            d.add_(k * l2)
+        torch.div(x, d, out=w)
+
+
 def _div_scalar_(params: Sequence[Tensor], d: float, foreach: bool) -> None:
     if foreach:
         torch._foreach_div_(params, d)
@@ -316,7 +352,8 @@ def _div_scalar_(params: Sequence[Tensor], d: float, foreach: bool) -> None:
 
 
 def prox_group_lasso_(params: Sequence[Tensor], scale: Scale, lam: float, dims: Sequence[int],
-                      l2: float = 0.0, *, newton_steps: int = 10) -> None:
+                      l2: float = 0.0, *, newton_steps: int = 10,
+                      rho: Sequence[Tensor | None] | None = None) -> None:
     r"""Proximal map of :math:`s(λ\sum_r\sqrt m\|w_r\| + \tfrac{λ_2}{2}\|w\|^2)`, in place.
 
     With one number :math:`s` (block soft-threshold, zero-norm safe, :math:`τ = λ\sqrt m`):
@@ -332,6 +369,14 @@ def prox_group_lasso_(params: Sequence[Tensor], scale: Scale, lam: float, dims: 
     Adam-like spreads of :math:`s`); it stops when every row's relative change is below
     :math:`\sqrt{ε_\text{dtype}}` or after ``newton_steps``. Rows with a non-finite norm are left
     unchanged. For sparse group lasso apply :func:`prox_l1_` (without ``l2``) first.
+
+    ``rho`` (per-element :math:`s` only): for each parameter the inverse row norms
+    :math:`1/n_r` *before* the optimizer's step (:func:`paramwise._rows.inverse_radius`,
+    keepdim-shaped). Then the nonzero rows take one closed-form majorize-minimize step instead
+    of Newton's method, :math:`w_i ← w_i\,n/((1 + s_iλ_2)n + s_iτ)` — equal to the exact
+    metric prox at every fixed point of step + prox, so the iteration still reaches the group
+    lasso's KKT points (:func:`paramwise._rows.majorized_group_prox_` has the derivation). The
+    zero test stays exact. This is what the step hooks use.
     """
     for i, w in enumerate(params):
         d = dims[i]
@@ -346,8 +391,34 @@ def prox_group_lasso_(params: Sequence[Tensor], scale: Scale, lam: float, dims: 
         elif lam <= 0:
             if l2 > 0:
                 w.div_(scale[i] * l2 + 1.0)
+        elif rho is not None and rho[i] is not None:
+            majorized_group_prox_(w, scale[i], tau, l2, d, rho[i])
         else:
             metric_group_prox_(w, scale[i], tau, l2, d, newton_steps)
+
+
+def prox_group_lasso_scaled_(params: Sequence[Tensor], dens: Sequence[Tensor],
+                             ks: Sequence[float], lam: float, dims: Sequence[int], l2: float,
+                             rho: Sequence[Tensor], scratch: Sequence[Tensor],
+                             wake: Sequence[bool] | None = None) -> None:
+    r""":func:`prox_group_lasso_` with ``rho`` and a per-element scale given as :math:`s = k/d`
+    (see :func:`prox_l1_scaled_`), in place, on plain tensors: row :math:`r` is zeroed iff
+    :math:`\|w_r d_r\| ≤ kτ`, else
+
+    .. math:: w_i ← w_i\,\frac{d_i}{d_i + kλ_2 + kτ/n_r}
+              = \frac{w_i\, n_r}{(1 + s_iλ_2)\,n_r + s_iτ},
+
+    :math:`τ = λ\sqrt m`, :math:`n_r = 1/ρ_r` the row's norm before the step. ``scratch`` is
+    overwritten (and ``dens`` when ``lam = 0``). ``wake[i] = False`` promises ``rho[i]`` has
+    no ``inf`` (no row was 0 before the step).
+    """
+    if lam <= 0:
+        prox_l1_scaled_(params, dens, ks, 0.0, l2, scratch)
+        return
+    for i, (w, d, k, dim, r, x) in enumerate(zip(params, dens, ks, dims, rho, scratch)):
+        tau = lam * math.sqrt(group_size(w, dim))
+        majorized_group_prox_scaled_(w, d, k, tau, l2, dim, r, x,
+                                     True if wake is None else wake[i])
 
 
 def project_max_norm_(params: Sequence[Tensor], c: float, dims: Sequence[int]) -> None:
