@@ -21,7 +21,7 @@ from dataclasses import dataclass
 
 import torch
 
-__all__ = ["Piece", "batches", "is_dtensor", "plain", "DEFAULT_LIMITS", "chunk_limit"]
+__all__ = ["Piece", "batches", "is_dtensor", "plain", "DEFAULT_LIMITS", "chunk_limit", "as_float"]
 
 #: Elements per batch, by device type: small on CPU (the batch's temporaries stay in cache), large
 #: on accelerators (few kernel launches, bounded extra memory). Measured by
@@ -32,6 +32,11 @@ DEFAULT_LIMITS: dict[str, int] = {"cpu": 1 << 18, "default": 1 << 24}
 def chunk_limit(device: torch.device) -> int:
     """How many elements one batch may hold on ``device``."""
     return DEFAULT_LIMITS.get(device.type, DEFAULT_LIMITS["default"])
+
+
+def as_float(x: object) -> float:
+    """A group option (a number or a 1-element tensor, e.g. a tensor lr) as a Python float."""
+    return float(x.item()) if isinstance(x, torch.Tensor) else float(x)  # type: ignore[arg-type]
 
 
 def is_dtensor(t: torch.Tensor) -> bool:

@@ -43,7 +43,8 @@ import torch
 from torch import nn
 
 from .errors import ParamwiseError, closest
-from .options import check_key, check_value, known_keys, resolve_optimizer
+from .options import REAL_KEYS, check_key, check_value, known_keys, resolve_optimizer
+from .regularizers import STRENGTH_KEYS
 from .rules import LayerDecay, Rule, layer_decay, no_decay
 
 __all__ = ["from_config", "load_config", "PRESETS", "TOP_LEVEL_KEYS"]
@@ -58,11 +59,7 @@ PRESETS: dict[str, tuple[Callable[..., Rule | LayerDecay], str | None]] = {
 }
 
 # Real-valued options: YAML integers (``weight_decay: 0``) become floats, as in Python rules.
-_REAL_KEYS = frozenset({
-    "lr", "weight_decay", "lr_mult", "weight_decay_mult", "momentum", "dampening", "eps",
-    "alpha", "lr_decay", "rho", "initial_accumulator_value", "l1", "l2", "decoupled_decay",
-    "group_lasso", "max_norm", "l2_to_init",
-})
+_REAL_KEYS = REAL_KEYS | {*STRENGTH_KEYS, "max_norm"}
 _NUMBER = re.compile(r"[-+]?(\d+\.?\d*|\.\d+)([eE][-+]?\d+)?|[-+]?(inf|nan)", re.IGNORECASE)
 # Fixes the core words for Python callers, said the config's way.
 _PY_TO_CFG = [

@@ -79,6 +79,7 @@ import torch
 from torch import Tensor
 
 from . import regularizers as R
+from ._chunks import as_float as _num
 from ._chunks import batches, chunk_limit, is_dtensor
 from ._rows import inverse_radius
 from .errors import ParamwiseError
@@ -90,10 +91,6 @@ __all__ = ["attach", "Handle", "handle_of", "lower", "LOWERED_KEY"]
 _ANCHORS_KEY = "paramwise_anchors"
 
 _ATTACHED: weakref.WeakKeyDictionary[torch.optim.Optimizer, Handle] = weakref.WeakKeyDictionary()
-
-
-def _num(x: Any) -> float:
-    return float(x.item()) if isinstance(x, Tensor) else float(x)
 
 
 def _group_label(i: int, group: Mapping[str, Any]) -> str:

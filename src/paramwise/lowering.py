@@ -14,13 +14,14 @@ can do itself runs inside its (foreach / fused) ``step()`` at no extra cost; the
 
 from __future__ import annotations
 
-import inspect
 import math
 from collections.abc import Mapping
 from typing import Any
 
 import torch
-from torch import Tensor
+
+from ._chunks import as_float as _num
+from .options import optimizer_defaults
 
 __all__ = ["lower", "LOWERED_KEY"]
 
@@ -28,23 +29,11 @@ __all__ = ["lower", "LOWERED_KEY"]
 LOWERED_KEY = "paramwise_lowered"
 
 
-def _num(x: Any) -> float:
-    return float(x.item()) if isinstance(x, Tensor) else float(x)
-
-
 _COUPLED = {torch.optim.SGD, torch.optim.Adam, torch.optim.RMSprop, torch.optim.Adagrad,
             torch.optim.Adadelta, torch.optim.Adamax, torch.optim.NAdam, torch.optim.RAdam,
             torch.optim.ASGD}
 _FLAG = {torch.optim.Adam, torch.optim.NAdam, torch.optim.RAdam}  # decoupled_weight_decay=
 _DECOUPLED = {torch.optim.AdamW}
-
-
-def _ctor_defaults(cls: type) -> dict[str, Any]:
-    try:
-        sig = inspect.signature(cls.__init__)
-    except (TypeError, ValueError):  # pragma: no cover
-        return {}
-    return {k: p.default for k, p in sig.parameters.items() if p.default is not p.empty}
 
 
 def _strength(v: Any) -> float:
@@ -74,7 +63,7 @@ def lower(groups: list[dict], optim_cls: type, defaults: Mapping[str, Any] | Non
         >>> lower([{"params": [], "l2": 1e-4}], torch.optim.SGD)[0]["weight_decay"]
         0.0001
     """
-    base = {**_ctor_defaults(optim_cls), **(defaults or {})}
+    base = {**optimizer_defaults(optim_cls), **(defaults or {})}
     out = []
     for group in groups:
         g = dict(group)

@@ -29,6 +29,7 @@ __all__ = [
     "MULTIPLIERS",
     "resolve_optimizer",
     "optimizer_keys",
+    "optimizer_defaults",
     "known_keys",
     "check_key",
     "check_value",
@@ -37,9 +38,9 @@ __all__ = [
 #: ``<key>_mult`` options: they multiply the resolved value of ``<key>`` (and compose).
 MULTIPLIERS: dict[str, str] = {"lr_mult": "lr", "weight_decay_mult": "weight_decay"}
 
-# Options whose values must be finite, non-negative real numbers.
-_NONNEG = {"lr", "weight_decay", "lr_mult", "weight_decay_mult", "momentum", "dampening",
-           "eps", "alpha", "lr_decay", "rho", "initial_accumulator_value"}
+#: Core options whose values must be finite, non-negative real numbers.
+REAL_KEYS = frozenset({"lr", "weight_decay", "lr_mult", "weight_decay_mult", "momentum", "dampening",
+           "eps", "alpha", "lr_decay", "rho", "initial_accumulator_value"})
 
 
 def _reg_keys() -> frozenset[str]:
@@ -118,6 +119,17 @@ def optimizer_keys(cls: type) -> frozenset[str] | None:
 
 
 @cache
+def optimizer_defaults(cls: type) -> dict[str, object]:
+    """The default values of ``cls``'s constructor options (those that have one)."""
+    try:
+        sig = inspect.signature(cls.__init__)
+    except (TypeError, ValueError):  # pragma: no cover - builtins without signatures
+        return {}
+    return {k: p.default for k, p in sig.parameters.items()
+            if k not in ("self", "params") and p.default is not p.empty}
+
+
+@cache
 def _all_torch_keys() -> frozenset[str]:
     keys: set[str] = set()
     for cls in _torch_optimizers().values():
@@ -167,7 +179,7 @@ def _is_real(value: object) -> bool:
 
 def check_value(key: str, value: object, *, where: str) -> None:
     """Reject wrong types, negative or non-finite values for numeric core options."""
-    if key in _NONNEG:
+    if key in REAL_KEYS:
         if not _is_real(value):
             raise ParamwiseError(f"{where} sets {key}={value!r} ({type(value).__name__})",
                                  fix=f"{key} must be a real number, e.g. {key}=0.01")

@@ -51,6 +51,7 @@ import torch
 from torch import Tensor
 
 from ._chunks import Piece, is_dtensor
+from ._chunks import as_float as _num
 
 __all__ = ["Scaling", "Denominator", "register_scaling", "scaling_for", "denominator_for",
            "per_element", "warn_unknown"]
@@ -105,10 +106,6 @@ def warn_unknown(cls: type) -> None:
         f"it with paramwise.prox.register_scaling({cls.__name__}, rule)",
         stacklevel=3,
     )
-
-
-def _num(x: Any) -> float:
-    return float(x.item()) if isinstance(x, Tensor) else float(x)
 
 
 def _step(st: Mapping[str, Any]) -> float | Tensor:
