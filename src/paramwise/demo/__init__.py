@@ -155,26 +155,28 @@ def _text(bias: list[BiasResult] | None, l1: L1Result | None, group: GroupResult
     s = QUICK if quick else FULL
     out = ["", "paramwise demo" + (" (--quick: fewer λ, one seed, shorter training)"
                                    if quick else ""), ""]
+    sections = []  # (claim, set-up, table, findings), in the order of the parts
     if bias is not None:
-        out += ["1. Claim: decaying biases makes the model underfit",
-                f"   SGD, momentum 0.9, full batch, coupled weight_decay=λ on every parameter "
-                f"vs. weights only (rule: paramwise.no_decay()); mean of {len(s.seeds)} seed(s)",
-                render.bias_table(bias), "", "   What this shows:"]
-        out += [f"   - {line}" for line in render.bias_findings(bias)]
-        out.append("")
+        sections.append((
+            "1. Claim: decaying biases makes the model underfit",
+            f"   SGD, momentum 0.9, full batch, coupled weight_decay=λ on every parameter "
+            f"vs. weights only (rule: paramwise.no_decay()); mean of {len(s.seeds)} seed(s)",
+            render.bias_table(bias), render.bias_findings(bias)))
     if l1 is not None:
-        out += ["2. Claim: L1 gives exact zeros only when it is proximal",
-                f"   digits MLP 64-64-10, SGD (lr 0.1, momentum 0.9) and Adam (lr 3e-3), "
-                f"{s.l1_steps} steps of batch {s.batch};\n   L1 on the weights as a loss term "
-                "λ·Σ|w| vs. Rule('weight', l1=λ) (proximal, in Adam's own scaling for Adam)",
-                render.l1_table(l1), "", "   What this shows:"]
-        out += [f"   - {line}" for line in render.l1_findings(l1)]
-        out.append("")
+        sections.append((
+            "2. Claim: L1 gives exact zeros only when it is proximal",
+            f"   digits MLP 64-64-10, SGD (lr 0.1, momentum 0.9) and Adam (lr 3e-3), "
+            f"{s.l1_steps} steps of batch {s.batch};\n   L1 on the weights as a loss term "
+            "λ·Σ|w| vs. Rule('weight', l1=λ) (proximal, in Adam's own scaling for Adam)",
+            render.l1_table(l1), render.l1_findings(l1)))
     if group is not None:
-        out += ["3. Claim: group lasso removes whole inputs",
-                f"   digits MLP 64-64-10, SGD (lr 0.03, momentum 0.9), {s.group_steps} steps of "
-                f"batch {s.batch}; "
-                "Rule('0.weight', group_lasso=λ, group_dim=1): one group per input pixel",
-                render.group_table(group), "", "   What this shows:"]
-        out += [f"   - {line}" for line in render.group_findings(group)]
+        sections.append((
+            "3. Claim: group lasso removes whole inputs",
+            f"   digits MLP 64-64-10, SGD (lr 0.03, momentum 0.9), {s.group_steps} steps of "
+            f"batch {s.batch}; Rule('0.weight', group_lasso=λ, group_dim=1): one group per "
+            "input pixel",
+            render.group_table(group), render.group_findings(group)))
+    for claim, setup, table, findings in sections:
+        out += [claim, setup, table, "", "   What this shows:",
+                *(f"   - {line}" for line in findings), ""]
     return "\n".join(out).rstrip()
