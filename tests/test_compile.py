@@ -94,3 +94,31 @@ def test_compiled_step_with_regularization_adds_no_graph_break(config):
                                   f"torch's own: {short(plain)}")
     for (n, p), q in zip(model.named_parameters(), eager_run(optim, kw, rules).parameters()):
         torch.testing.assert_close(p, q, rtol=1e-5, atol=1e-6, msg=n)
+
+
+def test_compiled_step_is_not_cut_into_chunks(monkeypatch):
+    """Chunking bounds eager temporaries; traced, every cut is one more kernel for inductor to
+    build and launch (a 16.8M-parameter Adam + l1 step compiled in 41 s and ran 2x slower
+    before). The traced graphs must be the same size whatever the chunk limit."""
+    from paramwise import _chunks
+
+    def graph_sizes() -> int:
+        sizes: list[int] = []
+
+        def backend(gm, example_inputs):
+            sizes.append(len(gm.graph.nodes))
+            return gm.forward
+
+        torch._dynamo.reset()
+        model = net()
+        opt = paramwise.optimizer(model, "adam", [paramwise.Rule("weight", l1=1e-2)], lr=1e-2)
+        step = torch.compile(opt.step, backend=backend)
+        for x, y in data(2):
+            opt.zero_grad()
+            nn.functional.mse_loss(model(x), y).backward()
+            step()
+        return sum(sizes)
+
+    default = graph_sizes()
+    monkeypatch.setitem(_chunks.DEFAULT_LIMITS, "cpu", 16)   # 48- and 24-element weights
+    assert graph_sizes() == default

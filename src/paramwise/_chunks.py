@@ -30,7 +30,11 @@ DEFAULT_LIMITS: dict[str, int] = {"cpu": 1 << 18, "default": 1 << 24}
 
 
 def chunk_limit(device: torch.device) -> int:
-    """How many elements one batch may hold on ``device``."""
+    """How many elements one batch may hold on ``device``. Unlimited while ``torch.compile``
+    traces: inductor fuses the pointwise chain into one loop with no full-size temporaries, and
+    every cut would be one more kernel."""
+    if torch.compiler.is_compiling():
+        return sys.maxsize
     return DEFAULT_LIMITS.get(device.type, DEFAULT_LIMITS["default"])
 
 
