@@ -53,7 +53,7 @@ read-modify-write of the weights (:func:`paramwise.regularizers.prox_l1_scaled_`
 lasso takes one closed-form majorize-minimize step per row around the row norm captured by the
 pre-hook, exact at fixed points (:func:`paramwise.regularizers.prox_group_lasso_`), instead of
 Newton iterations. Under ``torch.compile`` the hooks trace
-without graph breaks (no ``.item()``; the plain loop, which inductor fuses). Sparse gradients are
+without graph breaks (no ``.item()``; the plain loop, uncut, which inductor fuses). Sparse gradients are
 skipped.
 
 :func:`lower` rewrites options to the optimizer's native equivalent before it is built (coupled
