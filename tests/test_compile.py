@@ -122,3 +122,15 @@ def test_compiled_step_is_not_cut_into_chunks(monkeypatch):
     default = graph_sizes()
     monkeypatch.setitem(_chunks.DEFAULT_LIMITS, "cpu", 16)   # 48- and 24-element weights
     assert graph_sizes() == default
+
+
+def test_traced_bias_correction_power_matches_pow():
+    """Traced steps compute beta2**t as exp(t ln beta2) (one evaluation per fused loop)."""
+    from paramwise.prox import _power
+
+    for base in (0.999, 0.9, 0.5, 0.0):
+        for t in (1.0, 7.0, 1000.0):
+            got = _power(base, torch.tensor(t, dtype=torch.float64))
+            assert torch.isclose(got, torch.tensor(base ** t, dtype=torch.float64),
+                                 rtol=1e-12, atol=0), (base, t)
+    assert _power(0.999, 3.0) == 0.999 ** 3
