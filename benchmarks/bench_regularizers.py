@@ -20,10 +20,18 @@ whole training step (forward, backward, step) for:
 * ``pw_decoupled`` — ``decoupled_decay`` (Adam: lowered to ``decoupled_weight_decay``; SGD: hook)
 
 and ``pass``: one in-place elementwise pass over the weights (``w.mul_(1.0)``), the unit for
-group lasso and max-norm. On CUDA it also reports each variant's extra peak memory.
+group lasso and max-norm. For Adam it also times ``floor``: one square root of the second moment
+and one division per weight element, in the hooks' chunks — the arithmetic any proximal map in
+Adam's per-element metric must do after the step (``torch.optim.Adam`` computes the same two
+inside its update, out of the hooks' reach), so the floor under the adaptive variants' extra
+time. On CUDA it also reports each variant's extra peak memory.
+
+The variants run in a rotating order (each round starts one later), so no variant always follows
+the same one. ``--compile`` wraps every ``optimizer.step`` in ``torch.compile`` (inductor): the
+step hooks trace into the compiled step, and a proximal map becomes one fused kernel.
 
 Run: ``.venv/bin/python benchmarks/bench_regularizers.py [--device cuda] [--rounds 15]
-[--optim adam] [--variants pw_l1_prox,pw_glasso]``
+[--optim adam] [--variants pw_l1_prox,pw_glasso] [--compile]``
 (``--quick`` for a small smoke run).
 """
 
@@ -40,6 +48,7 @@ from torch import nn
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "src"))
 
+from paramwise._chunks import chunk_limit  # noqa: E402
 from paramwise.hooks import attach, lower  # noqa: E402
 
 LAM = 1e-5
@@ -96,6 +105,8 @@ def main() -> None:
                     help="comma-separated subset of variants (plain, builtin_wd and the loss-term "
                          "twins are always kept, for the ratios)")
     ap.add_argument("--quick", action="store_true", help="tiny model, 2 rounds (smoke test)")
+    ap.add_argument("--compile", action="store_true",
+                    help="torch.compile every optimizer.step (inductor; needs a C++ compiler)")
     args = ap.parse_args()
     dev = args.device
     width, hidden, blocks = (64, 128, 1) if args.quick else (1024, 4096, 2)
@@ -106,7 +117,8 @@ def main() -> None:
     x = torch.randn(args.batch, width, device=dev)
     y = torch.randn(args.batch, width, device=dev)
     print(f"device={dev} threads={torch.get_num_threads()} torch={torch.__version__} "
-          f"params={n / 1e6:.1f}M rounds={rounds} batch={args.batch}")
+          f"params={n / 1e6:.1f}M rounds={rounds} batch={args.batch}"
+          + ("  optimizer.step compiled" if args.compile else ""))
 
     families = {"sgd": (torch.optim.SGD, 1e-3, {"momentum": 0.9}),
                 "adam": (torch.optim.Adam, 1e-4, {})}
@@ -116,12 +128,16 @@ def main() -> None:
         if args.variants:
             keep = {"plain", "builtin_wd", "loss_l1", "loss_l2", *args.variants.split(",")}
             names = [v for v in names if v in keep]
-        bench_family(cls, kw, {v: make_opt(v, cls, model, lr, kw) for v in names}, model,
-                     weights, x, y, dev, rounds)
+        opts = {v: make_opt(v, cls, model, lr, kw) for v in names}
+        if args.compile:  # one compiled step per optimizer, all from torch's one step wrapper
+            torch._dynamo.config.recompile_limit = 4 * len(VARIANTS)
+            torch._dynamo.config.accumulated_recompile_limit = 64 * len(VARIANTS)
+        steps = {v: torch.compile(o.step) if args.compile else o.step for v, o in opts.items()}
+        bench_family(cls, kw, opts, steps, model, weights, x, y, dev, rounds)
 
 
-def bench_family(cls: type, kw: dict, opts: dict, model: nn.Module, weights: list, x, y,
-                 dev: str, rounds: int) -> None:
+def bench_family(cls: type, kw: dict, opts: dict, steps: dict, model: nn.Module,
+                 weights: list, x, y, dev: str, rounds: int) -> None:
     names = list(opts)
 
     def loss_fn(v: str) -> torch.Tensor:
@@ -138,14 +154,14 @@ def bench_family(cls: type, kw: dict, opts: dict, model: nn.Module, weights: lis
         t0 = time.perf_counter()
         opt.zero_grad(set_to_none=False)
         loss_fn(v).backward()
-        opt.step()
+        steps[v]()
         sync(dev)
         return time.perf_counter() - t0
 
     def step_only(v: str) -> float:
         sync(dev)
         t0 = time.perf_counter()
-        opts[v].step()
+        steps[v]()
         sync(dev)
         return time.perf_counter() - t0
 
@@ -158,6 +174,23 @@ def bench_family(cls: type, kw: dict, opts: dict, model: nn.Module, weights: lis
         sync(dev)
         return time.perf_counter() - t0
 
+    second = opts[names[0]].state if cls is torch.optim.Adam else None
+
+    def floor() -> float:
+        lim = chunk_limit(weights[0].device) // 2
+        d = torch.empty(lim, device=weights[0].device)
+        sync(dev)
+        t0 = time.perf_counter()
+        with torch.no_grad():
+            for p in weights:
+                w, v = p.view(-1), second[p]["exp_avg_sq"].view(-1)
+                for i in range(0, w.numel(), lim):
+                    m = min(lim, w.numel() - i)
+                    torch.sqrt(v[i:i + m], out=d[:m])
+                    torch.div(w[i:i + m], d[:m], out=d[:m])
+        sync(dev)
+        return time.perf_counter() - t0
+
     for v in names:                      # warm up: states, allocator, first-touch pages
         whole(v)
         whole(v)
@@ -167,23 +200,31 @@ def bench_family(cls: type, kw: dict, opts: dict, model: nn.Module, weights: lis
             torch.cuda.synchronize()
             base = torch.cuda.memory_allocated()
             torch.cuda.reset_peak_memory_stats()
-            opts[v].step()
+            steps[v]()
             torch.cuda.synchronize()
             peak[v] = (torch.cuda.max_memory_allocated() - base) / 2 ** 20
     t_step: dict[str, list[float]] = {v: [] for v in names}
     t_whole: dict[str, list[float]] = {v: [] for v in names}
     t_pass: list[float] = []
-    for _ in range(rounds):
+    t_floor: list[float] = []
+    for r in range(rounds):
         t_pass.append(one_pass())
-        for v in names:
+        if second is not None:
+            t_floor.append(floor())
+        order = names[r % len(names):] + names[:r % len(names)]
+        for v in order:
             t_step[v].append(step_only(v))
-        for v in names:
+        for v in order:
             t_whole[v].append(whole(v))
     med_s = {v: statistics.median(t) * 1e3 for v, t in t_step.items()}
     med_w = {v: statistics.median(t) * 1e3 for v, t in t_whole.items()}
     pas = statistics.median(t_pass) * 1e3
 
     print(f"\n== {cls.__name__} {kw}  (one elementwise pass over the weights: {pas:.2f} ms)")
+    if t_floor:
+        flo = statistics.median(t_floor) * 1e3
+        print(f"   adaptive floor (sqrt of the second moment + one division per weight): "
+              f"{flo:.2f} ms = {flo / pas:.2f} passes")
     head = f"{'variant':<15}{'step ms':>9}{'/plain':>8}{'/wd':>7}{'whole ms':>10}{'/plain':>8}{'/wd':>7}"
     if peak:
         head += f"{'peak+MiB':>10}"
