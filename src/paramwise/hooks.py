@@ -15,6 +15,11 @@ parameters with a gradient (others are skipped, as the optimizer skips them):
 * **after** the step: the proximal maps of ``l1`` / ``group_lasso`` (with ``l2`` folded in:
   elastic net) with step scale :math:`s` from :mod:`paramwise.prox`, then ``max_norm``'s
   projection.
+* **instead of** the step, for ``Adam``/``AdamW`` groups with an adaptive proximal map on plain
+  CPU tensors (where torch runs its per-tensor loop): the pre-hook runs torch's own update for
+  them, operation for operation, and the proximal map with the update's own denominator, in one
+  pass over each chunk (:mod:`paramwise.fused`); ``Adam.step`` finds their gradients set aside
+  and skips them, and the post-hook puts the gradients back.
 
 Every change to a parameter is scaled by the group's current ``lr``; a group with ``lr == 0``
 gets no decay, prox or projection (its parameters stay bit-identical). A step that GradScaler
@@ -83,6 +88,7 @@ from ._chunks import as_float as _num
 from ._chunks import batches, chunk_limit, is_dtensor
 from ._rows import inverse_radius
 from .errors import ParamwiseError
+from .fused import adam_update_, fusable
 from .lowering import LOWERED_KEY, lower
 from .prox import denominator_for, per_element, scaling_for, warn_unknown
 
@@ -189,6 +195,9 @@ class Handle:
         self._grad_hooks: dict[Tensor, Any] = {}  # take the anchor when the first grad arrives
         self._skip = False
         self._post_cfgs: list[tuple[dict, _Cfg]] = []
+        self._set_aside: list[tuple[Tensor, Tensor]] = []  # grads hidden from a fused step
+        self._fused: set[int] = set()                     # id() of groups updated by the pre-hook
+        self._prev_norms: dict[Tensor, Tensor] = {}
         self._hooks = [
             optimizer.register_step_pre_hook(self._pre),
             optimizer.register_step_post_hook(self._post),
@@ -288,7 +297,8 @@ class Handle:
 
     # --- the hooks -------------------------------------------------------------------------
     def _pre(self, opt: torch.optim.Optimizer, args: Any, kwargs: Any) -> None:
-        self._post_cfgs = []
+        self._restore_grads()  # a step that raised last time never ran the post-hook
+        self._post_cfgs, self._fused, self._prev_norms = [], set(), {}
         if not torch.compiler.is_compiling() and self._grad_hooks:
             self._drop_grad_hooks()
         cfgs = []
@@ -308,11 +318,56 @@ class Handle:
                     self._pre_group(group, cfg, gscale)
         self._post_cfgs = [(g, c) for g, c in cfgs if c.post and c.lr != 0]
         self._capture_rows(opt)
+        # args[0] is the optimizer itself; a closure comes next or as a keyword
+        self._fuse(opt, closure=any(a is not None for a in args[1:])
+                   or kwargs.get("closure") is not None)
+
+    def _fuse(self, opt: torch.optim.Optimizer, closure: bool) -> None:
+        """Run Adam's update and the adaptive prox together where :mod:`paramwise.fused`
+        can (the groups' gradients are set aside until the post-hook)."""
+        if self.foreach or denominator_for(type(opt)) is None:
+            return
+        prev_all = self._prev_norms
+        with torch.no_grad():
+            for group, cfg in self._post_cfgs:
+                if not (cfg.prox_on and cfg.adaptive):
+                    continue
+                ps = [p for p in group["params"] if p.grad is not None]
+                if not ps or not fusable(opt, group, ps, closure=closure):
+                    continue
+                gl = cfg.group_on
+                if gl and cfg.group_prox > 0 and any(p not in prev_all for p in ps):
+                    continue
+                wake = {p: bool(torch.isinf(prev_all[p]).any()) for p in ps if p in prev_all}
+
+                def apply(batch: list, ws: list[Tensor], ds: list[Tensor], xs: list[Tensor],
+                          cfg: _Cfg = cfg, gl: bool = gl, wake: dict = wake) -> None:
+                    self._prox_scaled(
+                        ws, ds, [cfg.lr] * len(ws), xs, cfg, gl,
+                        [pc.dim for pc in batch] if gl else [],
+                        [pc.view(prev_all[pc.param]) if pc.param in prev_all else None
+                         for pc in batch],
+                        [wake.get(pc.param, True) for pc in batch])
+
+                adam_update_(opt, group, ps, [cfg.group_dim % p.ndim for p in ps] if gl
+                             else [0] * len(ps), apply)
+                self._fused.add(id(group))
+                for p in ps:
+                    self._set_aside.append((p, p.grad))  # type: ignore[arg-type]
+                    p.grad = None
+
+    def _restore_grads(self) -> None:
+        """Give back the gradients set aside by :meth:`_fuse`, except where a new one has
+        arrived since (a step that raised, then a new backward)."""
+        for p, g in self._set_aside:
+            if p.grad is None:
+                p.grad = g
+        self._set_aside = []
 
     def _capture_rows(self, opt: torch.optim.Optimizer) -> None:
         """Inverse row norms before the step, for the adaptive group-lasso prox (a
         majorize-minimize step around them; see :func:`paramwise.regularizers.prox_group_lasso_`)."""
-        self._prev_norms: dict[Tensor, Tensor] = {}
+        self._prev_norms = {}
         if not per_element(type(opt)):
             return
         with torch.no_grad():
@@ -344,6 +399,7 @@ class Handle:
                 R.decay_(ps, 1 - cfg.lr * cfg.decay, foreach=fe)
 
     def _post(self, opt: torch.optim.Optimizer, args: Any, kwargs: Any) -> None:
+        self._restore_grads()
         if self._skip:
             self._skip = False
             return
@@ -362,10 +418,11 @@ class Handle:
             else:
                 den = denominator_for(type(opt))
         ps_all = [(p,) for p in group["params"] if p.grad is not None]
-        prev_all = getattr(self, "_prev_norms", {})
+        prev_all = self._prev_norms
+        fused = id(group) in self._fused
         for (device, dtype, dt), (ps,) in _buckets(ps_all).items():
             fe = self._foreach(device, dt)
-            if cfg.prox_on:
+            if cfg.prox_on and not fused:
                 gl = cfg.group_on
                 dims = [cfg.group_dim % p.ndim for p in ps] if gl else [0] * len(ps)
                 prev = {p: prev_all[p] for p in ps if p in prev_all} if rule is not None else {}

@@ -1,0 +1,154 @@
+r"""Adam's own update and the adaptive proximal map in one pass over each chunk (CPU).
+
+Under Adam and AdamW the adaptive proximal maps need the step's per-element scale
+:math:`s = \mathrm{lr}/(\sqrt{\hat v} + ε)`. ``torch.optim.Adam`` computes its denominator
+inside the update and drops it, so a hook after the step must compute it again: a square root
+and a division per weight, about as much arithmetic as the update itself on a CPU. Where torch
+runs its per-tensor loop anyway — plain dense CPU tensors of a float dtype, with ``foreach``,
+``fused``, ``capturable`` and ``differentiable`` off, a float ``lr`` and betas, no closure — the
+step pre-hook runs that update itself for the groups with an adaptive proximal map, with torch's
+operations in torch's order, on chunks of whole rows that stay in cache, and applies the
+proximal map with the denominator it has just computed. Moments, step counts and the weights
+before the proximal map are bit-for-bit what ``Adam.step`` gives (tested); the state is torch's
+own, so ``state_dict()`` and schedulers see nothing different. While ``Adam.step`` runs, these
+parameters' gradients are set aside (so it skips them); the post-step hook puts them back.
+
+Per element, with :math:`t` the step count, :math:`λ_w` the group's ``weight_decay``:
+
+.. math::
+    g &← -g \text{ (maximize)}, \quad g ← g + λ_w w \text{ (Adam)} \text{ or }
+        w ← (1 - \mathrm{lr}\,λ_w) w \text{ (AdamW)} \\
+    m &← m + (1-β_1)(g - m), \quad v ← β_2 v + (1-β_2) g^2
+        \quad (\text{amsgrad: } \hat v ← \max(\hat v, v)) \\
+    d &= \sqrt{v}/\sqrt{1-β_2^t} + ε, \quad w ← w - \frac{\mathrm{lr}}{1-β_1^t}\,\frac{m}{d},
+    \quad w ← \operatorname{prox}(w;\ s = \mathrm{lr}/d)
+
+Example (what :func:`paramwise.attach` does under the hood)::
+
+    >>> import torch
+    >>> w = torch.nn.Parameter(torch.randn(8, 4))
+    >>> opt = torch.optim.Adam([{"params": [w], "l1": 1e-3}], lr=1e-2)
+    >>> fusable(opt, opt.param_groups[0], [w], closure=False)
+    True
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from typing import Any
+
+import torch
+from torch import Tensor
+
+from ._chunks import Piece, batches, chunk_limit, is_dtensor
+
+__all__ = ["fusable", "adam_update_", "ADAM_KEYS"]
+
+#: The group keys ``torch.optim.Adam`` 2.x uses; a group with any other optimizer key (a newer
+#: torch's new option) is left to ``Adam.step``.
+ADAM_KEYS = frozenset({"lr", "betas", "eps", "weight_decay", "amsgrad", "maximize", "foreach",
+                       "capturable", "differentiable", "fused", "decoupled_weight_decay"})
+
+#: Receives each updated batch: its pieces, the parameter slices, the denominators :math:`d`
+#: and one scratch tensor per piece; :math:`s = \mathrm{lr}/d`.
+Apply = Callable[[list[Piece], list[Tensor], list[Tensor], list[Tensor]], None]
+
+_DTYPES = (torch.float32, torch.float64)
+
+
+def fusable(opt: torch.optim.Optimizer, group: dict, params: Sequence[Tensor], *,
+            closure: bool) -> bool:
+    """Whether :func:`adam_update_` may run ``group``'s update for ``params`` (those with a
+    gradient) instead of ``opt.step``: exactly ``Adam``/``AdamW`` taking torch's per-tensor
+    path, plain dense CPU float tensors, no closure (it would recompute the gradients inside the
+    step), nothing being traced."""
+    if type(opt) not in (torch.optim.Adam, torch.optim.AdamW) or closure:
+        return False
+    if torch.compiler.is_compiling() or not ADAM_KEYS.issuperset(opt.defaults):
+        return False
+    if any(group.get(k) for k in ("foreach", "fused", "capturable", "differentiable")):
+        return False
+    if isinstance(group["lr"], Tensor) or any(isinstance(b, Tensor) for b in group["betas"]):
+        return False
+    return all(p.device.type == "cpu" and p.dtype in _DTYPES and p.grad.dtype == p.dtype
+               and p.grad.layout == torch.strided and not p.grad.is_sparse
+               and not is_dtensor(p) and p.grad.shape == p.shape for p in params)
+
+
+def _scalar_dtype() -> torch.dtype:
+    return torch.float64 if torch.get_default_dtype() == torch.float64 else torch.float32
+
+
+def _state(opt: torch.optim.Optimizer, group: dict, p: Tensor) -> dict[str, Any]:
+    """``opt.state[p]``, created exactly as ``Adam._init_group`` creates it."""
+    st = opt.state[p]
+    if len(st) == 0:
+        st["step"] = torch.tensor(0.0, dtype=_scalar_dtype(), device="cpu")
+        st["exp_avg"] = torch.zeros_like(p, memory_format=torch.preserve_format)
+        st["exp_avg_sq"] = torch.zeros_like(p, memory_format=torch.preserve_format)
+        if group["amsgrad"]:
+            st["max_exp_avg_sq"] = torch.zeros_like(p, memory_format=torch.preserve_format)
+    return st
+
+
+def adam_update_(opt: torch.optim.Optimizer, group: dict, params: Sequence[Tensor],
+                 dims: Sequence[int], apply: Apply) -> None:
+    """Run ``Adam.step``'s update for ``params`` (all :func:`fusable`), in batches of whole
+    slices along ``dims``; after each batch call ``apply`` with its denominators.
+
+    Each parameter's step count goes up by one first; the batch math is torch's
+    ``_single_tensor_adam``, operation for operation (``grad.add(param)``, ``lerp_``,
+    ``mul_().addcmul_()``, ``sqrt() / bc2 + eps``, ``addcdiv_``), on slices instead of whole
+    tensors, so every element is computed as ``Adam.step`` computes it.
+    """
+    lr, eps, wd = float(group["lr"]), float(group["eps"]), float(group["weight_decay"])
+    beta1, beta2 = (float(b) for b in group["betas"])
+    maximize, amsgrad = bool(group["maximize"]), bool(group["amsgrad"])
+    decoupled = bool(group.get("decoupled_weight_decay", False))
+    coeffs: dict[Tensor, tuple[float, float]] = {}
+    states: dict[Tensor, dict[str, Any]] = {}
+    for p in params:
+        st = states[p] = _state(opt, group, p)
+        st["step"] += 1
+        t = st["step"].item()
+        bc1, bc2 = 1 - beta1 ** t, 1 - beta2 ** t
+        coeffs[p] = (lr / bc1, bc2 ** 0.5)
+    work: Tensor | None = None
+    per = 3 if (maximize or (wd != 0 and not decoupled)) else 2
+    for batch in batches(params, dims, chunk_limit(torch.device("cpu")) // per):
+        n = sum(pc.numel for pc in batch)
+        dtype = batch[0].param.dtype
+        if work is None or work.numel() < per * n or work.dtype != dtype:
+            work = torch.empty(per * n, dtype=dtype)
+        ws, ds, xs = [], [], []
+        o = 0
+        for pc in batch:
+            p, st = pc.param, states[pc.param]
+            step_size, bc2s = coeffs[p]
+            m_ = pc.numel
+            d = work[o:o + m_].view(pc.view(p).shape)
+            x = work[n + o:n + o + m_].view(d.shape)
+            w, g = pc.view(p), pc.view(p.grad)
+            if per == 3:
+                buf = work[2 * n + o:2 * n + o + m_].view(d.shape)
+                if maximize:
+                    g = torch.neg(g, out=buf)
+                if wd != 0 and not decoupled:
+                    g = torch.add(g, w, alpha=wd, out=buf)
+            if wd != 0 and decoupled:
+                w.mul_(1 - lr * wd)
+            exp_avg, exp_avg_sq = pc.view(st["exp_avg"]), pc.view(st["exp_avg_sq"])
+            exp_avg.lerp_(g, 1 - beta1)
+            exp_avg_sq.mul_(beta2).addcmul_(g, g, value=1 - beta2)
+            src = exp_avg_sq
+            if amsgrad:
+                src = pc.view(st["max_exp_avg_sq"])
+                torch.maximum(src, exp_avg_sq, out=src)
+            torch.sqrt(src, out=d)
+            d.div_(bc2s).add_(eps)
+            w.addcdiv_(exp_avg, d, value=-step_size)
+            ws.append(w)
+            ds.append(d)
+            xs.append(x)
+            o += m_
+        apply(batch, ws, ds, xs)

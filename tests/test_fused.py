@@ -1,0 +1,202 @@
+"""The fused Adam + adaptive prox step (paramwise.fused) against torch's own Adam and against the
+unfused path (torch's step, then the post-step hook)."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from torch import nn
+
+import paramwise
+from paramwise import _chunks, hooks
+from paramwise.fused import adam_update_, fusable
+from paramwise.hooks import attach
+
+SHAPES = [(37, 11), (5,), (64, 3, 2), (1, 129)]
+
+
+def params(dtype: torch.dtype, seed: int = 0) -> list[nn.Parameter]:
+    g = torch.Generator().manual_seed(seed)
+    return [nn.Parameter(torch.randn(s, generator=g, dtype=dtype)) for s in SHAPES]
+
+
+def grads(ps: list[torch.Tensor], step: int) -> list[torch.Tensor]:
+    g = torch.Generator().manual_seed(100 + step)
+    return [torch.randn(p.shape, generator=g, dtype=p.dtype) * (1 + step) for p in ps]
+
+
+@pytest.fixture(params=[None, 64], ids=["default_chunks", "chunks_of_64"])
+def limit(request, monkeypatch):
+    if request.param:
+        monkeypatch.setitem(_chunks.DEFAULT_LIMITS, "cpu", request.param)
+
+
+OPTS = [
+    (torch.optim.Adam, {}),
+    (torch.optim.Adam, {"weight_decay": 0.1}),
+    (torch.optim.Adam, {"weight_decay": 0.1, "decoupled_weight_decay": True, "amsgrad": True}),
+    (torch.optim.Adam, {"maximize": True, "weight_decay": 0.05}),
+    (torch.optim.AdamW, {"amsgrad": True, "maximize": True}),
+    (torch.optim.AdamW, {"betas": (0.8, 0.9), "eps": 1e-6}),
+]
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+@pytest.mark.parametrize("cls,kw", OPTS)
+def test_update_is_torch_adam_bit_for_bit(cls, kw, dtype, limit):
+    """adam_update_ alone (no proximal map) is Adam.step: weights, moments, step counts."""
+    ref, ps = params(dtype), params(dtype)
+    ref_opt, opt = cls(ref, lr=0.01, **kw), cls(ps, lr=0.01, **kw)
+    for step in range(5):
+        for p, q, g in zip(ref, ps, grads(ref, step)):
+            p.grad, q.grad = g.clone(), g.clone()
+        ref_opt.step()
+        with torch.no_grad():
+            adam_update_(opt, opt.param_groups[0], ps, [0] * len(ps), lambda *a: None)
+    for p, q in zip(ref, ps):
+        assert torch.equal(p, q)
+        for k, v in ref_opt.state[p].items():
+            assert torch.equal(v, opt.state[q][k]), k
+            assert v.dtype == opt.state[q][k].dtype and v.device == opt.state[q][k].device
+    assert ref_opt.state_dict()["state"].keys() == opt.state_dict()["state"].keys()
+
+
+def run(cls, kw: dict, reg: dict, fuse: bool, steps: int = 6):
+    """Weights, optimizer and how often the fused update ran, after `steps` steps with fixed
+    gradients; regularization on the 2-d and 3-d parameters."""
+    ps = params(torch.float64)
+    with torch.no_grad():
+        for p in ps:
+            p.mul_(0.1)       # small weights: the proximal maps have rows/elements to zero
+    calls = []
+    real = hooks.adam_update_
+
+    def spy(*a, **k):
+        calls.append(1)
+        return real(*a, **k)
+
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setattr(hooks, "adam_update_", spy)
+        if not fuse:
+            mp.setattr(hooks, "fusable", lambda *a, **k: False)
+        opt = cls([{"params": [ps[0], ps[2]], **reg}, {"params": [ps[1], ps[3]]}], lr=0.05,
+                  **kw)
+        attach(opt)
+        for step in range(steps):
+            for p, g in zip(ps, grads(ps, step)):
+                p.grad = g
+            opt.step()
+    return ps, opt, len(calls)
+
+
+REGS = [{"l1": 0.3}, {"l1": 0.2, "l2": 0.5}, {"group_lasso": 2.0},
+        {"group_lasso": 1.0, "l1": 0.1, "group_dim": 1}, {"l1": 0.3, "max_norm": 1.0}]
+
+
+@pytest.mark.parametrize("reg", REGS, ids=lambda r: "+".join(r))
+@pytest.mark.parametrize("cls,kw", OPTS[:3] + OPTS[4:5])
+def test_fused_step_equals_step_then_hook(cls, kw, reg, limit):
+    fused, fopt, n_fused = run(cls, kw, reg, True)
+    plain, popt, n_plain = run(cls, kw, reg, False)
+    assert n_fused == 6 and n_plain == 0
+    for a, b in zip(fused, plain):
+        torch.testing.assert_close(a, b, rtol=1e-9, atol=1e-12)
+        assert torch.equal(a == 0, b == 0)              # the same exact zeros
+    assert (fused[0] == 0).any() or (fused[2] == 0).any()  # the prox did zero something
+    for a, b in zip(fused, plain):
+        torch.testing.assert_close(fopt.state[a]["exp_avg_sq"], popt.state[b]["exp_avg_sq"],
+                                   rtol=1e-9, atol=1e-12)
+
+
+def test_gradients_are_given_back_and_untouched(monkeypatch):
+    ps = params(torch.float32)
+    opt = torch.optim.Adam([{"params": ps, "l1": 1e-2}], lr=0.01)
+    attach(opt)
+    gs = grads(ps, 0)
+    for p, g in zip(ps, gs):
+        p.grad = g.clone()
+    before = [p.grad for p in ps]
+    opt.step()
+    assert all(p.grad is b for p, b in zip(ps, before))
+    assert all(torch.equal(p.grad, g) for p, g in zip(ps, gs))
+
+
+@pytest.mark.parametrize("why,kw,closure", [
+    ("foreach", {"foreach": True}, False),
+    ("fused", {"fused": True}, False),
+    ("tensor lr", {"lr": torch.tensor(0.01)}, False),
+    ("closure", {}, True),
+])
+def test_not_fused_where_torch_would_not_run_its_loop(why, kw, closure, monkeypatch):
+    calls = []
+    monkeypatch.setattr(hooks, "adam_update_", lambda *a, **k: calls.append(1))
+    ps = params(torch.float32)
+    opt = torch.optim.Adam([{"params": ps, "l1": 1e-2}], **{"lr": 0.01, **kw})
+    attach(opt)
+    for p, g in zip(ps, grads(ps, 0)):
+        p.grad = g
+    if closure:
+        opt.step(lambda: torch.tensor(0.0))
+    else:
+        opt.step()
+    assert calls == [], why
+    assert all(opt.state[p]["step"] == 1 for p in ps)     # torch's step ran
+
+
+def test_not_fused_for_prox_scale_lr_subclasses_or_a_user_scaling(monkeypatch):
+    class MyAdam(torch.optim.Adam):
+        pass
+
+    p, half = nn.Parameter(torch.randn(4, 4)), nn.Parameter(torch.randn(4, dtype=torch.bfloat16))
+    p.grad, half.grad = torch.ones(4, 4), torch.ones(4, dtype=torch.bfloat16)
+    for opt in (MyAdam([p]), torch.optim.Adam([p], differentiable=True),
+                torch.optim.Adam([half])):
+        assert not fusable(opt, opt.param_groups[0], opt.param_groups[0]["params"],
+                           closure=False)
+    assert fusable(torch.optim.AdamW([p]), torch.optim.AdamW([p]).param_groups[0], [p],
+                   closure=False)
+    calls = []
+    monkeypatch.setattr(hooks, "adam_update_", lambda *a, **k: calls.append(1))
+    opt = torch.optim.Adam([{"params": [p], "l1": 1e-2, "prox_scale": "lr"}], lr=0.1)
+    attach(opt)
+    p.grad = torch.ones(4, 4)
+    opt.step()
+    assert calls == [] and opt.state[p]["step"] == 1
+
+
+def test_a_step_that_raises_gives_the_gradients_back_at_the_next_step():
+    ps = params(torch.float32)
+    opt = torch.optim.Adam([{"params": ps, "l1": 1e-2}], lr=0.01)
+    attach(opt)
+
+    def boom(*a):
+        raise RuntimeError("later hook failed")
+
+    h = opt.register_step_pre_hook(boom)
+    gs = grads(ps, 0)
+    for p, g in zip(ps, gs):
+        p.grad = g
+    with pytest.raises(RuntimeError, match="later hook"):
+        opt.step()
+    h.remove()
+    assert all(p.grad is None for p in ps)   # still set aside: no post-hook ran
+    ps[0].grad = torch.ones_like(ps[0])   # a new backward for one of them
+    opt.step()                            # the others get their set-aside gradients back
+    assert torch.equal(ps[0].grad, torch.ones_like(ps[0]))
+    assert all(p.grad is g for p, g in zip(ps[1:], gs[1:]))
+
+
+def test_paramwise_optimizer_lasso_under_adam_uses_the_fused_path(monkeypatch):
+    calls = []
+    real = hooks.adam_update_
+    monkeypatch.setattr(hooks, "adam_update_", lambda *a, **k: (calls.append(1), real(*a, **k)))
+    torch.manual_seed(0)
+    model = nn.Linear(20, 1)
+    opt = paramwise.optimizer(model, "adam", [paramwise.Rule("weight", l1=0.05)], lr=0.05)
+    x, y = torch.randn(200, 20), torch.randn(200, 1)
+    for _ in range(200):
+        opt.zero_grad()
+        nn.functional.mse_loss(model(x), y).backward()
+        opt.step()
+    assert len(calls) == 200
+    assert (model.weight == 0).sum() > 0 and model.bias.item() != 0
