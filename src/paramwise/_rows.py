@@ -166,15 +166,14 @@ def majorized_group_prox_scaled_(w: Tensor, d: Tensor, k: float, tau: float, l2:
     using ``x`` (shaped like ``w``) as scratch:
 
     .. math:: \text{zero iff } \|w_r d_r\| ≤ kτ, \qquad
-              w_i ← w_i\,\frac{d_i}{d_i + c_r},\quad c_r = kλ_2 + kτ/n_r
+              w_i ← \frac{w_i d_i}{d_i + c_r},\quad c_r = kλ_2 + kτ/n_r
 
-    — the same map, multiplied through by :math:`d_i` — in one read of ``w``, one in-place
-    multiply and three passes over chunk-sized scratch (:math:`c_r = ∞` zeroes a row exactly).
-    ``wake=False`` promises that no row of ``rho`` is ``inf`` (saves a check).
+    — the same map, multiplied through by :math:`d_i` — in one read of ``w``, one write and
+    two passes over chunk-sized scratch (:math:`c_r = ∞` zeroes a row exactly; a row with a
+    non-finite norm keeps :math:`w_i d_i / d_i`, its values up to one rounding). ``d`` is
+    overwritten. ``wake=False`` promises that no row of ``rho`` is ``inf`` (saves a check).
     """
     torch.mul(w, d, out=x)
     q = group_norms(x, dim)                          # k‖w_r/s_r‖
     c = _row_coef(w, q, rho, k * tau, k * l2, dim, wake)
-    torch.add(d, c, out=x)
-    torch.div(d, x, out=x)
-    w.mul_(x)
+    torch.div(x, d.add_(c), out=w)

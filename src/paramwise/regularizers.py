@@ -409,7 +409,7 @@ def prox_group_lasso_scaled_(params: Sequence[Tensor], dens: Sequence[Tensor],
               = \frac{w_i\, n_r}{(1 + s_iλ_2)\,n_r + s_iτ},
 
     :math:`τ = λ\sqrt m`, :math:`n_r = 1/ρ_r` the row's norm before the step. ``scratch`` is
-    overwritten (and ``dens`` when ``lam = 0``). ``wake[i] = False`` promises ``rho[i]`` has
+    overwritten, and so is ``dens``. ``wake[i] = False`` promises ``rho[i]`` has
     no ``inf`` (no row was 0 before the step).
     """
     if lam <= 0:
