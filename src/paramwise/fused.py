@@ -52,6 +52,9 @@ ADAM_KEYS = frozenset({"lr", "betas", "eps", "weight_decay", "amsgrad", "maximiz
 #: Receives each updated batch: its pieces, the parameter slices, the denominators :math:`d`
 #: and one scratch tensor per piece; :math:`s = \mathrm{lr}/d`.
 Apply = Callable[[list[Piece], list[Tensor], list[Tensor], list[Tensor]], None]
+#: Receives each batch before its update: its pieces, the parameter and gradient slices (to add
+#: gradient terms in place, as a step pre-hook would have).
+Before = Callable[[list[Piece], list[Tensor], list[Tensor]], None]
 
 _DTYPES = (torch.float32, torch.float64)
 
@@ -92,9 +95,10 @@ def _state(opt: torch.optim.Optimizer, group: dict, p: Tensor) -> dict[str, Any]
 
 
 def adam_update_(opt: torch.optim.Optimizer, group: dict, params: Sequence[Tensor],
-                 dims: Sequence[int], apply: Apply) -> None:
+                 dims: Sequence[int], apply: Apply, before: Before | None = None) -> None:
     """Run ``Adam.step``'s update for ``params`` (all :func:`fusable`), in batches of whole
-    slices along ``dims``; after each batch call ``apply`` with its denominators.
+    slices along ``dims``; call ``before`` on each batch first and ``apply`` after, with its
+    denominators.
 
     Each parameter's step count goes up by one first; the batch math is torch's
     ``_single_tensor_adam``, operation for operation (``grad.add(param)``, ``lerp_``,
@@ -120,6 +124,9 @@ def adam_update_(opt: torch.optim.Optimizer, group: dict, params: Sequence[Tenso
         dtype = batch[0].param.dtype
         if work is None or work.numel() < per * n or work.dtype != dtype:
             work = torch.empty(per * n, dtype=dtype)
+        if before is not None:
+            before(batch, [pc.view(pc.param) for pc in batch],
+                   [pc.view(pc.param.grad) for pc in batch])  # type: ignore[arg-type]
         ws, ds, xs = [], [], []
         o = 0
         for pc in batch:

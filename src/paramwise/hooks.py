@@ -312,49 +312,71 @@ class Handle:
             return
         gscale = getattr(opt, "grad_scale", None)
         gscale = _num(gscale) if gscale is not None else 1.0
+        # args[0] is the optimizer itself; a closure comes next or as a keyword
+        closure = any(a is not None for a in args[1:]) or kwargs.get("closure") is not None
+        fused: list[tuple[dict, _Cfg, list[Tensor]]] = []
         with torch.no_grad():
             for group, cfg in cfgs:
-                if cfg.pre:
+                ps = self._fusable(opt, group, cfg, closure)
+                if ps:
+                    fused.append((group, cfg, ps))
+                elif cfg.pre:
                     self._pre_group(group, cfg, gscale)
         self._post_cfgs = [(g, c) for g, c in cfgs if c.post and c.lr != 0]
-        self._capture_rows(opt)
-        # args[0] is the optimizer itself; a closure comes next or as a keyword
-        self._fuse(opt, closure=any(a is not None for a in args[1:])
-                   or kwargs.get("closure") is not None)
-
-    def _fuse(self, opt: torch.optim.Optimizer, closure: bool) -> None:
-        """Run Adam's update and the adaptive prox together where :mod:`paramwise.fused`
-        can (the groups' gradients are set aside until the post-hook)."""
-        if self.foreach or denominator_for(type(opt)) is None:
-            return
-        prev_all = self._prev_norms
+        self._capture_rows(opt, skip={id(g) for g, _, _ in fused})
         with torch.no_grad():
-            for group, cfg in self._post_cfgs:
-                if not (cfg.prox_on and cfg.adaptive):
-                    continue
-                ps = [p for p in group["params"] if p.grad is not None]
-                if not ps or not fusable(opt, group, ps, closure=closure):
-                    continue
-                gl = cfg.group_on
-                if gl and cfg.group_prox > 0 and any(p not in prev_all for p in ps):
-                    continue
-                wake = {p: bool(torch.isinf(prev_all[p]).any()) for p in ps if p in prev_all}
+            for group, cfg, ps in fused:
+                self._fused_step(opt, group, cfg, ps)
 
-                def apply(batch: list, ws: list[Tensor], ds: list[Tensor], xs: list[Tensor],
-                          cfg: _Cfg = cfg, gl: bool = gl, wake: dict = wake) -> None:
-                    self._prox_scaled(
-                        ws, ds, [cfg.lr] * len(ws), xs, cfg, gl,
-                        [pc.dim for pc in batch] if gl else [],
-                        [pc.view(prev_all[pc.param]) if pc.param in prev_all else None
-                         for pc in batch],
-                        [wake.get(pc.param, True) for pc in batch])
+    def _fusable(self, opt: torch.optim.Optimizer, group: dict, cfg: _Cfg,
+                 closure: bool) -> list[Tensor]:
+        """The parameters whose update, gradient terms and adaptive prox :mod:`paramwise.fused`
+        runs in one pass (all of the group's with a gradient), or ``[]``."""
+        if (self.foreach or cfg.lr == 0 or denominator_for(type(opt)) is None
+                or not (cfg.pre or (cfg.prox_on and cfg.adaptive))):
+            return []
+        ps = [p for p in group["params"] if p.grad is not None]
+        return ps if ps and fusable(opt, group, ps, closure=closure) else []
 
-                adam_update_(opt, group, ps, [cfg.group_dim % p.ndim for p in ps] if gl
-                             else [0] * len(ps), apply)
-                self._fused.add(id(group))
-                for p in ps:
-                    self._set_aside.append((p, p.grad))  # type: ignore[arg-type]
-                    p.grad = None
+    def _fused_step(self, opt: torch.optim.Optimizer, group: dict, cfg: _Cfg,
+                    ps: list[Tensor]) -> None:
+        """Per chunk: the gradient terms and ``decoupled_decay`` (as :meth:`_pre_group` adds
+        them), the row norms before the update, Adam's update, the adaptive prox; then the
+        gradients are set aside until the post-hook."""
+        k = cfg.sign                           # no grad_scale: fused=True is never fused here
+        rows = cfg.group_on or bool(cfg.group_grad)
+        prox = cfg.prox_on and cfg.adaptive
+        capture = prox and cfg.group_on and cfg.group_prox > 0
+        rho: list[Tensor | None] = []
+
+        def before(batch: list, ws: list[Tensor], gs: list[Tensor]) -> None:
+            if cfg.l2_grad:
+                R.add_l2_grad_(gs, ws, k * cfg.l2_grad)
+            if cfg.l2_to_init:
+                R.add_l2_to_init_grad_(gs, ws, [pc.view(self._anchor(pc.param, True))
+                                                for pc in batch], k * cfg.l2_to_init)
+            if cfg.l1_grad:
+                R.add_l1_grad_(gs, ws, k * cfg.l1_grad)
+            if cfg.group_grad:
+                R.add_group_lasso_grad_(gs, ws, k * cfg.group_grad, [pc.dim for pc in batch])
+            if cfg.decay:
+                R.decay_(ws, 1 - cfg.lr * cfg.decay)
+            rho[:] = ([inverse_radius(w, pc.dim) for w, pc in zip(ws, batch)] if capture
+                      else [None] * len(ws))
+
+        def apply(batch: list, ws: list[Tensor], ds: list[Tensor], xs: list[Tensor]) -> None:
+            if prox:
+                self._prox_scaled(ws, ds, [cfg.lr] * len(ws), xs, cfg, cfg.group_on,
+                                  [pc.dim for pc in batch] if cfg.group_on else [], rho,
+                                  [r is None or bool(torch.isinf(r).any()) for r in rho])
+
+        adam_update_(opt, group, ps, [cfg.group_dim % p.ndim for p in ps] if rows
+                     else [0] * len(ps), apply, before)
+        if prox:
+            self._fused.add(id(group))
+        for p in ps:
+            self._set_aside.append((p, p.grad))  # type: ignore[arg-type]
+            p.grad = None
 
     def _restore_grads(self) -> None:
         """Give back the gradients set aside by :meth:`_fuse`, except where a new one has
@@ -364,15 +386,16 @@ class Handle:
                 p.grad = g
         self._set_aside = []
 
-    def _capture_rows(self, opt: torch.optim.Optimizer) -> None:
+    def _capture_rows(self, opt: torch.optim.Optimizer, skip: set[int]) -> None:
         """Inverse row norms before the step, for the adaptive group-lasso prox (a
-        majorize-minimize step around them; see :func:`paramwise.regularizers.prox_group_lasso_`)."""
+        majorize-minimize step around them; see :func:`paramwise.regularizers.prox_group_lasso_`).
+        The groups in ``skip`` (run by :meth:`_fused_step`) take theirs chunk by chunk."""
         self._prev_norms = {}
         if not per_element(type(opt)):
             return
         with torch.no_grad():
             for g, c in self._post_cfgs:
-                if c.group_on and c.group_prox > 0 and c.adaptive:
+                if c.group_on and c.group_prox > 0 and c.adaptive and id(g) not in skip:
                     for p in g["params"]:
                         if p.grad is not None:
                             self._prev_norms[p] = inverse_radius(p, c.group_dim % p.ndim)
