@@ -119,7 +119,9 @@ def adam_update_(opt: torch.optim.Optimizer, group: dict, params: Sequence[Tenso
         coeffs[p] = (lr / bc1, bc2 ** 0.5)
     work: Tensor | None = None
     per = 3 if (maximize or (wd != 0 and not decoupled)) else 2
-    for batch in batches(params, dims, chunk_limit(torch.device("cpu")) // per):
+    # twice the hooks' batch, split over the `per` scratch tensors: the best of 2^17..2^21 on a
+    # 16.8M-parameter MLP (a batch's parameters, gradients and moments stay in L2/L3)
+    for batch in batches(params, dims, 2 * chunk_limit(torch.device("cpu")) // per):
         n = sum(pc.numel for pc in batch)
         dtype = batch[0].param.dtype
         if work is None or work.numel() < per * n or work.dtype != dtype:
