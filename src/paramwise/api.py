@@ -60,8 +60,12 @@ def param_groups(
     no parameter" into a warning; ``include_frozen=True`` groups ``requires_grad=False``
     parameters too.
 
+        >>> model = torch.nn.Sequential(torch.nn.Linear(4, 4), torch.nn.LayerNorm(4))
+        >>> from paramwise import Rule
         >>> groups = param_groups(model, [Rule("bias | norm", weight_decay=0.0)], weight_decay=0.05)
-        >>> torch.optim.AdamW(groups, lr=1e-3)  # doctest: +SKIP
+        >>> [(len(g["params"]), g["weight_decay"]) for g in groups]
+        [(1, 0.05), (3, 0.0)]
+        >>> opt = torch.optim.AdamW(groups, lr=1e-3)
 
     Groups may carry regularizer options (``l1``, ``group_lasso``, ...): an optimizer built from
     them by hand needs ``paramwise.attach(opt)`` for those to run (:func:`optimizer` does it).

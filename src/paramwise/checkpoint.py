@@ -26,7 +26,7 @@ Example::
 
     >>> sd = paramwise.state_dict(opt)                                  # doctest: +SKIP
     >>> torch.save(sd, "optim.pt")                                      # doctest: +SKIP
-    >>> opt = paramwise.optimizer(model, "adamw", new_rules, lr=3e-4)   # rules changed
+    >>> opt = paramwise.optimizer(model, "adamw", new_rules, lr=3e-4)   # doctest: +SKIP
     >>> report = paramwise.load_state_dict(opt, torch.load("optim.pt")) # doctest: +SKIP
     >>> print(report)                                                   # doctest: +SKIP
     loaded state of 48 parameters (options from the current rules); 2 new (fresh state): ...

@@ -26,7 +26,7 @@ Per element, with :math:`t` the step count, :math:`λ_w` the group's ``weight_de
 Example (what :func:`paramwise.attach` does under the hood)::
 
     >>> import torch
-    >>> w = torch.nn.Parameter(torch.randn(8, 4))
+    >>> w = torch.nn.Parameter(torch.randn(8, 4)); w.grad = torch.randn(8, 4)
     >>> opt = torch.optim.Adam([{"params": [w], "l1": 1e-3}], lr=1e-2)
     >>> fusable(opt, opt.param_groups[0], [w], closure=False)
     True

@@ -76,8 +76,7 @@ a group's ``"paramwise_lowered"`` lists. Example::
 from __future__ import annotations
 
 import weakref
-from collections.abc import Iterable, Mapping, Sequence
-from dataclasses import dataclass
+from collections.abc import Iterable
 from typing import Any
 
 import torch
@@ -85,8 +84,9 @@ from torch import Tensor
 
 from . import regularizers as R
 from ._chunks import as_float as _num
-from ._chunks import batches, chunk_limit, is_dtensor
+from ._chunks import batches, chunk_limit
 from ._rows import inverse_radius
+from ._stepcfg import StepCfg, buckets, group_label, prox_, prox_scaled_, split
 from .errors import ParamwiseError
 from .fused import adam_update_, fusable
 from .lowering import LOWERED_KEY, lower
@@ -97,89 +97,6 @@ __all__ = ["attach", "Handle", "handle_of", "lower", "LOWERED_KEY"]
 _ANCHORS_KEY = "paramwise_anchors"
 
 _ATTACHED: weakref.WeakKeyDictionary[torch.optim.Optimizer, Handle] = weakref.WeakKeyDictionary()
-
-
-def _group_label(i: int, group: Mapping[str, Any]) -> str:
-    names = group.get("param_names")
-    if names:
-        shown = ", ".join(map(repr, names[:3])) + (", ..." if len(names) > 3 else "")
-        return f"param group {i} ({shown})"
-    return f"param group {i}"
-
-
-@dataclass
-class _Cfg:
-    """One group's regularization for this step, resolved from its options."""
-
-    lr: float
-    sign: float           # -1 under maximize=True: gradient terms are subtracted
-    l2_grad: float        # coupled l2 added to the gradient by the hook
-    l1_grad: float
-    group_grad: float
-    l2_to_init: float
-    decay: float
-    l1_prox: float
-    group_prox: float
-    l2_fold: float        # l2 folded into the proximal map (elastic net)
-    prox_on: bool
-    group_on: bool        # group lasso's prox runs (rows are the chunking unit)
-    adaptive: bool
-    group_dim: int
-    max_norm: float | None
-    max_norm_dim: int
-
-    @property
-    def pre(self) -> bool:
-        return bool(self.l2_grad or self.l1_grad or self.group_grad or self.l2_to_init
-                    or self.decay)
-
-    @property
-    def post(self) -> bool:
-        return self.prox_on or self.max_norm is not None
-
-    @classmethod
-    def read(cls, i: int, group: Mapping[str, Any]) -> _Cfg | None:
-        if not R.REG_KEYS.intersection(group):
-            return None
-        problem = R.check_values(group)
-        if problem:
-            raise ParamwiseError(f"{_group_label(i, group)}: {problem}",
-                                 fix="fix the value in optimizer.param_groups (step() was not run)")
-
-        def f(k: str) -> float:
-            return float(group[k]) if group.get(k) is not None else 0.0
-
-        lowered = " ".join(group.get(LOWERED_KEY, ()))
-        l2 = 0.0 if "l2->" in lowered else f("l2")
-        has_l1, has_gl = group.get("l1") is not None, group.get("group_lasso") is not None
-        prox = group.get("prox", True) is not False and (has_l1 or has_gl)
-        return cls(
-            lr=_num(group["lr"]), sign=-1.0 if group.get("maximize", False) else 1.0,
-            l2_grad=0.0 if prox else l2,
-            l1_grad=0.0 if prox else f("l1"), group_grad=0.0 if prox else f("group_lasso"),
-            l2_to_init=f("l2_to_init"),
-            decay=0.0 if "decoupled_decay->" in lowered else f("decoupled_decay"),
-            l1_prox=f("l1") if prox else 0.0, group_prox=f("group_lasso") if prox else 0.0,
-            l2_fold=l2 if prox else 0.0,
-            prox_on=prox and (f("l1") > 0 or f("group_lasso") > 0 or l2 > 0),
-            group_on=prox and has_gl,
-            adaptive=group.get("prox_scale", "adaptive") == "adaptive",
-            group_dim=int(group.get("group_dim", 0) or 0),
-            max_norm=float(group["max_norm"]) if group.get("max_norm") is not None else None,
-            max_norm_dim=int(group.get("max_norm_dim", 0) or 0),
-        )
-
-
-def _buckets(items: Iterable[tuple[Tensor, ...]]) -> dict[tuple, list[list[Tensor]]]:
-    """Group tuples (param, grad, ...) by param device, dtypes and DTensor-ness."""
-    out: dict[tuple, list[list[Tensor]]] = {}
-    for tup in items:
-        p = tup[0]
-        key = (p.device, *(t.dtype for t in tup), is_dtensor(p))
-        cols = out.setdefault(key, [[] for _ in tup])
-        for col, t in zip(cols, tup):
-            col.append(t)
-    return out
 
 
 class Handle:
@@ -194,7 +111,7 @@ class Handle:
         self.anchors: dict[Tensor, Tensor] = {}
         self._grad_hooks: dict[Tensor, Any] = {}  # take the anchor when the first grad arrives
         self._skip = False
-        self._post_cfgs: list[tuple[dict, _Cfg]] = []
+        self._post_cfgs: list[tuple[dict, StepCfg]] = []
         self._set_aside: list[tuple[Tensor, Tensor]] = []  # grads hidden from a fused step
         self._fused: set[int] = set()                     # id() of groups updated by the pre-hook
         self._prev_norms: dict[Tensor, Tensor] = {}
@@ -303,7 +220,7 @@ class Handle:
             self._drop_grad_hooks()
         cfgs = []
         for i, g in enumerate(opt.param_groups):
-            c = _Cfg.read(i, g)
+            c = StepCfg.read(i, g)
             if c is not None:
                 cfgs.append((g, c))
         found_inf = getattr(opt, "found_inf", None)
@@ -314,7 +231,7 @@ class Handle:
         gscale = _num(gscale) if gscale is not None else 1.0
         # args[0] is the optimizer itself; a closure comes next or as a keyword
         closure = any(a is not None for a in args[1:]) or kwargs.get("closure") is not None
-        fused: list[tuple[dict, _Cfg, list[Tensor]]] = []
+        fused: list[tuple[dict, StepCfg, list[Tensor]]] = []
         with torch.no_grad():
             for group, cfg in cfgs:
                 ps = self._fusable(opt, group, cfg, closure)
@@ -328,7 +245,7 @@ class Handle:
             for group, cfg, ps in fused:
                 self._fused_step(opt, group, cfg, ps)
 
-    def _fusable(self, opt: torch.optim.Optimizer, group: dict, cfg: _Cfg,
+    def _fusable(self, opt: torch.optim.Optimizer, group: dict, cfg: StepCfg,
                  closure: bool) -> list[Tensor]:
         """The parameters whose update, gradient terms and adaptive prox :mod:`paramwise.fused`
         runs in one pass (all of the group's with a gradient), or ``[]``."""
@@ -338,7 +255,7 @@ class Handle:
         ps = [p for p in group["params"] if p.grad is not None]
         return ps if ps and fusable(opt, group, ps, closure=closure) else []
 
-    def _fused_step(self, opt: torch.optim.Optimizer, group: dict, cfg: _Cfg,
+    def _fused_step(self, opt: torch.optim.Optimizer, group: dict, cfg: StepCfg,
                     ps: list[Tensor]) -> None:
         """Per chunk: the gradient terms and ``decoupled_decay`` (as :meth:`_pre_group` adds
         them), the row norms before the update, Adam's update, the adaptive prox; then the
@@ -366,7 +283,7 @@ class Handle:
 
         def apply(batch: list, ws: list[Tensor], ds: list[Tensor], xs: list[Tensor]) -> None:
             if prox:
-                self._prox_scaled(ws, ds, [cfg.lr] * len(ws), xs, cfg, cfg.group_on,
+                prox_scaled_(ws, ds, [cfg.lr] * len(ws), xs, cfg, cfg.group_on,
                                   [pc.dim for pc in batch] if cfg.group_on else [], rho,
                                   [r is None or bool(torch.isinf(r).any()) for r in rho])
 
@@ -400,11 +317,11 @@ class Handle:
                         if p.grad is not None:
                             self._prev_norms[p] = inverse_radius(p, c.group_dim % p.ndim)
 
-    def _pre_group(self, group: dict, cfg: _Cfg, gscale: float) -> None:
+    def _pre_group(self, group: dict, cfg: StepCfg, gscale: float) -> None:
         k = cfg.sign * gscale
         items = [(p, p.grad) for p in group["params"]
                  if p.grad is not None and not p.grad.is_sparse]
-        for (device, *_, dt), (ps, gs) in _buckets(items).items():
+        for (device, *_, dt), (ps, gs) in buckets(items).items():
             fe = self._foreach(device, dt)
             if cfg.l2_grad:
                 R.add_l2_grad_(gs, ps, k * cfg.l2_grad, foreach=fe)
@@ -432,7 +349,7 @@ class Handle:
                 self._post_group(opt, group, cfg)
         self._prev_norms = {}
 
-    def _post_group(self, opt: torch.optim.Optimizer, group: dict, cfg: _Cfg) -> None:
+    def _post_group(self, opt: torch.optim.Optimizer, group: dict, cfg: StepCfg) -> None:
         rule = den = None
         if cfg.prox_on and cfg.adaptive:
             rule = scaling_for(type(opt))
@@ -443,7 +360,7 @@ class Handle:
         ps_all = [(p,) for p in group["params"] if p.grad is not None]
         prev_all = self._prev_norms
         fused = id(group) in self._fused
-        for (device, dtype, dt), (ps,) in _buckets(ps_all).items():
+        for (device, dtype, dt), (ps,) in buckets(ps_all).items():
             fe = self._foreach(device, dt)
             if cfg.prox_on and not fused:
                 gl = cfg.group_on
@@ -467,10 +384,10 @@ class Handle:
                         n = sum(pc.numel for pc in b)
                         if work is None or work.numel() < 2 * n:
                             work = torch.empty(2 * n, dtype=dtype, device=device)
-                        ds, xs = _split(work, ws)
+                        ds, xs = split(work, ws)
                         ks = den(group, cfg.lr, b, opt.state, ds)  # type: ignore[misc]
                         if ks is not None:
-                            self._prox_scaled(ws, ds, ks, xs, cfg, gl, bdims, bprev,
+                            prox_scaled_(ws, ds, ks, xs, cfg, gl, bdims, bprev,
                                               [wake.get(pc.param, True) for pc in b])
                             continue
                     s = (rule(group, cfg.lr * k, b, opt.state, foreach=fe) if rule is not None
@@ -478,40 +395,11 @@ class Handle:
                     if k != 1.0:
                         R.soft_threshold_(ws, s, foreach=fe)
                     else:
-                        self._prox(ws, s, cfg, gl, bdims, fe, bprev)
+                        prox_(ws, s, cfg, gl, bdims, fe, bprev)
             if cfg.max_norm is not None:
                 R.project_max_norm_(ps, cfg.max_norm, [cfg.max_norm_dim % max(p.ndim, 1)
                                                        for p in ps])
 
-    @staticmethod
-    def _prox(ws: list[Tensor], s: R.Scale, cfg: _Cfg, gl: bool, dims: Sequence[int],
-              fe: bool, prev: Sequence[Tensor | None]) -> None:
-        if cfg.l1_prox > 0 or not gl:
-            R.prox_l1_(ws, s, cfg.l1_prox, 0.0 if gl else cfg.l2_fold, foreach=fe)
-        if gl:
-            R.prox_group_lasso_(ws, s, cfg.group_prox, dims, cfg.l2_fold, rho=prev)
-
-    @staticmethod
-    def _prox_scaled(ws: list[Tensor], ds: list[Tensor], ks: list[float], xs: list[Tensor],
-                     cfg: _Cfg, gl: bool, dims: Sequence[int],
-                     prev: Sequence[Tensor | None], wake: Sequence[bool]) -> None:
-        if cfg.l1_prox > 0 or not gl:
-            R.prox_l1_scaled_(ws, ds, ks, cfg.l1_prox, 0.0 if gl else cfg.l2_fold, xs)
-        if gl:
-            R.prox_group_lasso_scaled_(ws, ds, ks, cfg.group_prox, dims, cfg.l2_fold,
-                                       prev, xs, wake)  # type: ignore[arg-type]
-
-
-def _split(work: Tensor, ws: Sequence[Tensor]) -> tuple[list[Tensor], list[Tensor]]:
-    """Two sets of scratch tensors shaped like ``ws``, both views of ``work`` (one chunk)."""
-    half = work.numel() // 2
-    ds, xs, o = [], [], 0
-    for w in ws:
-        m = w.numel()
-        ds.append(work[o:o + m].view(w.shape))
-        xs.append(work[half + o:half + o + m].view(w.shape))
-        o += m
-    return ds, xs
 
 
 def attach(optimizer: torch.optim.Optimizer, *, foreach: bool | None = None) -> Handle:
@@ -547,7 +435,7 @@ def attach(optimizer: torch.optim.Optimizer, *, foreach: bool | None = None) -> 
                 problem = "complex parameters are not supported by paramwise regularizers"
             if problem:
                 who = f"parameter {name!r}" if name else f"a parameter of shape {tuple(p.shape)}"
-                raise ParamwiseError(f"{_group_label(i, group)}, {who}: {problem}")
+                raise ParamwiseError(f"{group_label(i, group)}, {who}: {problem}")
     handle = Handle(optimizer, foreach)
     _ATTACHED[optimizer] = handle
     return handle

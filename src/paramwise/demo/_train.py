@@ -1,5 +1,6 @@
 """The demo's data, models and training loop: small, seeded, CPU-only.
 
+    >>> import paramwise
     >>> data = digits()                                   # doctest: +SKIP
     >>> model = mlp([64, 64, 10], seed=0)
     >>> opt = paramwise.optimizer(model, "sgd", [paramwise.no_decay()], lr=0.1, weight_decay=1e-2)
