@@ -12,7 +12,8 @@ whole training step (forward, backward, step) for:
   ``paramwise.optimizer`` does)
 * ``pw_l2_hook``   — the same ``l2`` run by the step pre-hook (not lowered)
 * ``pw_l1_grad``   — ``l1`` with ``prox=False`` (subgradient in the pre-hook)
-* ``pw_l1_prox``   — proximal ``l1`` (adaptive scale; SGD: ``lr·λ/(1-μ)``)
+* ``pw_l1_prox``   — proximal ``l1`` (adaptive scale; SGD: ``lr·λ/(1-μ)``; Adam on CPU: fused
+  with Adam's own update, see ``paramwise.fused``, as are the gradient terms and group lasso)
 * ``pw_l1_prox_lr`` (Adam) — proximal ``l1`` with ``prox_scale='lr'``
 * ``pw_glasso``    — proximal group lasso over rows (Adam: metric prox, one closed-form
   majorize-minimize step per row, exact at fixed points)
@@ -249,7 +250,7 @@ def bench_family(cls: type, kw: dict, opts: dict, steps: dict, model: nn.Module,
         e_pw = extra(pw, med_w)
         ratio = extra(lt, med_w) / e_pw if e_pw > 0 else float("inf")
         print(f"  {lt} / {pw}: {extra(lt, med_w):.2f} ms / {e_pw:.2f} ms = {ratio:.1f}"
-              + ("  (paramwise within noise of plain)" if e_pw <= 0 else ""))
+              + ("  (paramwise's step is no slower than the plain one)" if e_pw <= 0 else ""))
     print("extra step time in elementwise passes (target <= 2):")
     for v in ("pw_glasso", "pw_max_norm", "pw_l1_prox", "pw_l1_grad"):
         if v not in med_s:

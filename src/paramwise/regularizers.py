@@ -427,8 +427,13 @@ def project_max_norm_(params: Sequence[Tensor], c: float, dims: Sequence[int]) -
     .. math:: w_r ← w_r \min\Big(1, \frac{c}{\|w_r\|}\Big)
 
     Idempotent up to rounding (a projected row has norm :math:`c`). Rows with a non-finite norm
-    are left unchanged.
+    are left unchanged. On CPU a tensor with no row outside the ball is not written at all (one
+    read: the row norms); elsewhere the multiply always runs, so no device sync is needed.
     """
     for w, d in zip(params, dims):
         n = group_norms(w, d)
-        mul_(w, torch.where((n > c) & torch.isfinite(n), c / n, 1.0))
+        out = (n > c) & torch.isfinite(n)
+        if w.device.type == "cpu" and not is_dtensor(w) and not torch.compiler.is_compiling() \
+                and not bool(out.any()):
+            continue
+        mul_(w, torch.where(out, c / n, 1.0))
