@@ -214,6 +214,18 @@ class Handle:
 
     # --- the hooks -------------------------------------------------------------------------
     def _pre(self, opt: torch.optim.Optimizer, args: Any, kwargs: Any) -> None:
+        if torch.compiler.is_compiling():
+            return self._pre_step(opt, args, kwargs)
+        with torch.autograd.profiler.record_function("paramwise::pre_step"):
+            self._pre_step(opt, args, kwargs)
+
+    def _post(self, opt: torch.optim.Optimizer, args: Any, kwargs: Any) -> None:
+        if torch.compiler.is_compiling():
+            return self._post_step(opt)
+        with torch.autograd.profiler.record_function("paramwise::post_step"):
+            self._post_step(opt)
+
+    def _pre_step(self, opt: torch.optim.Optimizer, args: Any, kwargs: Any) -> None:
         self._restore_grads()  # a step that raised last time never ran the post-hook
         self._post_cfgs, self._fused, self._prev_norms = [], set(), {}
         if not torch.compiler.is_compiling() and self._grad_hooks:
@@ -338,7 +350,7 @@ class Handle:
             if cfg.decay and cfg.lr != 0:
                 R.decay_(ps, 1 - cfg.lr * cfg.decay, foreach=fe)
 
-    def _post(self, opt: torch.optim.Optimizer, args: Any, kwargs: Any) -> None:
+    def _post_step(self, opt: torch.optim.Optimizer) -> None:
         self._restore_grads()
         if self._skip:
             self._skip = False
