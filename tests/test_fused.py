@@ -207,3 +207,16 @@ def test_paramwise_optimizer_lasso_under_adam_uses_the_fused_path(monkeypatch):
         opt.step()
     assert len(calls) == 200
     assert (model.weight == 0).sum() > 0 and model.bias.item() != 0
+
+
+def test_explain_says_which_groups_run_fused():
+    model = nn.Sequential(nn.Linear(8, 4), nn.LayerNorm(4))
+    rules = [paramwise.no_decay(), paramwise.Rule("weight & ndim>=2", l1=1e-4)]
+    adam = paramwise.optimizer(model, "adam", rules, lr=1e-3)
+    assert "fused" in paramwise.explain(adam, "0.weight")
+    assert "fused" not in paramwise.explain(adam, "1.weight")            # nothing to fuse
+    sgd = paramwise.optimizer(model, "sgd", rules, lr=1e-3)
+    assert "fused" not in paramwise.explain(sgd, "0.weight")
+    lr_scaled = paramwise.optimizer(
+        model, "adam", [paramwise.Rule("weight & ndim>=2", l1=1e-4, prox_scale="lr")], lr=1e-3)
+    assert "fused" not in paramwise.explain(lr_scaled, "0.weight")

@@ -61,10 +61,11 @@ _DTYPES = (torch.float32, torch.float64)
 
 def fusable(opt: torch.optim.Optimizer, group: dict, params: Sequence[Tensor], *,
             closure: bool) -> bool:
-    """Whether :func:`adam_update_` may run ``group``'s update for ``params`` (those with a
-    gradient) instead of ``opt.step``: exactly ``Adam``/``AdamW`` taking torch's per-tensor
-    path, plain dense CPU float tensors, no closure (it would recompute the gradients inside the
-    step), nothing being traced."""
+    """Whether :func:`adam_update_` may run ``group``'s update for ``params`` instead of
+    ``opt.step``: exactly ``Adam``/``AdamW`` taking torch's per-tensor path, plain CPU float32
+    or float64 tensors with dense gradients like them (a parameter without a gradient yet is
+    judged by itself), no closure (it would recompute the gradients inside the step), nothing
+    being traced."""
     if type(opt) not in (torch.optim.Adam, torch.optim.AdamW) or closure:
         return False
     if torch.compiler.is_compiling() or not ADAM_KEYS.issuperset(opt.defaults):
@@ -73,9 +74,13 @@ def fusable(opt: torch.optim.Optimizer, group: dict, params: Sequence[Tensor], *
         return False
     if isinstance(group["lr"], Tensor) or any(isinstance(b, Tensor) for b in group["betas"]):
         return False
-    return all(p.device.type == "cpu" and p.dtype in _DTYPES and p.grad.dtype == p.dtype
-               and p.grad.layout == torch.strided and not p.grad.is_sparse
-               and not is_dtensor(p) and p.grad.shape == p.shape for p in params)
+    return all(_plain_cpu(p) and (p.grad is None or (
+        p.grad.dtype == p.dtype and p.grad.layout == torch.strided and not p.grad.is_sparse
+        and p.grad.shape == p.shape)) for p in params)
+
+
+def _plain_cpu(p: Tensor) -> bool:
+    return p.device.type == "cpu" and p.dtype in _DTYPES and not is_dtensor(p)
 
 
 def _scalar_dtype() -> torch.dtype:

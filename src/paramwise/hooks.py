@@ -92,7 +92,7 @@ from .fused import adam_update_, fusable
 from .lowering import LOWERED_KEY, lower
 from .prox import denominator_for, per_element, scaling_for, warn_unknown
 
-__all__ = ["attach", "Handle", "handle_of", "lower", "LOWERED_KEY"]
+__all__ = ["attach", "Handle", "handle_of", "runs_fused", "lower", "LOWERED_KEY"]
 
 _ANCHORS_KEY = "paramwise_anchors"
 
@@ -261,8 +261,7 @@ class Handle:
                  closure: bool) -> list[Tensor]:
         """The parameters whose update, gradient terms and adaptive prox :mod:`paramwise.fused`
         runs in one pass (all of the group's with a gradient), or ``[]``."""
-        if (self.foreach or cfg.lr == 0 or denominator_for(type(opt)) is None
-                or not (cfg.pre or (cfg.prox_on and cfg.adaptive))):
+        if not _wants_fusion(opt, cfg, self.foreach):
             return []
         ps = [p for p in group["params"] if p.grad is not None]
         return ps if ps and fusable(opt, group, ps, closure=closure) else []
@@ -451,6 +450,23 @@ def attach(optimizer: torch.optim.Optimizer, *, foreach: bool | None = None) -> 
     handle = Handle(optimizer, foreach)
     _ATTACHED[optimizer] = handle
     return handle
+
+
+def runs_fused(optimizer: torch.optim.Optimizer, group_index: int) -> bool:
+    """Whether the attached hooks would run group ``group_index``'s update together with its
+    regularizers (:mod:`paramwise.fused`) at the next step, given the tensors it holds now."""
+    handle = _ATTACHED.get(optimizer)
+    group = optimizer.param_groups[group_index]
+    cfg = StepCfg.read(group_index, group)
+    return (handle is not None and cfg is not None and _wants_fusion(optimizer, cfg, handle.foreach)
+            and fusable(optimizer, group, group["params"], closure=False))
+
+
+def _wants_fusion(opt: torch.optim.Optimizer, cfg: StepCfg, foreach: bool | None) -> bool:
+    """A group worth fusing: something to do before the step or an adaptive prox, a nonzero
+    lr, paramwise's own scaling rule for the class, and no forced foreach path."""
+    return (not foreach and cfg.lr != 0 and denominator_for(type(opt)) is not None
+            and (cfg.pre or (cfg.prox_on and cfg.adaptive)))
 
 
 def handle_of(optimizer: torch.optim.Optimizer) -> Handle | None:

@@ -19,6 +19,7 @@ import torch
 from torch import nn
 
 from .api import resolve_target
+from .hooks import runs_fused
 from .inventory import Inventory
 from .options import MULTIPLIERS
 from .plan import Plan, rule_ref
@@ -179,11 +180,11 @@ def explain(obj: nn.Module | torch.optim.Optimizer, name: str, rules=None,
     u = inv.unique[e]
     lines = []
     roles = ", ".join(sorted(info.roles)) or "none"
-    where, group = "", None
+    where, group, gidx = "", None, -1
     if opt is not None:
         for gi, g in enumerate(opt.param_groups):
             if any(p is info.param for p in g["params"]):
-                where, group = f"; group {gi} of {len(opt.param_groups)}", g
+                where, group, gidx = f"; group {gi} of {len(opt.param_groups)}", g, gi
                 break
         else:
             where = "; in no group"
@@ -215,6 +216,9 @@ def explain(obj: nn.Module | torch.optim.Optimizer, name: str, rules=None,
                             "a scheduler or lowering)"))
         for note in g.get("paramwise_lowered", ()):
             entries.append(("lowered", f"{note} (runs inside {type(opt).__name__}.step)"))
+        if runs_fused(opt, gidx):
+            entries.append(("fused", f"{type(opt).__name__}'s update and the regularizers run "
+                            "in one pass by paramwise's pre-step hook (paramwise.fused)"))
     width = max(len(k) for k, _ in entries)
     lines.extend(f"  {k.ljust(width)}  {v}" for k, v in entries)
     return "\n".join(lines)
