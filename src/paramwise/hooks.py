@@ -75,6 +75,7 @@ a group's ``"paramwise_lowered"`` lists. Example::
 
 from __future__ import annotations
 
+import sys
 import weakref
 from collections.abc import Iterable
 from typing import Any
@@ -382,7 +383,11 @@ class Handle:
                           and dtype in (torch.float32, torch.float64)
                           and not torch.compiler.is_compiling()
                           and (not gl or cfg.group_prox <= 0 or len(prev) == len(ps)))
-                limit = chunk_limit(device) // (2 if scaled else 1)
+                # one number s on the per-tensor path: the maps need no parameter-sized
+                # temporary (softshrink in place, row factors), so tensors stay whole (cutting
+                # them measured 0.3 passes slower for group lasso on a 16.8M-parameter MLP)
+                whole = not fe and (rule is None or not per_element(type(opt)))
+                limit = sys.maxsize if whole else chunk_limit(device) // (2 if scaled else 1)
                 # l1 alone: ask the rule (linear in lr) for the threshold s·λ directly
                 k = cfg.l1_prox if not gl and not cfg.l2_fold else 1.0
                 work: Tensor | None = None
