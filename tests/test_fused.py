@@ -9,7 +9,7 @@ from torch import nn
 
 import paramwise
 from paramwise import _chunks, hooks
-from paramwise.fused import adam_update_, fusable
+from paramwise.fused import adam_update_, fusable, sgd_update_
 from paramwise.hooks import attach
 
 SHAPES = [(37, 11), (5,), (64, 3, 2), (1, 129)]
@@ -29,6 +29,35 @@ def grads(ps: list[torch.Tensor], step: int) -> list[torch.Tensor]:
 def limit(request, monkeypatch):
     if request.param:
         monkeypatch.setitem(_chunks.DEFAULT_LIMITS, "cpu", request.param)
+
+
+SGD = torch.optim.SGD
+SGDS = [
+    (torch.optim.SGD, {}),
+    (torch.optim.SGD, {"momentum": 0.9}),
+    (torch.optim.SGD, {"momentum": 0.9, "dampening": 0.1, "weight_decay": 0.1}),
+    (torch.optim.SGD, {"momentum": 0.8, "nesterov": True, "maximize": True}),
+    (torch.optim.SGD, {"weight_decay": 0.05, "maximize": True}),
+]
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+@pytest.mark.parametrize("cls,kw", SGDS)
+def test_sgd_update_is_torch_sgd_bit_for_bit(cls, kw, dtype, limit):
+    ref, ps = params(dtype), params(dtype)
+    ref_opt, opt = cls(ref, lr=0.01, **kw), cls(ps, lr=0.01, **kw)
+    for step in range(5):
+        for p, q, g in zip(ref, ps, grads(ref, step)):
+            p.grad, q.grad = g.clone(), g.clone()
+        ref_opt.step()
+        with torch.no_grad():
+            sgd_update_(opt, opt.param_groups[0], ps, [0] * len(ps), lambda *a: None)
+    for p, q in zip(ref, ps):
+        assert torch.equal(p, q)
+        assert ref_opt.state[p].keys() == opt.state[q].keys()
+        for k, v in ref_opt.state[p].items():
+            assert torch.equal(v, opt.state[q][k]), k
+            assert v.stride() == opt.state[q][k].stride()
 
 
 OPTS = [
@@ -69,14 +98,15 @@ def run(cls, kw: dict, reg: dict, fuse: bool, steps: int = 6):
         for p in ps:
             p.mul_(0.1)       # small weights: the proximal maps have rows/elements to zero
     calls = []
-    real = hooks.adam_update_
+    name = "sgd_update_" if cls is torch.optim.SGD else "adam_update_"
+    real = getattr(hooks, name)
 
     def spy(*a, **k):
         calls.append(1)
         return real(*a, **k)
 
     with pytest.MonkeyPatch.context() as mp:
-        mp.setattr(hooks, "adam_update_", spy)
+        mp.setattr(hooks, name, spy)
         if not fuse:
             mp.setattr(hooks, "fusable", lambda *a, **k: False)
         opt = cls([{"params": [ps[0], ps[2]], **reg}, {"params": [ps[1], ps[3]]}], lr=0.05,
@@ -94,11 +124,12 @@ REGS = [{"l1": 0.3}, {"l1": 0.2, "l2": 0.5}, {"group_lasso": 2.0},
         # gradient terms and decoupled decay, alone and before a prox
         {"l1": 0.3, "prox": False}, {"l2": 0.5}, {"group_lasso": 1.0, "prox": False},
         {"l2_to_init": 0.5, "decoupled_decay": 0.2},
-        {"group_lasso": 2.0, "decoupled_decay": 0.3, "l2_to_init": 0.1, "group_dim": 1}]
+        {"group_lasso": 2.0, "decoupled_decay": 0.3, "l2_to_init": 0.1, "group_dim": 1},
+        {"l1": 0.3, "prox_scale": "lr"}, {"group_lasso": 2.0, "l2": 0.1, "prox_scale": "lr"}]
 
 
 @pytest.mark.parametrize("reg", REGS, ids=lambda r: "+".join(r))
-@pytest.mark.parametrize("cls,kw", OPTS[:3] + OPTS[4:5])
+@pytest.mark.parametrize("cls,kw", OPTS[:3] + OPTS[4:5] + SGDS[1:4])
 def test_fused_step_equals_step_then_hook(cls, kw, reg, limit):
     fused, fopt, n_fused = run(cls, kw, reg, True)
     plain, popt, n_plain = run(cls, kw, reg, False)
@@ -106,13 +137,15 @@ def test_fused_step_equals_step_then_hook(cls, kw, reg, limit):
     for a, b in zip(fused, plain):
         torch.testing.assert_close(a, b, rtol=1e-9, atol=1e-12)
         assert torch.equal(a == 0, b == 0)              # the same exact zeros
-    if reg.get("prox", True) and ("l1" in reg or "group_lasso" in reg):
+    if reg.get("prox", True) and ("l1" in reg or "group_lasso" in reg) and cls is not SGD:
         assert (fused[0] == 0).any() or (fused[2] == 0).any()  # the prox zeroed something
     for a, b in zip(fused, plain):                  # the gradient terms stay in .grad
         torch.testing.assert_close(a.grad, b.grad, rtol=1e-9, atol=1e-12)
     for a, b in zip(fused, plain):
-        torch.testing.assert_close(fopt.state[a]["exp_avg_sq"], popt.state[b]["exp_avg_sq"],
-                                   rtol=1e-9, atol=1e-12)
+        assert fopt.state[a].keys() == popt.state[b].keys()
+        for key in fopt.state[a]:
+            torch.testing.assert_close(fopt.state[a][key], popt.state[b][key],
+                                       rtol=1e-9, atol=1e-12)
 
 
 def test_gradients_are_given_back_and_untouched(monkeypatch):
@@ -150,25 +183,29 @@ def test_not_fused_where_torch_would_not_run_its_loop(why, kw, closure, monkeypa
     assert all(opt.state[p]["step"] == 1 for p in ps)     # torch's step ran
 
 
-def test_not_fused_for_prox_scale_lr_subclasses_or_a_user_scaling(monkeypatch):
+def test_not_fused_for_subclasses_other_dtypes_or_a_user_scaling(monkeypatch):
     class MyAdam(torch.optim.Adam):
         pass
 
     p, half = nn.Parameter(torch.randn(4, 4)), nn.Parameter(torch.randn(4, dtype=torch.bfloat16))
     p.grad, half.grad = torch.ones(4, 4), torch.ones(4, dtype=torch.bfloat16)
     for opt in (MyAdam([p]), torch.optim.Adam([p], differentiable=True),
-                torch.optim.Adam([half])):
+                torch.optim.Adam([half]), torch.optim.SGD([p], nesterov=True, momentum=0.9,
+                                                          foreach=True),
+                torch.optim.RMSprop([p])):
         assert not fusable(opt, opt.param_groups[0], opt.param_groups[0]["params"],
                            closure=False)
-    assert fusable(torch.optim.AdamW([p]), torch.optim.AdamW([p]).param_groups[0], [p],
-                   closure=False)
+    for opt in (torch.optim.AdamW([p]), torch.optim.SGD([p], lr=0.1)):
+        assert fusable(opt, opt.param_groups[0], [p], closure=False)
     calls = []
     monkeypatch.setattr(hooks, "adam_update_", lambda *a, **k: calls.append(1))
-    opt = torch.optim.Adam([{"params": [p], "l1": 1e-2, "prox_scale": "lr"}], lr=0.1)
+    monkeypatch.setitem(paramwise.prox._RULES, torch.optim.Adam, paramwise.prox._adam)
+    paramwise.prox.register_scaling(torch.optim.Adam, lambda g, lr, *a, **k: lr)  # the user's
+    opt = torch.optim.Adam([{"params": [p], "l1": 1e-2}], lr=0.1)
     attach(opt)
     p.grad = torch.ones(4, 4)
     opt.step()
-    assert calls == [] and opt.state[p]["step"] == 1
+    assert calls == [] and opt.state[p]["step"] == 1          # a user's rule runs after
 
 
 def test_a_step_that_raises_gives_the_gradients_back_at_the_next_step():
@@ -215,8 +252,8 @@ def test_explain_says_which_groups_run_fused():
     adam = paramwise.optimizer(model, "adam", rules, lr=1e-3)
     assert "fused" in paramwise.explain(adam, "0.weight")
     assert "fused" not in paramwise.explain(adam, "1.weight")            # nothing to fuse
-    sgd = paramwise.optimizer(model, "sgd", rules, lr=1e-3)
-    assert "fused" not in paramwise.explain(sgd, "0.weight")
-    lr_scaled = paramwise.optimizer(
-        model, "adam", [paramwise.Rule("weight & ndim>=2", l1=1e-4, prox_scale="lr")], lr=1e-3)
-    assert "fused" not in paramwise.explain(lr_scaled, "0.weight")
+    sgd = paramwise.optimizer(model, "sgd", rules, lr=1e-3, momentum=0.9)
+    assert "SGD's update" in paramwise.explain(sgd, "0.weight")
+    for name, kw in [("rmsprop", {}), ("adam", {"foreach": True})]:
+        other = paramwise.optimizer(model, name, rules, lr=1e-3, **kw)
+        assert "fused" not in paramwise.explain(other, "0.weight"), name

@@ -1,19 +1,23 @@
-r"""Adam's own update and the adaptive proximal map in one pass over each chunk (CPU).
+r"""The optimizer's own update and the regularizers in one pass over each chunk (Adam, AdamW,
+SGD on CPU).
 
-Under Adam and AdamW the adaptive proximal maps need the step's per-element scale
-:math:`s = \mathrm{lr}/(\sqrt{\hat v} + ε)`. ``torch.optim.Adam`` computes its denominator
-inside the update and drops it, so a hook after the step must compute it again: a square root
-and a division per weight, about as much arithmetic as the update itself on a CPU. Where torch
-runs its per-tensor loop anyway — plain dense CPU tensors of a float dtype, with ``foreach``,
-``fused``, ``capturable`` and ``differentiable`` off, a float ``lr`` and betas, no closure — the
-step pre-hook runs that update itself for the groups with an adaptive proximal map, with torch's
-operations in torch's order, on chunks of whole rows that stay in cache, and applies the
-proximal map with the denominator it has just computed. Moments, step counts and the weights
-before the proximal map are bit-for-bit what ``Adam.step`` gives (tested); the state is torch's
-own, so ``state_dict()`` and schedulers see nothing different. While ``Adam.step`` runs, these
-parameters' gradients are set aside (so it skips them); the post-step hook puts them back.
+A regularizer run by step hooks reads and writes every weight once more before the step
+(gradient terms) and once more after it (proximal maps); under Adam and AdamW the adaptive
+proximal maps also need the step's per-element scale :math:`s = \mathrm{lr}/(\sqrt{\hat v} + ε)`,
+whose denominator ``torch.optim.Adam`` computes inside its update and drops — a square root and
+a division per weight again, about as much arithmetic as the update itself on a CPU. Where torch
+runs its per-tensor loop anyway — plain CPU float32/float64 tensors with dense gradients,
+``foreach``, ``fused``, ``capturable`` and ``differentiable`` off, a float ``lr`` (and betas),
+no closure, nothing traced — the step pre-hook runs that update itself, with torch's operations
+in torch's order (``_single_tensor_adam`` / ``_single_tensor_sgd``), on chunks that stay in
+cache: per chunk the gradient terms and ``decoupled_decay``, the update, then the proximal map
+(Adam's with the denominator it has just computed). Moments, momentum buffers, step counts and
+the weights before the proximal map are bit-for-bit what ``step()`` gives (tested); the state is
+torch's own, so ``state_dict()`` and schedulers see nothing different. While ``step()`` runs,
+these parameters' gradients are set aside (so it skips them); the post-step hook puts them back.
 
-Per element, with :math:`t` the step count, :math:`λ_w` the group's ``weight_decay``:
+Adam per element, with :math:`t` the step count, :math:`λ_w` the group's ``weight_decay``
+(SGD: :func:`sgd_update_`):
 
 .. math::
     g &← -g \text{ (maximize)}, \quad g ← g + λ_w w \text{ (Adam)} \text{ or }
@@ -42,12 +46,16 @@ from torch import Tensor
 
 from ._chunks import Piece, batches, chunk_limit, is_dtensor
 
-__all__ = ["fusable", "adam_update_", "ADAM_KEYS"]
+__all__ = ["fusable", "adam_update_", "sgd_update_", "ADAM_KEYS", "SGD_KEYS"]
 
 #: The group keys ``torch.optim.Adam`` 2.x uses; a group with any other optimizer key (a newer
 #: torch's new option) is left to ``Adam.step``.
 ADAM_KEYS = frozenset({"lr", "betas", "eps", "weight_decay", "amsgrad", "maximize", "foreach",
                        "capturable", "differentiable", "fused", "decoupled_weight_decay"})
+#: The same for ``torch.optim.SGD``.
+SGD_KEYS = frozenset({"lr", "momentum", "dampening", "weight_decay", "nesterov", "maximize",
+                      "foreach", "differentiable", "fused"})
+_KEYS = {torch.optim.Adam: ADAM_KEYS, torch.optim.AdamW: ADAM_KEYS, torch.optim.SGD: SGD_KEYS}
 
 #: Receives each updated batch: its pieces, the parameter slices, the denominators :math:`d`
 #: and one scratch tensor per piece; :math:`s = \mathrm{lr}/d`.
@@ -61,18 +69,18 @@ _DTYPES = (torch.float32, torch.float64)
 
 def fusable(opt: torch.optim.Optimizer, group: dict, params: Sequence[Tensor], *,
             closure: bool) -> bool:
-    """Whether :func:`adam_update_` may run ``group``'s update for ``params`` instead of
-    ``opt.step``: exactly ``Adam``/``AdamW`` taking torch's per-tensor path, plain CPU float32
-    or float64 tensors with dense gradients like them (a parameter without a gradient yet is
-    judged by itself), no closure (it would recompute the gradients inside the step), nothing
-    being traced."""
-    if type(opt) not in (torch.optim.Adam, torch.optim.AdamW) or closure:
-        return False
-    if torch.compiler.is_compiling() or not ADAM_KEYS.issuperset(opt.defaults):
+    """Whether :func:`adam_update_` / :func:`sgd_update_` may run ``group``'s update for
+    ``params`` instead of ``opt.step``: exactly ``Adam``, ``AdamW`` or ``SGD`` taking torch's
+    per-tensor path, plain CPU float32 or float64 tensors with dense gradients like them (a
+    parameter without a gradient yet is judged by itself), no closure (it would recompute the
+    gradients inside the step), nothing being traced."""
+    keys = _KEYS.get(type(opt))
+    if keys is None or closure or torch.compiler.is_compiling() or not keys.issuperset(opt.defaults):
         return False
     if any(group.get(k) for k in ("foreach", "fused", "capturable", "differentiable")):
         return False
-    if isinstance(group["lr"], Tensor) or any(isinstance(b, Tensor) for b in group["betas"]):
+    if isinstance(group["lr"], Tensor) or any(isinstance(b, Tensor)
+                                              for b in group.get("betas", ())):
         return False
     return all(_plain_cpu(p) and (p.grad is None or (
         p.grad.dtype == p.dtype and p.grad.layout == torch.strided and not p.grad.is_sparse
@@ -166,3 +174,56 @@ def adam_update_(opt: torch.optim.Optimizer, group: dict, params: Sequence[Tenso
             xs.append(x)
             o += m_
         apply(batch, ws, ds, xs)
+
+
+def sgd_update_(opt: torch.optim.Optimizer, group: dict, params: Sequence[Tensor],
+                dims: Sequence[int], apply: Callable[[list[Piece], list[Tensor]], None],
+                before: Before | None = None) -> None:
+    r"""Run ``SGD.step``'s update for ``params`` (all :func:`fusable`) like :func:`adam_update_`:
+    torch's ``_single_tensor_sgd`` operation for operation on slices, ``before`` first and
+    ``apply`` (the proximal maps, with one scale for the whole group) after each batch.
+
+    .. math:: g ← -g \text{ (maximize)},\ g ← g + λ_w w;\quad
+              b ← μ b + (1-d) g \ (b_1 = g);\quad w ← w - \mathrm{lr}\,(g + μ b
+              \text{ (nesterov) or } b)
+    """
+    lr, wd = float(group["lr"]), float(group["weight_decay"])
+    mu, damp = float(group["momentum"]), float(group["dampening"])
+    maximize, nesterov = bool(group["maximize"]), bool(group["nesterov"])
+    first: set[Tensor] = set()
+    if mu != 0:
+        for p in params:
+            st = opt.state[p]
+            if st.get("momentum_buffer") is None:   # torch: grad.detach().clone()
+                st["momentum_buffer"] = torch.empty_like(p.grad)  # type: ignore[arg-type]
+                first.add(p)
+    temp = maximize or wd != 0 or (mu != 0 and nesterov)
+    work: Tensor | None = None
+    for batch in batches(params, dims, 2 * chunk_limit(torch.device("cpu"))):
+        n = sum(pc.numel for pc in batch)
+        dtype = batch[0].param.dtype
+        if temp and (work is None or work.numel() < n or work.dtype != dtype):
+            work = torch.empty(n, dtype=dtype)
+        if before is not None:
+            before(batch, [pc.view(pc.param) for pc in batch],
+                   [pc.view(pc.param.grad) for pc in batch])  # type: ignore[arg-type]
+        ws, o = [], 0
+        for pc in batch:
+            p = pc.param
+            w, g = pc.view(p), pc.view(p.grad)  # type: ignore[arg-type]
+            buf = work[o:o + pc.numel].view(w.shape) if temp else None  # type: ignore[index]
+            if maximize:
+                g = torch.neg(g, out=buf)
+            if wd != 0:
+                g = torch.add(g, w, alpha=wd, out=buf)
+            if mu != 0:
+                mom = pc.view(opt.state[p]["momentum_buffer"])
+                if p in first:
+                    mom.copy_(g)
+                else:
+                    mom.mul_(mu).add_(g, alpha=1 - damp)
+                g = torch.add(g, mom, alpha=mu, out=buf) if nesterov else mom
+            w.add_(g, alpha=-lr)
+            ws.append(w)
+            o += pc.numel
+        apply(batch, ws)

@@ -15,11 +15,12 @@ parameters with a gradient (others are skipped, as the optimizer skips them):
 * **after** the step: the proximal maps of ``l1`` / ``group_lasso`` (with ``l2`` folded in:
   elastic net) with step scale :math:`s` from :mod:`paramwise.prox`, then ``max_norm``'s
   projection.
-* **instead of** the step, for ``Adam``/``AdamW`` groups with an adaptive proximal map on plain
-  CPU tensors (where torch runs its per-tensor loop): the pre-hook runs torch's own update for
-  them, operation for operation, and the proximal map with the update's own denominator, in one
-  pass over each chunk (:mod:`paramwise.fused`); ``Adam.step`` finds their gradients set aside
-  and skips them, and the post-hook puts the gradients back.
+* **instead of** the step, for ``Adam``, ``AdamW`` and ``SGD`` groups on plain CPU tensors
+  (where torch runs its per-tensor loop): the pre-hook runs the gradient terms, torch's own
+  update (operation for operation) and the proximal maps (Adam's with the update's own
+  denominator) in one pass over each chunk (:mod:`paramwise.fused`); ``step()`` finds their
+  gradients set aside and skips them, and the post-hook puts the gradients back.
+  :func:`runs_fused` (and ``explain``) says which groups do.
 
 Every change to a parameter is scaled by the group's current ``lr``; a group with ``lr == 0``
 gets no decay, prox or projection (its parameters stay bit-identical). A step that GradScaler
@@ -89,7 +90,7 @@ from ._chunks import batches, chunk_limit
 from ._rows import inverse_radius
 from ._stepcfg import StepCfg, buckets, group_label, prox_, prox_scaled_, split
 from .errors import ParamwiseError
-from .fused import adam_update_, fusable
+from .fused import adam_update_, fusable, sgd_update_
 from .lowering import LOWERED_KEY, lower
 from .prox import denominator_for, per_element, scaling_for, warn_unknown
 
@@ -270,12 +271,12 @@ class Handle:
     def _fused_step(self, opt: torch.optim.Optimizer, group: dict, cfg: StepCfg,
                     ps: list[Tensor]) -> None:
         """Per chunk: the gradient terms and ``decoupled_decay`` (as :meth:`_pre_group` adds
-        them), the row norms before the update, Adam's update, the adaptive prox; then the
-        gradients are set aside until the post-hook."""
+        them), the row norms before the update (adaptive group lasso), the optimizer's own
+        update, the proximal maps; then the gradients are set aside until the post-hook."""
         k = cfg.sign                           # no grad_scale: fused=True is never fused here
         rows = cfg.group_on or bool(cfg.group_grad)
-        prox = cfg.prox_on and cfg.adaptive
-        capture = prox and cfg.group_on and cfg.group_prox > 0
+        adaptive = cfg.prox_on and cfg.adaptive and per_element(type(opt))
+        capture = adaptive and cfg.group_on and cfg.group_prox > 0
         rho: list[Tensor | None] = []
 
         def before(batch: list, ws: list[Tensor], gs: list[Tensor]) -> None:
@@ -293,15 +294,30 @@ class Handle:
             rho[:] = ([inverse_radius(w, pc.dim) for w, pc in zip(ws, batch)] if capture
                       else [None] * len(ws))
 
-        def apply(batch: list, ws: list[Tensor], ds: list[Tensor], xs: list[Tensor]) -> None:
-            if prox:
-                prox_scaled_(ws, ds, [cfg.lr] * len(ws), xs, cfg, cfg.group_on,
-                                  [pc.dim for pc in batch] if cfg.group_on else [], rho,
-                                  [r is None or bool(torch.isinf(r).any()) for r in rho])
+        def dims_of(batch: list) -> list[int]:
+            return [pc.dim for pc in batch] if cfg.group_on else []
 
-        adam_update_(opt, group, ps, [cfg.group_dim % p.ndim for p in ps] if rows
-                     else [0] * len(ps), apply, before)
-        if prox:
+        # one scale for the group: SGD's steady-state step, or lr (prox_scale="lr")
+        rule = scaling_for(type(opt))
+        s = (rule(group, cfg.lr, [], opt.state, foreach=False)
+             if cfg.adaptive and rule is not None and not adaptive else cfg.lr)
+
+        def one_scale(batch: list, ws: list[Tensor], *scratch: list[Tensor]) -> None:
+            if cfg.prox_on:
+                prox_(ws, s, cfg, cfg.group_on, dims_of(batch), False, [None] * len(ws))
+
+        def per_element_scale(batch: list, ws: list[Tensor], ds: list[Tensor],
+                              xs: list[Tensor]) -> None:
+            prox_scaled_(ws, ds, [cfg.lr] * len(ws), xs, cfg, cfg.group_on, dims_of(batch),
+                         rho, [r is None or bool(torch.isinf(r).any()) for r in rho])
+
+        dims = [cfg.group_dim % p.ndim for p in ps] if rows else [0] * len(ps)
+        if type(opt) is torch.optim.SGD:
+            sgd_update_(opt, group, ps, dims, one_scale, before)
+        else:
+            adam_update_(opt, group, ps, dims, per_element_scale if adaptive else one_scale,
+                         before)
+        if cfg.prox_on:
             self._fused.add(id(group))
         for p in ps:
             self._set_aside.append((p, p.grad))  # type: ignore[arg-type]
@@ -468,10 +484,16 @@ def runs_fused(optimizer: torch.optim.Optimizer, group_index: int) -> bool:
 
 
 def _wants_fusion(opt: torch.optim.Optimizer, cfg: StepCfg, foreach: bool | None) -> bool:
-    """A group worth fusing: something to do before the step or an adaptive prox, a nonzero
-    lr, paramwise's own scaling rule for the class, and no forced foreach path."""
-    return (not foreach and cfg.lr != 0 and denominator_for(type(opt)) is not None
-            and (cfg.pre or (cfg.prox_on and cfg.adaptive)))
+    """A group worth fusing: something to do before or after the step, a nonzero lr, no forced
+    foreach path, and a step scale the fused pass knows: Adam's adaptive one from paramwise's
+    own rule (a rule registered by the user runs after the step), SGD's as one number."""
+    if foreach or cfg.lr == 0 or not (cfg.pre or cfg.prox_on):
+        return False
+    if not (cfg.prox_on and cfg.adaptive):
+        return True
+    if type(opt) is torch.optim.SGD:
+        return not per_element(torch.optim.SGD)
+    return denominator_for(type(opt)) is not None
 
 
 def handle_of(optimizer: torch.optim.Optimizer) -> Handle | None:
