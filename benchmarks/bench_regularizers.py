@@ -2,7 +2,7 @@
 
 Model: an MLP of two ``Linear(1024, 4096) → GELU → Linear(4096, 1024)`` blocks (16.8M
 parameters); regularization on the weight matrices, biases in a plain group. For SGD (momentum
-0.9) and Adam it times, interleaved round by round (medians), ``optimizer.step()`` alone and a
+0.9) and Adam it times, interleaved round by round (medians of per-round ratios and differences), ``optimizer.step()`` alone and a
 whole training step (forward, backward, step) for:
 
 * ``plain``        — no regularization
@@ -217,46 +217,50 @@ def bench_family(cls: type, kw: dict, opts: dict, steps: dict, model: nn.Module,
             t_step[v].append(step_only(v))
         for v in order:
             t_whole[v].append(whole(v))
+    # paired statistics: each round times every variant once, so per-round ratios and
+    # differences cancel the machine's slow drifts; the table shows their medians
     med_s = {v: statistics.median(t) * 1e3 for v, t in t_step.items()}
     med_w = {v: statistics.median(t) * 1e3 for v, t in t_whole.items()}
     pas = statistics.median(t_pass) * 1e3
 
+    def ratio(table: dict[str, list[float]], v: str, ref: str) -> float:
+        return statistics.median(a / b for a, b in zip(table[v], table[ref]))
+
+    def extra(table: dict[str, list[float]], v: str, unit: list[float] | None = None) -> float:
+        """Median over rounds of (variant - plain), in ms or in units of ``unit``."""
+        units = unit or [1e-3] * rounds
+        return statistics.median((a - b) / u for a, b, u in zip(table[v], table["plain"], units))
+
     print(f"\n== {cls.__name__} {kw}  (one elementwise pass over the weights: {pas:.2f} ms)")
     if t_floor:
-        flo = statistics.median(t_floor) * 1e3
         print(f"   adaptive floor (sqrt of the second moment + one division per weight): "
-              f"{flo:.2f} ms = {flo / pas:.2f} passes")
+              f"{statistics.median(t_floor) * 1e3:.2f} ms = "
+              f"{statistics.median(f / p for f, p in zip(t_floor, t_pass)):.2f} passes")
     head = f"{'variant':<15}{'step ms':>9}{'/plain':>8}{'/wd':>7}{'whole ms':>10}{'/plain':>8}{'/wd':>7}"
     if peak:
         head += f"{'peak+MiB':>10}"
     print(head)
     for v in names:
-        row = (f"{v:<15}{med_s[v]:>9.2f}{med_s[v] / med_s['plain']:>8.3f}"
-               f"{med_s[v] / med_s['builtin_wd']:>7.3f}{med_w[v]:>10.2f}"
-               f"{med_w[v] / med_w['plain']:>8.3f}{med_w[v] / med_w['builtin_wd']:>7.3f}")
+        row = (f"{v:<15}{med_s[v]:>9.2f}{ratio(t_step, v, 'plain'):>8.3f}"
+               f"{ratio(t_step, v, 'builtin_wd'):>7.3f}{med_w[v]:>10.2f}"
+               f"{ratio(t_whole, v, 'plain'):>8.3f}{ratio(t_whole, v, 'builtin_wd'):>7.3f}")
         if peak:
             row += f"{peak[v]:>10.1f}"
         print(row)
-
-
-    def extra(v: str, table: dict[str, float]) -> float:
-        return table[v] - table["plain"]
 
     print("loss-term extra time / paramwise extra time (whole step; target >= 4):")
     for lt, pw in [("loss_l1", "pw_l1_grad"), ("loss_l1", "pw_l1_prox"), ("loss_l2", "pw_l2"),
                    ("loss_l2", "pw_l2_hook")]:
         if pw not in med_w:
             continue
-        e_pw = extra(pw, med_w)
-        ratio = extra(lt, med_w) / e_pw if e_pw > 0 else float("inf")
-        print(f"  {lt} / {pw}: {extra(lt, med_w):.2f} ms / {e_pw:.2f} ms = {ratio:.1f}"
+        e_lt, e_pw = extra(t_whole, lt), extra(t_whole, pw)
+        shown = f"{e_lt / e_pw:.1f}" if e_pw > 0 else "inf"
+        print(f"  {lt} / {pw}: {e_lt:.2f} ms / {e_pw:.2f} ms = {shown}"
               + ("  (paramwise's step is no slower than the plain one)" if e_pw <= 0 else ""))
     print("extra step time in elementwise passes (target <= 2):")
     for v in ("pw_glasso", "pw_max_norm", "pw_l1_prox", "pw_l1_grad"):
-        if v not in med_s:
-            continue
-        print(f"  {v}: {extra(v, med_s) / pas:.2f}")
-
+        if v in med_s:
+            print(f"  {v}: {extra(t_step, v, t_pass):.2f}")
 
 if __name__ == "__main__":
     main()
