@@ -139,18 +139,18 @@ def adam_update_(opt: torch.optim.Optimizer, group: dict, params: Sequence[Tenso
         dtype = batch[0].param.dtype
         if work is None or work.numel() < per * n or work.dtype != dtype:
             work = torch.empty(per * n, dtype=dtype)
+        ws = [pc.view(pc.param) for pc in batch]
+        gs = [pc.view(pc.param.grad) for pc in batch]  # type: ignore[arg-type]
         if before is not None:
-            before(batch, [pc.view(pc.param) for pc in batch],
-                   [pc.view(pc.param.grad) for pc in batch])  # type: ignore[arg-type]
-        ws, ds, xs = [], [], []
+            before(batch, ws, gs)
+        ds, xs = [], []
         o = 0
-        for pc in batch:
+        for pc, w, g in zip(batch, ws, gs):
             p, st = pc.param, states[pc.param]
             step_size, bc2s = coeffs[p]
             m_ = pc.numel
-            d = work[o:o + m_].view(pc.view(p).shape)
-            x = work[n + o:n + o + m_].view(d.shape)
-            w, g = pc.view(p), pc.view(p.grad)
+            d = work[o:o + m_].view(w.shape)
+            x = work[n + o:n + o + m_].view(w.shape)
             if per == 3:
                 buf = work[2 * n + o:2 * n + o + m_].view(d.shape)
                 if maximize:
@@ -169,7 +169,6 @@ def adam_update_(opt: torch.optim.Optimizer, group: dict, params: Sequence[Tenso
             torch.sqrt(src, out=d)
             d.div_(bc2s).add_(eps)
             w.addcdiv_(exp_avg, d, value=-step_size)
-            ws.append(w)
             ds.append(d)
             xs.append(x)
             o += m_
@@ -204,13 +203,13 @@ def sgd_update_(opt: torch.optim.Optimizer, group: dict, params: Sequence[Tensor
         dtype = batch[0].param.dtype
         if temp and (work is None or work.numel() < n or work.dtype != dtype):
             work = torch.empty(n, dtype=dtype)
+        ws = [pc.view(pc.param) for pc in batch]
+        gs = [pc.view(pc.param.grad) for pc in batch]  # type: ignore[arg-type]
         if before is not None:
-            before(batch, [pc.view(pc.param) for pc in batch],
-                   [pc.view(pc.param.grad) for pc in batch])  # type: ignore[arg-type]
-        ws, o = [], 0
-        for pc in batch:
+            before(batch, ws, gs)
+        o = 0
+        for pc, w, g in zip(batch, ws, gs):
             p = pc.param
-            w, g = pc.view(p), pc.view(p.grad)  # type: ignore[arg-type]
             buf = work[o:o + pc.numel].view(w.shape) if temp else None  # type: ignore[index]
             if maximize:
                 g = torch.neg(g, out=buf)
@@ -224,6 +223,5 @@ def sgd_update_(opt: torch.optim.Optimizer, group: dict, params: Sequence[Tensor
                     mom.mul_(mu).add_(g, alpha=1 - damp)
                 g = torch.add(g, mom, alpha=mu, out=buf) if nesterov else mom
             w.add_(g, alpha=-lr)
-            ws.append(w)
             o += pc.numel
         apply(batch, ws)
