@@ -257,3 +257,44 @@ def test_explain_says_which_groups_run_fused():
     for name, kw in [("rmsprop", {}), ("adam", {"foreach": True})]:
         other = paramwise.optimizer(model, name, rules, lr=1e-3, **kw)
         assert "fused" not in paramwise.explain(other, "0.weight"), name
+
+
+@pytest.mark.parametrize("cls,kw", [(torch.optim.Adam, {"weight_decay": 0.1}),
+                                    (torch.optim.SGD, {"momentum": 0.9})])
+def test_odd_tensors_late_gradients_and_resume_match_torch(cls, kw, limit, monkeypatch):
+    """channels_last and 0-d/empty parameters, a parameter whose first gradient comes at step
+    3, and a state_dict resume halfway: the fused update (forced on for a group whose options
+    are all 0, so nothing but the update changes the weights) equals torch's step."""
+    calls = []
+    real = hooks.sgd_update_ if cls is SGD else hooks.adam_update_
+    monkeypatch.setattr(hooks, real.__name__, lambda *a, **k: (calls.append(1), real(*a, **k)))
+    monkeypatch.setattr(hooks, "_wants_fusion", lambda *a: True)
+    def make():
+        g = torch.Generator().manual_seed(3)
+        conv = torch.randn(8, 3, 3, 3, generator=g).to(memory_format=torch.channels_last)
+        return [nn.Parameter(conv), nn.Parameter(torch.tensor(0.5)),
+                nn.Parameter(torch.empty(0, 4)), nn.Parameter(torch.randn(5, 7, generator=g))]
+
+    ref, ps = make(), make()
+    ref_opt = cls(ref, lr=0.01, **kw)
+    opt = cls([{"params": ps, "l1": 0.0, "l2_to_init": 0.0}], lr=0.01, **kw)
+    attach(opt)
+    for step in range(6):
+        if step == 3:                                   # resume from a saved state
+            sd = opt.state_dict()
+            opt = cls([{"params": ps, "l1": 0.0, "l2_to_init": 0.0}], lr=0.01, **kw)
+            attach(opt)
+            opt.load_state_dict(sd)
+        for i, (p, q) in enumerate(zip(ref, ps)):
+            if i == 3 and step < 3:
+                p.grad = q.grad = None
+                continue
+            g = torch.randn(p.shape, generator=torch.Generator().manual_seed(step + 10 * i))
+            p.grad, q.grad = g.clone(), g.clone()
+        ref_opt.step()
+        opt.step()
+    assert len(calls) == 6
+    for p, q in zip(ref, ps):
+        assert torch.equal(p, q) and p.stride() == q.stride()
+        for k, v in ref_opt.state[p].items():
+            assert torch.equal(v, opt.state[q][k]), k
