@@ -38,6 +38,7 @@ Example (what :func:`paramwise.attach` does under the hood)::
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable, Sequence
 from typing import Any
 
@@ -75,9 +76,12 @@ def fusable(opt: torch.optim.Optimizer, group: dict, params: Sequence[Tensor], *
     parameter without a gradient yet is judged by itself), no closure (it would recompute the
     gradients inside the step), nothing being traced."""
     keys = _KEYS.get(type(opt))
-    if keys is None or closure or torch.compiler.is_compiling() or not keys.issuperset(opt.defaults):
+    if keys is None or closure or not keys.issuperset(opt.defaults):
         return False
-    if any(group.get(k) for k in ("foreach", "fused", "capturable", "differentiable")):
+    # (a compiled step sets ``capturable``: its step counts stay tensors, as the traced update's)
+    flags = ("foreach", "fused", "differentiable") + (
+        () if torch.compiler.is_compiling() else ("capturable",))
+    if any(group.get(k) for k in flags):
         return False
     if isinstance(group["lr"], Tensor) or any(isinstance(b, Tensor)
                                               for b in group.get("betas", ())):
@@ -122,6 +126,9 @@ def adam_update_(opt: torch.optim.Optimizer, group: dict, params: Sequence[Tenso
     beta1, beta2 = (float(b) for b in group["betas"])
     maximize, amsgrad = bool(group["maximize"]), bool(group["amsgrad"])
     decoupled = bool(group.get("decoupled_weight_decay", False))
+    if torch.compiler.is_compiling():
+        _adam_traced(opt, group, params, apply, before)
+        return
     coeffs: dict[Tensor, tuple[float, float]] = {}
     states: dict[Tensor, dict[str, Any]] = {}
     for p in params:
@@ -173,6 +180,45 @@ def adam_update_(opt: torch.optim.Optimizer, group: dict, params: Sequence[Tenso
             xs.append(x)
             o += m_
         apply(batch, ws, ds, xs)
+
+
+def _adam_traced(opt: torch.optim.Optimizer, group: dict, params: Sequence[Tensor],
+                 apply: Apply, before: Before | None) -> None:
+    """:func:`adam_update_` while ``torch.compile`` traces: whole tensors (inductor fuses the
+    update and the proximal map into one loop, so there is nothing to cut), the step count
+    kept a tensor (no ``.item()``), the bias corrections as :math:`e^{t\\ln β}`."""
+    lr, eps, wd = float(group["lr"]), float(group["eps"]), float(group["weight_decay"])
+    beta1, beta2 = (float(b) for b in group["betas"])
+    decoupled = bool(group.get("decoupled_weight_decay", False))
+    pieces = [Piece(p) for p in params]
+    ws = list(params)
+    gs = [p.grad for p in params]
+    if before is not None:
+        before(pieces, ws, gs)  # type: ignore[arg-type]
+    ds = []
+    for p, w, g in zip(params, ws, gs):
+        st = _state(opt, group, p)
+        st["step"] += 1
+        t = st["step"]
+        if group["maximize"]:
+            g = -g  # type: ignore[operator]
+        if wd != 0:
+            if decoupled:
+                w.mul_(1 - lr * wd)
+            else:
+                g = g.add(w, alpha=wd)  # type: ignore[union-attr]
+        st["exp_avg"].lerp_(g, 1 - beta1)
+        st["exp_avg_sq"].mul_(beta2).addcmul_(g, g, value=1 - beta2)
+        src = st["exp_avg_sq"]
+        if group["amsgrad"]:
+            torch.maximum(st["max_exp_avg_sq"], src, out=st["max_exp_avg_sq"])
+            src = st["max_exp_avg_sq"]
+        bc1 = 1 - torch.exp(t * math.log(beta1)) if beta1 > 0 else torch.ones_like(t)
+        bc2 = 1 - torch.exp(t * math.log(beta2)) if beta2 > 0 else torch.ones_like(t)
+        d = src.sqrt() / bc2.sqrt() + eps
+        w.sub_(st["exp_avg"] / d * (lr / bc1))
+        ds.append(d)
+    apply(pieces, ws, ds, [])
 
 
 def sgd_update_(opt: torch.optim.Optimizer, group: dict, params: Sequence[Tensor],

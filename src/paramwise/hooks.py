@@ -308,6 +308,10 @@ class Handle:
 
         def per_element_scale(batch: list, ws: list[Tensor], ds: list[Tensor],
                               xs: list[Tensor]) -> None:
+            if not xs:   # traced: s = lr/d as tensors, fused by inductor
+                prox_(ws, [cfg.lr / d for d in ds], cfg, cfg.group_on, dims_of(batch), False,
+                      rho)
+                return
             prox_scaled_(ws, ds, [cfg.lr] * len(ws), xs, cfg, cfg.group_on, dims_of(batch),
                          rho, [r is None or bool(torch.isinf(r).any()) for r in rho])
 
@@ -489,6 +493,8 @@ def _wants_fusion(opt: torch.optim.Optimizer, cfg: StepCfg, foreach: bool | None
     own rule (a rule registered by the user runs after the step), SGD's as one number."""
     if foreach or cfg.lr == 0 or not (cfg.pre or cfg.prox_on):
         return False
+    if torch.compiler.is_compiling() and (cfg.group_on or cfg.group_grad):
+        return False  # row norms and the update in one graph: inductor 2.13 fails (KeyError)
     if not (cfg.prox_on and cfg.adaptive):
         return True
     if type(opt) is torch.optim.SGD:
