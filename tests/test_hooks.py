@@ -682,3 +682,36 @@ def test_adaptive_prox_scaled_path_matches_the_generic_one(kw, monkeypatch):
     assert prox.denominator_for(OPTIM.Adam) is not None
     monkeypatch.setitem(prox._RULES, OPTIM.Adam, prox._RULES[OPTIM.Adam].__call__)
     assert prox.denominator_for(OPTIM.Adam) is None     # a user's rule wins over the fast path
+
+
+@pytest.mark.parametrize("cls,kw", [(torch.optim.Adam, {}), (torch.optim.SGD, {"momentum": 0.9})])
+def test_a_closure_step_gets_the_gradient_terms_after_its_backward(cls, kw):
+    """step(closure) computes the gradients inside step() (Lightning's automatic optimization
+    does this, zeroing them first): the terms must be added after the closure ran, and give
+    the same training as zero_grad / backward / step."""
+    reg = {"l1": 0.05, "prox": False, "l2_to_init": 0.1, "decoupled_decay": 0.2}
+    x, y = torch.randn(32, 6, generator=torch.Generator().manual_seed(0)), torch.randn(32, 2)
+
+    def train(with_closure: bool, reg: dict = reg) -> torch.nn.Module:
+        torch.manual_seed(0)
+        model = torch.nn.Linear(6, 2)
+        opt = cls([{"params": [model.weight], **reg}, {"params": [model.bias]}], lr=0.05, **kw)
+        attach(opt)
+        for _ in range(5):
+            def closure():
+                opt.zero_grad()
+                loss = torch.nn.functional.mse_loss(model(x), y)
+                loss.backward()
+                return loss
+            if with_closure:
+                opt.step(closure)
+            else:
+                closure()
+                opt.step()
+        return model
+
+    a, b = train(True), train(False)
+    torch.testing.assert_close(a.weight, b.weight, rtol=1e-6, atol=1e-7)
+    torch.testing.assert_close(a.weight.grad, b.weight.grad, rtol=1e-6, atol=1e-7)
+    plain = train(True, {"l1": 0.0, "prox": False})      # the terms did something
+    assert not torch.allclose(a.weight, plain.weight, atol=1e-3)

@@ -11,7 +11,10 @@ parameters with a gradient (others are skipped, as the optimizer skips them):
   with ``prox=False``, ``l2_to_init`` :math:`λ(w - w_0)` (subtracted instead under
   ``maximize=True``, so the penalty still shrinks); then ``decoupled_decay`` scales
   :math:`w ← (1 - \mathrm{lr}\,λ)w` exactly where AdamW does, so Adam + ``decoupled_decay`` is
-  AdamW. After ``step()``, ``p.grad`` includes these terms.
+  AdamW. After ``step()``, ``p.grad`` includes these terms. With ``step(closure)`` the closure
+  computes the gradients inside ``step()`` (Lightning's automatic optimization steps this way),
+  so the pre-hook wraps it: the terms go in right after each call of the closure, the decay
+  after the first.
 * **after** the step: the proximal maps of ``l1`` / ``group_lasso`` (with ``l2`` folded in:
   elastic net) with step scale :math:`s` from :mod:`paramwise.prox`, then ``max_norm``'s
   projection.
@@ -215,11 +218,11 @@ class Handle:
         return self.foreach if self.foreach is not None else device.type != "cpu"
 
     # --- the hooks -------------------------------------------------------------------------
-    def _pre(self, opt: torch.optim.Optimizer, args: Any, kwargs: Any) -> None:
+    def _pre(self, opt: torch.optim.Optimizer, args: Any, kwargs: Any) -> tuple | None:
         if torch.compiler.is_compiling():
             return self._pre_step(opt, args, kwargs)
         with torch.autograd.profiler.record_function("paramwise::pre_step"):
-            self._pre_step(opt, args, kwargs)
+            return self._pre_step(opt, args, kwargs)
 
     def _post(self, opt: torch.optim.Optimizer, args: Any, kwargs: Any) -> None:
         if torch.compiler.is_compiling():
@@ -227,7 +230,7 @@ class Handle:
         with torch.autograd.profiler.record_function("paramwise::post_step"):
             self._post_step(opt)
 
-    def _pre_step(self, opt: torch.optim.Optimizer, args: Any, kwargs: Any) -> None:
+    def _pre_step(self, opt: torch.optim.Optimizer, args: Any, kwargs: Any) -> tuple | None:
         self._restore_grads()  # a step that raised last time never ran the post-hook
         self._post_cfgs, self._fused, self._prev_norms = [], set(), {}
         if not torch.compiler.is_compiling() and self._grad_hooks:
@@ -244,11 +247,17 @@ class Handle:
         gscale = getattr(opt, "grad_scale", None)
         gscale = _num(gscale) if gscale is not None else 1.0
         # args[0] is the optimizer itself; a closure comes next or as a keyword
-        closure = any(a is not None for a in args[1:]) or kwargs.get("closure") is not None
+        closure = args[1] if len(args) > 1 else kwargs.get("closure")
+        if closure is not None:   # it computes the gradients inside step(): add terms after it
+            self._post_cfgs = [(g, c) for g, c in cfgs if c.post and c.lr != 0]
+            wrapped = self._after_closure(closure, opt, cfgs, gscale)
+            if len(args) > 1:
+                return (args[0], wrapped, *args[2:]), kwargs
+            return args, {**kwargs, "closure": wrapped}
         fused: list[tuple[dict, StepCfg, list[Tensor]]] = []
         with torch.no_grad():
             for group, cfg in cfgs:
-                ps = self._fusable(opt, group, cfg, closure)
+                ps = self._fusable(opt, group, cfg)
                 if ps:
                     fused.append((group, cfg, ps))
                 elif cfg.pre:
@@ -259,14 +268,34 @@ class Handle:
             for group, cfg, ps in fused:
                 self._fused_step(opt, group, cfg, ps)
 
-    def _fusable(self, opt: torch.optim.Optimizer, group: dict, cfg: StepCfg,
-                 closure: bool) -> list[Tensor]:
+    def _after_closure(self, closure: Any, opt: torch.optim.Optimizer,
+                       cfgs: list[tuple[dict, StepCfg]], gscale: float) -> Any:
+        """``closure`` followed by the gradient terms (every call: LBFGS calls it repeatedly)
+        and, at the first call only, ``decoupled_decay`` and the pre-step row norms. A closure
+        usually zeroes the gradients and runs backward, so terms added before ``step()`` ran
+        it would be lost (Lightning's automatic optimization steps this way)."""
+        first = [True]
+
+        def wrapped() -> Any:
+            loss = closure()
+            with torch.no_grad():
+                for group, cfg in cfgs:
+                    if cfg.pre:
+                        self._pre_group(group, cfg, gscale, decay=first[0])
+            if first[0]:
+                self._capture_rows(opt, skip=set())
+                first[0] = False
+            return loss
+
+        return wrapped
+
+    def _fusable(self, opt: torch.optim.Optimizer, group: dict, cfg: StepCfg) -> list[Tensor]:
         """The parameters whose update, gradient terms and adaptive prox :mod:`paramwise.fused`
         runs in one pass (all of the group's with a gradient), or ``[]``."""
         if not _wants_fusion(opt, cfg, self.foreach):
             return []
         ps = [p for p in group["params"] if p.grad is not None]
-        return ps if ps and fusable(opt, group, ps, closure=closure) else []
+        return ps if ps and fusable(opt, group, ps, closure=False) else []
 
     def _fused_step(self, opt: torch.optim.Optimizer, group: dict, cfg: StepCfg,
                     ps: list[Tensor]) -> None:
@@ -349,7 +378,7 @@ class Handle:
                         if p.grad is not None:
                             self._prev_norms[p] = inverse_radius(p, c.group_dim % p.ndim)
 
-    def _pre_group(self, group: dict, cfg: StepCfg, gscale: float) -> None:
+    def _pre_group(self, group: dict, cfg: StepCfg, gscale: float, decay: bool = True) -> None:
         k = cfg.sign * gscale
         items = [(p, p.grad) for p in group["params"]
                  if p.grad is not None and not p.grad.is_sparse]
@@ -367,7 +396,7 @@ class Handle:
             if cfg.group_grad:
                 R.add_group_lasso_grad_(gs, ps, k * cfg.group_grad,
                                         [cfg.group_dim % p.ndim for p in ps])
-            if cfg.decay and cfg.lr != 0:
+            if decay and cfg.decay and cfg.lr != 0:
                 R.decay_(ps, 1 - cfg.lr * cfg.decay, foreach=fe)
 
     def _post_step(self, opt: torch.optim.Optimizer) -> None:
