@@ -27,7 +27,8 @@ Adam per element, with :math:`t` the step count, :math:`λ_w` the group's ``weig
         w ← (1 - \mathrm{lr}\,λ_w) w \text{ (AdamW)} \\
     m &← m + (1-β_1)(g - m), \quad v ← β_2 v + (1-β_2) g^2
         \quad (\text{amsgrad: } \hat v ← \max(\hat v, v)) \\
-    d &= \sqrt{v}/\sqrt{1-β_2^t} + ε, \quad w ← w - \frac{\mathrm{lr}}{1-β_1^t}\,\frac{m}{d},
+    d &= \sqrt{\hat v}/\sqrt{1-β_2^t} + ε \quad (\hat v = v \text{ without amsgrad}), \quad
+    w ← w - \frac{\mathrm{lr}}{1-β_1^t}\,\frac{m}{d},
     \quad w ← \operatorname{prox}(w;\ s = \mathrm{lr}/d)
 
 Example (what :func:`paramwise.attach` does under the hood)::
@@ -94,6 +95,18 @@ def fusable(opt: torch.optim.Optimizer, group: dict, params: Sequence[Tensor], *
         and p.grad.shape == p.shape)) for p in params)
 
 
+def _by_dtype(params: Sequence[Tensor], dims: Sequence[int]
+              ) -> list[tuple[list[Tensor], list[int]]]:
+    """``params`` (with their ``dims``) split by dtype, order kept within each: a batch's
+    scratch has one dtype, so float32 and float64 parameters never share one."""
+    out: dict[torch.dtype, tuple[list[Tensor], list[int]]] = {}
+    for p, d in zip(params, dims):
+        ps, ds = out.setdefault(p.dtype, ([], []))
+        ps.append(p)
+        ds.append(d)
+    return list(out.values())
+
+
 def _plain_cpu(p: Tensor) -> bool:
     return p.device.type == "cpu" and p.dtype in _DTYPES and not is_dtensor(p)
 
@@ -144,7 +157,8 @@ def adam_update_(opt: torch.optim.Optimizer, group: dict, params: Sequence[Tenso
     per = 3 if (maximize or (wd != 0 and not decoupled)) else 2
     # twice the hooks' batch, split over the `per` scratch tensors: the best of 2^17..2^21 on a
     # 16.8M-parameter MLP (a batch's parameters, gradients and moments stay in L2/L3)
-    for batch in batches(params, dims, 2 * chunk_limit(torch.device("cpu")) // per):
+    limit = 2 * chunk_limit(torch.device("cpu")) // per
+    for batch in (b for ps, ds in _by_dtype(params, dims) for b in batches(ps, ds, limit)):
         n = sum(pc.numel for pc in batch)
         dtype = batch[0].param.dtype
         if work is None or work.numel() < per * n or work.dtype != dtype:
@@ -247,7 +261,8 @@ def sgd_update_(opt: torch.optim.Optimizer, group: dict, params: Sequence[Tensor
                 first.add(p)
     temp = maximize or wd != 0 or (mu != 0 and nesterov)
     work: Tensor | None = None
-    for batch in batches(params, dims, 2 * chunk_limit(torch.device("cpu"))):
+    limit = 2 * chunk_limit(torch.device("cpu"))
+    for batch in (b for ps, ds in _by_dtype(params, dims) for b in batches(ps, ds, limit)):
         n = sum(pc.numel for pc in batch)
         dtype = batch[0].param.dtype
         if temp and (work is None or work.numel() < n or work.dtype != dtype):

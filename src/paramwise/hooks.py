@@ -118,6 +118,7 @@ class Handle:
         self._skip = False
         self._post_cfgs: list[tuple[dict, StepCfg]] = []
         self._set_aside: list[tuple[Tensor, Tensor]] = []  # grads hidden from a fused step
+        self._to_fuse: list[tuple[dict, StepCfg, list[Tensor]]] = []
         self._fused: set[int] = set()                     # id() of groups updated by the pre-hook
         self._prev_norms: dict[Tensor, Tensor] = {}
         self._hooks = [
@@ -140,6 +141,7 @@ class Handle:
 
     def remove(self) -> None:
         """Detach: later steps run the optimizer alone. Safe to call twice."""
+        self._restore_grads()
         for h in [*self._hooks, *self._grad_hooks.values()]:
             h.remove()
         self._hooks, self._grad_hooks = [], {}
@@ -232,7 +234,7 @@ class Handle:
 
     def _pre_step(self, opt: torch.optim.Optimizer, args: Any, kwargs: Any) -> tuple | None:
         self._restore_grads()  # a step that raised last time never ran the post-hook
-        self._post_cfgs, self._fused, self._prev_norms = [], set(), {}
+        self._post_cfgs, self._fused, self._prev_norms, self._to_fuse = [], set(), {}, []
         if not torch.compiler.is_compiling() and self._grad_hooks:
             self._drop_grad_hooks()
         cfgs = []
@@ -264,9 +266,13 @@ class Handle:
                     self._pre_group(group, cfg, gscale)
         self._post_cfgs = [(g, c) for g, c in cfgs if c.post and c.lr != 0]
         self._capture_rows(opt, skip={id(g) for g, _, _ in fused})
-        with torch.no_grad():
-            for group, cfg, ps in fused:
-                self._fused_step(opt, group, cfg, ps)
+        # set the fused groups' gradients aside so step() skips them; the post-hook gives them
+        # back and runs their update (a step that raises before it applies nothing to them)
+        self._to_fuse = fused
+        for _, _, ps in fused:
+            for p in ps:
+                self._set_aside.append((p, p.grad))  # type: ignore[arg-type]
+                p.grad = None
 
     def _after_closure(self, closure: Any, opt: torch.optim.Optimizer,
                        cfgs: list[tuple[dict, StepCfg]], gscale: float) -> Any:
@@ -352,15 +358,15 @@ class Handle:
                          before)
         if cfg.prox_on:
             self._fused.add(id(group))
-        for p in ps:
-            self._set_aside.append((p, p.grad))  # type: ignore[arg-type]
-            p.grad = None
 
     def _restore_grads(self) -> None:
-        """Give back the gradients set aside by :meth:`_fuse`, except where a new one has
-        arrived since (a step that raised, then a new backward)."""
-        for p, g in self._set_aside:
-            if p.grad is None:
+        """Give back the gradients set aside for :meth:`_fused_step`. Normally the post-hook
+        does, at once. After a ``step()`` that raised in between (no post-hook ran, nothing was
+        applied to these parameters), the next ``step()`` does: all of them if none has a
+        gradient now (the step is retried as it was), else none (a new backward ran; a
+        parameter it did not reach has no gradient, as in torch)."""
+        if self._set_aside and all(p.grad is None for p, _ in self._set_aside):
+            for p, g in self._set_aside:
                 p.grad = g
         self._set_aside = []
 
@@ -401,11 +407,14 @@ class Handle:
 
     def _post_step(self, opt: torch.optim.Optimizer) -> None:
         self._restore_grads()
+        fused, self._to_fuse = self._to_fuse, []
         if self._skip:
             self._skip = False
             return
         cfgs, self._post_cfgs = self._post_cfgs, []
         with torch.no_grad():
+            for group, cfg, ps in fused:
+                self._fused_step(opt, group, cfg, ps)
             for group, cfg in cfgs:
                 self._post_group(opt, group, cfg)
         self._prev_norms = {}
