@@ -18,18 +18,21 @@ parameters with a gradient (others are skipped, as the optimizer skips them):
 * **after** the step: the proximal maps of ``l1`` / ``group_lasso`` (with ``l2`` folded in:
   elastic net) with step scale :math:`s` from :mod:`paramwise.prox`, then ``max_norm``'s
   projection.
-* **instead of** the step, for ``Adam``, ``AdamW`` and ``SGD`` groups on plain CPU tensors
-  (where torch runs its per-tensor loop): the pre-hook runs the gradient terms, torch's own
+* **in place of** the step, for ``Adam``, ``AdamW`` and ``SGD`` groups on plain CPU tensors
+  (where torch runs its per-tensor loop): the pre-hook sets their gradients aside, so
+  ``step()`` skips them; the post-hook puts them back and runs the gradient terms, torch's own
   update (operation for operation) and the proximal maps (Adam's with the update's own
-  denominator) in one pass over each chunk (:mod:`paramwise.fused`); ``step()`` finds their
-  gradients set aside and skips them, and the post-hook puts the gradients back.
-  :func:`runs_fused` (and ``explain``) says which groups do.
+  denominator) in one pass over each chunk (:mod:`paramwise.fused`). A step that raises in
+  between applies nothing to these groups. Step pre-hooks registered after :func:`attach` (and
+  post-hooks registered before it) see their ``.grad`` as ``None``. :func:`runs_fused` (and
+  ``explain``) says which groups run this way; ``attach(opt, foreach=True)`` turns it off.
 
 Every change to a parameter is scaled by the group's current ``lr``; a group with ``lr == 0``
 gets no decay, prox or projection (its parameters stay bit-identical). A step that GradScaler
-skips (inf/NaN gradients) applies nothing: the non-fused path never calls ``step()``; for fused
-optimizers the pre-hook reads ``optimizer.found_inf`` (one sync) and multiplies gradient terms by
-``optimizer.grad_scale``, since there the gradients are still scaled.
+skips (inf/NaN gradients) applies nothing: for most optimizers it never calls ``step()``; for
+torch's ``fused=True`` optimizers the pre-hook reads ``optimizer.found_inf`` (one sync) and
+multiplies gradient terms by ``optimizer.grad_scale``, since there the gradients are still
+scaled.
 
 **Anchors** (``l2_to_init``'s :math:`w_0`) are taken lazily, just before the first step that
 can change the parameter: when its first gradient arrives (a post-accumulate-grad hook, run
@@ -61,9 +64,8 @@ optimizer's state into two half-chunk buffers): l1 costs one read of the state a
 read-modify-write of the weights (:func:`paramwise.regularizers.prox_l1_scaled_`). Adaptive group
 lasso takes one closed-form majorize-minimize step per row around the row norm captured by the
 pre-hook, exact at fixed points (:func:`paramwise.regularizers.prox_group_lasso_`), instead of
-Newton iterations. Under ``torch.compile`` the hooks trace
-without graph breaks (no ``.item()``; the plain loop, uncut, which inductor fuses). Sparse gradients are
-skipped.
+Newton iterations. Under ``torch.compile`` the hooks trace without graph breaks (no
+``.item()``; the plain loop, uncut, which inductor fuses). Sparse gradients are skipped.
 
 :func:`lower` rewrites options to the optimizer's native equivalent before it is built (coupled
 ``l2`` → ``weight_decay``; ``decoupled_decay`` → AdamW's ``weight_decay`` or
@@ -462,7 +464,7 @@ class Handle:
                         ks = den(group, cfg.lr, b, opt.state, ds)  # type: ignore[misc]
                         if ks is not None:
                             prox_scaled_(ws, ds, ks, xs, cfg, gl, bdims, bprev,
-                                              [wake.get(pc.param, True) for pc in b])
+                                         [wake.get(pc.param, True) for pc in b])
                             continue
                     s = (rule(group, cfg.lr * k, b, opt.state, foreach=fe) if rule is not None
                          else cfg.lr * k)
@@ -473,7 +475,6 @@ class Handle:
             if cfg.max_norm is not None:
                 R.project_max_norm_(ps, cfg.max_norm, [cfg.max_norm_dim % max(p.ndim, 1)
                                                        for p in ps])
-
 
 
 def attach(optimizer: torch.optim.Optimizer, *, foreach: bool | None = None) -> Handle:
@@ -517,7 +518,8 @@ def attach(optimizer: torch.optim.Optimizer, *, foreach: bool | None = None) -> 
 
 def runs_fused(optimizer: torch.optim.Optimizer, group_index: int) -> bool:
     """Whether the attached hooks would run group ``group_index``'s update together with its
-    regularizers (:mod:`paramwise.fused`) at the next step, given the tensors it holds now."""
+    regularizers (:mod:`paramwise.fused`) at the next eager ``step()`` without a closure, given
+    the tensors it holds now (a compiled step leaves group lasso to the hooks)."""
     handle = _ATTACHED.get(optimizer)
     group = optimizer.param_groups[group_index]
     cfg = StepCfg.read(group_index, group)
