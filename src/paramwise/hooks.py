@@ -121,7 +121,7 @@ class Handle:
         self._post_cfgs: list[tuple[dict, StepCfg]] = []
         self._set_aside: list[tuple[Tensor, Tensor]] = []  # grads hidden from a fused step
         self._to_fuse: list[tuple[dict, StepCfg, list[Tensor]]] = []
-        self._fused: set[int] = set()                     # id() of groups updated by the pre-hook
+        self._fused: set[int] = set()     # id() of groups whose prox ran in _fused_step
         self._prev_norms: dict[Tensor, Tensor] = {}
         self._hooks = [
             optimizer.register_step_pre_hook(self._pre),
@@ -307,9 +307,9 @@ class Handle:
 
     def _fused_step(self, opt: torch.optim.Optimizer, group: dict, cfg: StepCfg,
                     ps: list[Tensor]) -> None:
-        """Per chunk: the gradient terms and ``decoupled_decay`` (as :meth:`_pre_group` adds
-        them), the row norms before the update (adaptive group lasso), the optimizer's own
-        update, the proximal maps; then the gradients are set aside until the post-hook."""
+        """Per chunk (in the post-hook, gradients given back): the gradient terms and
+        ``decoupled_decay`` (as :meth:`_pre_group` adds them), the row norms before the update
+        (adaptive group lasso), the optimizer's own update, the proximal maps."""
         k = cfg.sign                           # no grad_scale: fused=True is never fused here
         rows = cfg.group_on or bool(cfg.group_grad)
         adaptive = cfg.prox_on and cfg.adaptive and per_element(type(opt))
