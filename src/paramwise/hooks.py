@@ -534,7 +534,8 @@ def _wants_fusion(opt: torch.optim.Optimizer, cfg: StepCfg, foreach: bool | None
     if foreach or cfg.lr == 0 or not (cfg.pre or cfg.prox_on):
         return False
     if torch.compiler.is_compiling() and (cfg.group_on or cfg.group_grad):
-        return False  # row norms and the update in one graph: inductor 2.13 fails (KeyError)
+        return False  # row norms and the update in one graph: inductor 2.13's C++ outer-loop
+        #               fusion with a local buffer fails (KeyError in is_all_write_read_contiguous)
     if not (cfg.prox_on and cfg.adaptive):
         return True
     if type(opt) is torch.optim.SGD:
