@@ -76,6 +76,20 @@ def transplant(src_model, src_opt, dst_model, dst_opt) -> None:
             dst_opt.state[p] = {k: v.clone() for k, v in src_opt.state[src[n]].items()}
 
 
+def assert_continues_like_transplant(model, opt, model2, opt2, rules, steps: int,
+                                     seed: int) -> None:
+    """``model2``/``opt2`` (loaded from ``model``/``opt``) train on exactly like a copy of
+    ``model`` whose ``rules`` optimizer got ``opt``'s state transplanted by hand."""
+    ref_model = clone_model(model)
+    ref_opt = adamw(ref_model, rules)
+    transplant(model, opt, ref_model, ref_opt)
+    more = batches(steps, seed=seed)
+    train(model2, opt2, more)
+    train(ref_model, ref_opt, more)
+    for (n, p), q in zip(model2.named_parameters(), ref_model.parameters()):
+        assert torch.equal(p, q), n
+
+
 def assert_same_state(a: dict, b: dict) -> None:
     assert a.keys() == b.keys()
     for k in a:
@@ -134,14 +148,7 @@ def test_moments_follow_names_across_groups_and_options_come_from_current_rules(
     assert "2.weight" not in report.changed
 
     # Continuing equals a run whose state was transplanted by hand.
-    ref_model = clone_model(model)
-    ref_opt = adamw(ref_model, RULES_B)
-    transplant(model, opt, ref_model, ref_opt)
-    more = batches(3, seed=5)
-    train(model2, opt2, more)
-    train(ref_model, ref_opt, more)
-    for (n, p), q in zip(model2.named_parameters(), ref_model.parameters()):
-        assert torch.equal(p, q), n
+    assert_continues_like_transplant(model, opt, model2, opt2, RULES_B, steps=3, seed=5)
 
 
 def test_torch_positional_load_gives_another_parameters_moments():
@@ -188,14 +195,7 @@ def test_keep_saved_options_regroups_when_a_group_must_split():
     got = [(g["param_names"], g["lr"], g["weight_decay"]) for g in opt2.param_groups]
     assert got == [(["0.weight", "2.weight", "3.weight"], 1e-2, 0.1),
                    (["0.bias", "1.weight", "1.bias", "2.bias", "3.bias"], 1e-2, 0.0)]
-    ref_model = clone_model(model)
-    ref_opt = adamw(ref_model, RULES_A)
-    transplant(model, opt, ref_model, ref_opt)
-    more = batches(2, seed=3)
-    train(model2, opt2, more)
-    train(ref_model, ref_opt, more)
-    for (n, p), q in zip(model2.named_parameters(), ref_model.parameters()):
-        assert torch.equal(p, q), n
+    assert_continues_like_transplant(model, opt, model2, opt2, RULES_A, steps=2, seed=3)
 
 
 def test_keep_saved_options_without_regrouping_updates_in_place():

@@ -128,7 +128,7 @@ def test_compiled_step_is_not_cut_into_chunks(monkeypatch):
 
 def test_traced_bias_correction_power_matches_pow():
     """Traced steps compute beta2**t as exp(t ln beta2) (one evaluation per fused loop)."""
-    from paramwise.prox import _power
+    from paramwise._chunks import power as _power
 
     for base in (0.999, 0.9, 0.5, 0.0):
         for t in (1.0, 7.0, 1000.0):

@@ -31,6 +31,19 @@ def limit(request, monkeypatch):
         monkeypatch.setitem(_chunks.DEFAULT_LIMITS, "cpu", request.param)
 
 
+def run_both(cls, kw: dict, ref: list, ps: list, update, steps: int = 5):
+    """``steps`` steps of torch's ``cls`` on ``ref`` and of paramwise's ``update`` alone (no
+    proximal map) on ``ps``, with the same gradients; returns both optimizers."""
+    ref_opt, opt = cls(ref, lr=0.01, **kw), cls(ps, lr=0.01, **kw)
+    for step in range(steps):
+        for p, q, g in zip(ref, ps, grads(ref, step)):
+            p.grad, q.grad = g.clone(), g.clone()
+        ref_opt.step()
+        with torch.no_grad():
+            update(opt, opt.param_groups[0], ps, [0] * len(ps), lambda *a: None)
+    return ref_opt, opt
+
+
 SGD = torch.optim.SGD
 SGDS = [
     (torch.optim.SGD, {}),
@@ -45,13 +58,7 @@ SGDS = [
 @pytest.mark.parametrize("cls,kw", SGDS)
 def test_sgd_update_is_torch_sgd_bit_for_bit(cls, kw, dtype, limit):
     ref, ps = params(dtype), params(dtype)
-    ref_opt, opt = cls(ref, lr=0.01, **kw), cls(ps, lr=0.01, **kw)
-    for step in range(5):
-        for p, q, g in zip(ref, ps, grads(ref, step)):
-            p.grad, q.grad = g.clone(), g.clone()
-        ref_opt.step()
-        with torch.no_grad():
-            sgd_update_(opt, opt.param_groups[0], ps, [0] * len(ps), lambda *a: None)
+    ref_opt, opt = run_both(cls, kw, ref, ps, sgd_update_)
     for p, q in zip(ref, ps):
         assert torch.equal(p, q)
         assert ref_opt.state[p].keys() == opt.state[q].keys()
@@ -75,13 +82,7 @@ OPTS = [
 def test_update_is_torch_adam_bit_for_bit(cls, kw, dtype, limit):
     """adam_update_ alone (no proximal map) is Adam.step: weights, moments, step counts."""
     ref, ps = params(dtype), params(dtype)
-    ref_opt, opt = cls(ref, lr=0.01, **kw), cls(ps, lr=0.01, **kw)
-    for step in range(5):
-        for p, q, g in zip(ref, ps, grads(ref, step)):
-            p.grad, q.grad = g.clone(), g.clone()
-        ref_opt.step()
-        with torch.no_grad():
-            adam_update_(opt, opt.param_groups[0], ps, [0] * len(ps), lambda *a: None)
+    ref_opt, opt = run_both(cls, kw, ref, ps, adam_update_)
     for p, q in zip(ref, ps):
         assert torch.equal(p, q)
         for k, v in ref_opt.state[p].items():
@@ -272,14 +273,7 @@ def test_mixed_float32_and_float64_group_is_bit_for_bit(limit):
     for cls, kw in [(torch.optim.Adam, {"weight_decay": 0.1}), (SGD, {"momentum": 0.9,
                                                                     "weight_decay": 0.1})]:
         ref, ps = make(), make()
-        ref_opt, opt = cls(ref, lr=0.01, **kw), cls(ps, lr=0.01, **kw)
-        update = sgd_update_ if cls is SGD else adam_update_
-        for step in range(3):
-            for p, q, g in zip(ref, ps, grads(ref, step)):
-                p.grad, q.grad = g.clone(), g.clone()
-            ref_opt.step()
-            with torch.no_grad():
-                update(opt, opt.param_groups[0], ps, [0, 0], lambda *a: None)
+        run_both(cls, kw, ref, ps, sgd_update_ if cls is SGD else adam_update_, steps=3)
         assert all(torch.equal(p, q) for p, q in zip(ref, ps)), cls.__name__
 
 

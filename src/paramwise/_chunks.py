@@ -1,4 +1,5 @@
-"""Splitting lists of tensors into pieces and batches, so temporaries stay one chunk in size.
+"""Splitting lists of tensors into pieces and batches, so temporaries stay one chunk in size
+(and the small numeric helpers the step hooks share: :func:`as_float`, :func:`power`).
 
 A :class:`Piece` is a slice of one tensor along one dimension (``tensor.narrow(dim, start,
 length)``) or the whole tensor. Slicing along a dimension keeps every slice along the *other*
@@ -15,13 +16,15 @@ The same piece can view the parameter, its gradient and its optimizer state alik
 
 from __future__ import annotations
 
+import math
 import sys
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 
 import torch
 
-__all__ = ["Piece", "batches", "is_dtensor", "plain", "DEFAULT_LIMITS", "chunk_limit", "as_float"]
+__all__ = ["Piece", "batches", "is_dtensor", "plain", "DEFAULT_LIMITS", "chunk_limit", "as_float",
+           "power"]
 
 #: Elements per batch, by device type: small on CPU (the batch's temporaries stay in cache), large
 #: on accelerators (few kernel launches, bounded extra memory). Measured by
@@ -41,6 +44,15 @@ def chunk_limit(device: torch.device) -> int:
 def as_float(x: object) -> float:
     """A group option (a number or a 1-element tensor, e.g. a tensor lr) as a Python float."""
     return float(x.item()) if isinstance(x, torch.Tensor) else float(x)  # type: ignore[arg-type]
+
+
+def power(base: float, step: float | torch.Tensor) -> float | torch.Tensor:
+    r"""``base ** step``; for a traced step tensor as :math:`e^{t \ln β}`, which inductor
+    evaluates once per loop instead of a scalar ``pow`` per vector of the fused kernel (about
+    a third of a compiled Adam l1 prox on CPU)."""
+    if isinstance(step, torch.Tensor):
+        return torch.exp(step * math.log(base)) if base > 0 else torch.zeros_like(step)
+    return base ** step
 
 
 def is_dtensor(t: torch.Tensor) -> bool:

@@ -43,14 +43,13 @@ Example (what :func:`paramwise.attach` does under the hood)::
 
 from __future__ import annotations
 
-import math
 from collections.abc import Callable, Sequence
 from typing import Any
 
 import torch
 from torch import Tensor
 
-from ._chunks import Piece, batches, chunk_limit, is_dtensor
+from ._chunks import Piece, batches, chunk_limit, is_dtensor, power
 
 __all__ = ["fusable", "adam_update_", "sgd_update_", "ADAM_KEYS", "SGD_KEYS"]
 
@@ -231,8 +230,7 @@ def _adam_traced(opt: torch.optim.Optimizer, group: dict, params: Sequence[Tenso
         if group["amsgrad"]:
             torch.maximum(st["max_exp_avg_sq"], src, out=st["max_exp_avg_sq"])
             src = st["max_exp_avg_sq"]
-        bc1 = 1 - torch.exp(t * math.log(beta1)) if beta1 > 0 else torch.ones_like(t)
-        bc2 = 1 - torch.exp(t * math.log(beta2)) if beta2 > 0 else torch.ones_like(t)
+        bc1, bc2 = 1 - power(beta1, t), 1 - power(beta2, t)
         d = src.sqrt() / bc2.sqrt() + eps
         w.sub_(st["exp_avg"] / d * (lr / bc1))
         ds.append(d)

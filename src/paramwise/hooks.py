@@ -121,7 +121,6 @@ class Handle:
         self._post_cfgs: list[tuple[dict, StepCfg]] = []
         self._set_aside: list[tuple[Tensor, Tensor]] = []  # grads hidden from a fused step
         self._to_fuse: list[tuple[dict, StepCfg, list[Tensor]]] = []
-        self._fused: set[int] = set()     # id() of groups whose prox ran in _fused_step
         self._prev_norms: dict[Tensor, Tensor] = {}
         self._hooks = [
             optimizer.register_step_pre_hook(self._pre),
@@ -236,7 +235,7 @@ class Handle:
 
     def _pre_step(self, opt: torch.optim.Optimizer, args: Any, kwargs: Any) -> tuple | None:
         self._restore_grads()  # a step that raised last time never ran the post-hook
-        self._post_cfgs, self._fused, self._prev_norms, self._to_fuse = [], set(), {}, []
+        self._post_cfgs, self._prev_norms, self._to_fuse = [], {}, []
         if not torch.compiler.is_compiling() and self._grad_hooks:
             self._drop_grad_hooks()
         cfgs = []
@@ -317,17 +316,7 @@ class Handle:
         rho: list[Tensor | None] = []
 
         def before(batch: list, ws: list[Tensor], gs: list[Tensor]) -> None:
-            if cfg.l2_grad:
-                R.add_l2_grad_(gs, ws, k * cfg.l2_grad)
-            if cfg.l2_to_init:
-                R.add_l2_to_init_grad_(gs, ws, [pc.view(self._anchor(pc.param, True))
-                                                for pc in batch], k * cfg.l2_to_init)
-            if cfg.l1_grad:
-                R.add_l1_grad_(gs, ws, k * cfg.l1_grad)
-            if cfg.group_grad:
-                R.add_group_lasso_grad_(gs, ws, k * cfg.group_grad, [pc.dim for pc in batch])
-            if cfg.decay:
-                R.decay_(ws, 1 - cfg.lr * cfg.decay)
+            self._terms(cfg, k, batch, ws, gs, False, True)
             rho[:] = ([inverse_radius(w, pc.dim) for w, pc in zip(ws, batch)] if capture
                       else [None] * len(ws))
 
@@ -358,8 +347,6 @@ class Handle:
         else:
             adam_update_(opt, group, ps, dims, per_element_scale if adaptive else one_scale,
                          before)
-        if cfg.prox_on:
-            self._fused.add(id(group))
 
     def _restore_grads(self) -> None:
         """Give back the gradients set aside for :meth:`_fused_step`. Normally the post-hook
@@ -387,25 +374,31 @@ class Handle:
                             self._prev_norms[p] = inverse_radius(p, c.group_dim % p.ndim)
 
     def _pre_group(self, group: dict, cfg: StepCfg, gscale: float, decay: bool = True) -> None:
-        k = cfg.sign * gscale
         items = [(p, p.grad) for p in group["params"]
                  if p.grad is not None and not p.grad.is_sparse]
-        for (device, *_, dt), (ps, gs) in buckets(items).items():
+        for (device, *_, dt), (ps, _) in buckets(items).items():
             fe = self._foreach(device, dt)
-            if cfg.l2_grad:
-                R.add_l2_grad_(gs, ps, k * cfg.l2_grad, foreach=fe)
-            if cfg.l2_to_init:
-                anchors = [self._anchor(p, cfg.lr != 0) for p in ps]
-                R.add_l2_to_init_grad_(gs, ps, anchors, k * cfg.l2_to_init, foreach=fe)
-            if cfg.l1_grad:
-                for b in batches(ps, [0] * len(ps), chunk_limit(device)):
-                    R.add_l1_grad_([pc.view(pc.param.grad) for pc in b],
-                                   [pc.view(pc.param) for pc in b], k * cfg.l1_grad, foreach=fe)
-            if cfg.group_grad:
-                R.add_group_lasso_grad_(gs, ps, k * cfg.group_grad,
-                                        [cfg.group_dim % p.ndim for p in ps])
-            if decay and cfg.decay and cfg.lr != 0:
-                R.decay_(ps, 1 - cfg.lr * cfg.decay, foreach=fe)
+            dims = [cfg.group_dim % p.ndim for p in ps] if cfg.group_grad else [0] * len(ps)
+            for b in batches(ps, dims, chunk_limit(device)):
+                self._terms(cfg, cfg.sign * gscale, b, [pc.view(pc.param) for pc in b],
+                            [pc.view(pc.param.grad) for pc in b], fe, decay)
+
+    def _terms(self, cfg: StepCfg, k: float, batch: list, ws: list[Tensor], gs: list[Tensor],
+               fe: bool, decay: bool) -> None:
+        """One batch's gradient terms (times ``k``: -1 under maximize, the grad scale of a
+        ``fused=True`` optimizer) and then its ``decoupled_decay``, in place; the batch holds
+        whole rows along ``group_dim`` when group lasso's gradient form is on."""
+        if cfg.l2_grad:
+            R.add_l2_grad_(gs, ws, k * cfg.l2_grad, foreach=fe)
+        if cfg.l2_to_init:
+            anchors = [pc.view(self._anchor(pc.param, cfg.lr != 0)) for pc in batch]
+            R.add_l2_to_init_grad_(gs, ws, anchors, k * cfg.l2_to_init, foreach=fe)
+        if cfg.l1_grad:
+            R.add_l1_grad_(gs, ws, k * cfg.l1_grad, foreach=fe)
+        if cfg.group_grad:
+            R.add_group_lasso_grad_(gs, ws, k * cfg.group_grad, [pc.dim for pc in batch])
+        if decay and cfg.decay and cfg.lr != 0:
+            R.decay_(ws, 1 - cfg.lr * cfg.decay, foreach=fe)
 
     def _post_step(self, opt: torch.optim.Optimizer) -> None:
         self._restore_grads()
@@ -417,11 +410,13 @@ class Handle:
         with torch.no_grad():
             for group, cfg, ps in fused:
                 self._fused_step(opt, group, cfg, ps)
+            done = {id(g) for g, _, _ in fused}      # their prox ran in the fused pass
             for group, cfg in cfgs:
-                self._post_group(opt, group, cfg)
+                self._post_group(opt, group, cfg, prox_done=id(group) in done)
         self._prev_norms = {}
 
-    def _post_group(self, opt: torch.optim.Optimizer, group: dict, cfg: StepCfg) -> None:
+    def _post_group(self, opt: torch.optim.Optimizer, group: dict, cfg: StepCfg,
+                    prox_done: bool) -> None:
         rule = den = None
         if cfg.prox_on and cfg.adaptive:
             rule = scaling_for(type(opt))
@@ -431,10 +426,9 @@ class Handle:
                 den = denominator_for(type(opt))
         ps_all = [(p,) for p in group["params"] if p.grad is not None]
         prev_all = self._prev_norms
-        fused = id(group) in self._fused
         for (device, dtype, dt), (ps,) in buckets(ps_all).items():
             fe = self._foreach(device, dt)
-            if cfg.prox_on and not fused:
+            if cfg.prox_on and not prox_done:
                 gl = cfg.group_on
                 dims = [cfg.group_dim % p.ndim for p in ps] if gl else [0] * len(ps)
                 prev = {p: prev_all[p] for p in ps if p in prev_all} if rule is not None else {}
