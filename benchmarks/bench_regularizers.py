@@ -19,6 +19,9 @@ whole training step (forward, backward, step) for:
   majorize-minimize step per row, exact at fixed points)
 * ``pw_max_norm``  — max-norm projection of rows
 * ``pw_decoupled`` — ``decoupled_decay`` (Adam: lowered to ``decoupled_weight_decay``; SGD: hook)
+* ``fused_ref``    — paramwise's fused update with no regularizer (``paramwise.fused`` called
+  directly; CPU only): the base the fused variants' own cost is measured from, since the chunked
+  update alone can be faster than torch's loop (Adam) and "extra over plain" then flatters them
 
 and ``pass``: one in-place elementwise pass over the weights (``w.mul_(1.0)``), the unit for
 group lasso and max-norm. For Adam it also times ``floor``: one square root of the second moment
@@ -50,6 +53,7 @@ from torch import nn
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "src"))
 
 from paramwise._chunks import chunk_limit  # noqa: E402
+from paramwise.fused import adam_update_, sgd_update_  # noqa: E402
 from paramwise.hooks import attach, lower  # noqa: E402
 
 LAM = 1e-5
@@ -75,6 +79,7 @@ VARIANTS = {
     "pw_glasso": ({"group_lasso": LAM}, {}),
     "pw_max_norm": ({"max_norm": 10.0}, {}),
     "pw_decoupled": ({"decoupled_decay": LAM}, {}),
+    "fused_ref": ({}, {}),
 }
 
 
@@ -89,6 +94,18 @@ def make_opt(name: str, cls: type, model: nn.Module, lr: float, kw: dict):
     if reg:
         attach(opt)
     return opt
+
+
+def fused_alone(opt: torch.optim.Optimizer):
+    """``opt``'s update run by :mod:`paramwise.fused` with nothing before or after it."""
+    update = sgd_update_ if isinstance(opt, torch.optim.SGD) else adam_update_
+
+    def step() -> None:
+        with torch.no_grad():
+            for g in opt.param_groups:
+                ps = [p for p in g["params"] if p.grad is not None]
+                update(opt, g, ps, [0] * len(ps), lambda *_: None)
+    return step
 
 
 def sync(device: str) -> None:
@@ -125,15 +142,19 @@ def main() -> None:
                 "adam": (torch.optim.Adam, 1e-4, {})}
     for fam in args.optim.split(","):
         cls, lr, kw = families[fam]
-        names = [v for v in VARIANTS if not (fam == "sgd" and v == "pw_l1_prox_lr")]
+        names = [v for v in VARIANTS if not (fam == "sgd" and v == "pw_l1_prox_lr")
+                 and not (v == "fused_ref" and (dev != "cpu" or args.compile))]
         if args.variants:
-            keep = {"plain", "builtin_wd", "loss_l1", "loss_l2", *args.variants.split(",")}
+            keep = {"plain", "builtin_wd", "loss_l1", "loss_l2", "fused_ref",
+                    *args.variants.split(",")}
             names = [v for v in names if v in keep]
         opts = {v: make_opt(v, cls, model, lr, kw) for v in names}
         if args.compile:  # one compiled step per optimizer, all from torch's one step wrapper
             torch._dynamo.config.recompile_limit = 4 * len(VARIANTS)
             torch._dynamo.config.accumulated_recompile_limit = 64 * len(VARIANTS)
         steps = {v: torch.compile(o.step) if args.compile else o.step for v, o in opts.items()}
+        if "fused_ref" in steps:
+            steps["fused_ref"] = fused_alone(opts["fused_ref"])
         bench_family(cls, kw, opts, steps, model, weights, x, y, dev, rounds)
 
 
@@ -226,10 +247,11 @@ def bench_family(cls: type, kw: dict, opts: dict, steps: dict, model: nn.Module,
     def ratio(table: dict[str, list[float]], v: str, ref: str) -> float:
         return statistics.median(a / b for a, b in zip(table[v], table[ref]))
 
-    def extra(table: dict[str, list[float]], v: str, unit: list[float] | None = None) -> float:
-        """Median over rounds of (variant - plain), in ms or in units of ``unit``."""
+    def extra(table: dict[str, list[float]], v: str, unit: list[float] | None = None,
+              base: str = "plain") -> float:
+        """Median over rounds of (variant - base), in ms or in units of ``unit``."""
         units = unit or [1e-3] * rounds
-        return statistics.median((a - b) / u for a, b, u in zip(table[v], table["plain"], units))
+        return statistics.median((a - b) / u for a, b, u in zip(table[v], table[base], units))
 
     print(f"\n== {cls.__name__} {kw}  (one elementwise pass over the weights: {pas:.2f} ms)")
     if t_floor:
@@ -257,10 +279,13 @@ def bench_family(cls: type, kw: dict, opts: dict, steps: dict, model: nn.Module,
         shown = f"{e_lt / e_pw:.1f}" if e_pw > 0 else "inf"
         print(f"  {lt} / {pw}: {e_lt:.2f} ms / {e_pw:.2f} ms = {shown}"
               + ("  (paramwise's step is no slower than the plain one)" if e_pw <= 0 else ""))
-    print("extra step time in elementwise passes (target <= 2):")
+    ref = "fused_ref" in med_s
+    print("extra step time in elementwise passes (target <= 2): over the plain step"
+          + (" / over the fused update alone (fused_ref)" if ref else ""))
     for v in ("pw_glasso", "pw_max_norm", "pw_l1_prox", "pw_l1_grad"):
         if v in med_s:
-            print(f"  {v}: {extra(t_step, v, t_pass):.2f}")
+            print(f"  {v}: {extra(t_step, v, t_pass):.2f}"
+                  + (f" / {extra(t_step, v, t_pass, 'fused_ref'):.2f}" if ref else ""))
 
 if __name__ == "__main__":
     main()

@@ -121,12 +121,16 @@ def run(cls, kw: dict, reg: dict, fuse: bool, steps: int = 6):
 
 
 REGS = [{"l1": 0.3}, {"l1": 0.2, "l2": 0.5}, {"group_lasso": 2.0},
-        {"group_lasso": 1.0, "l1": 0.1, "group_dim": 1}, {"l1": 0.3, "max_norm": 1.0},
+        {"group_lasso": 1.0, "l1": 0.1, "group_dim": 1}, {"l1": 0.3, "max_norm": 0.3},
         # gradient terms and decoupled decay, alone and before a prox
         {"l1": 0.3, "prox": False}, {"l2": 0.5}, {"group_lasso": 1.0, "prox": False},
         {"l2_to_init": 0.5, "decoupled_decay": 0.2},
         {"group_lasso": 2.0, "decoupled_decay": 0.3, "l2_to_init": 0.1, "group_dim": 1},
-        {"l1": 0.3, "prox_scale": "lr"}, {"group_lasso": 2.0, "l2": 0.1, "prox_scale": "lr"}]
+        {"l1": 0.3, "prox_scale": "lr"}, {"group_lasso": 2.0, "l2": 0.1, "prox_scale": "lr"},
+        # max-norm projected in the pass: alone, along dim 1, with group lasso on the same rows;
+        # with group lasso cutting along another dim it runs after the pass
+        {"max_norm": 0.3}, {"max_norm": 0.3, "max_norm_dim": 1, "l2": 0.5},
+        {"group_lasso": 2.0, "max_norm": 0.05}, {"group_lasso": 2.0, "max_norm": 0.02, "group_dim": 1}]
 
 
 @pytest.mark.parametrize("reg", REGS, ids=lambda r: "+".join(r))
@@ -140,6 +144,12 @@ def test_fused_step_equals_step_then_hook(cls, kw, reg, limit):
         assert torch.equal(a == 0, b == 0)              # the same exact zeros
     if reg.get("prox", True) and ("l1" in reg or "group_lasso" in reg) and cls is not SGD:
         assert (fused[0] == 0).any() or (fused[2] == 0).any()  # the prox zeroed something
+    if "max_norm" in reg:                           # the projection bit: rows at the bound
+        other = [i for i in range(fused[0].ndim) if i != reg.get("max_norm_dim", 0)]
+        norms = torch.linalg.vector_norm(fused[0], dim=other)
+        assert norms.max() <= reg["max_norm"] * (1 + 1e-9)
+        if "group_lasso" not in reg:                # (group lasso may shrink every row)
+            assert (norms > reg["max_norm"] * (1 - 1e-9)).any()
     for a, b in zip(fused, plain):                  # the gradient terms stay in .grad
         torch.testing.assert_close(a.grad, b.grad, rtol=1e-9, atol=1e-12)
     for a, b in zip(fused, plain):

@@ -11,14 +11,14 @@ runs its per-tensor loop anyway — plain CPU float32/float64 tensors with dense
 no closure — paramwise's step hooks run that update themselves, with torch's operations
 in torch's order (``_single_tensor_adam`` / ``_single_tensor_sgd``), on chunks that stay in
 cache: per chunk the gradient terms and ``decoupled_decay``, the update, then the proximal map
-(Adam's with the denominator it has just computed). Moments, momentum buffers, step counts and
+(Adam's with the denominator it has just computed) and the ``max_norm`` projection. Moments, momentum buffers, step counts and
 the weights before the proximal map are bit-for-bit what an eager ``step()`` gives (tested); the
 state is torch's own, so ``state_dict()`` and schedulers see nothing different. The pre-hook
 sets these parameters' gradients aside (so ``step()`` skips them); the post-hook puts them back
 and runs the fused update, so a step that raises in between applies nothing to them.
 Under ``torch.compile`` the update is traced whole, step counts kept tensors, so inductor puts
-the update and the proximal map in one kernel (group lasso stays with the hooks there: inductor
-2.13 fails on row norms and the update in one graph).
+the update and the proximal map in one kernel (group lasso and max-norm stay with the hooks
+there: inductor 2.13 fails on row norms and the update in one graph).
 
 Adam per element, with :math:`t` the step count, :math:`λ_w` the group's ``weight_decay``
 (SGD: :func:`sgd_update_`):

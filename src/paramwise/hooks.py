@@ -305,12 +305,20 @@ class Handle:
         return ps if ps and fusable(opt, group, ps, closure=False) else []
 
     def _fused_step(self, opt: torch.optim.Optimizer, group: dict, cfg: StepCfg,
-                    ps: list[Tensor]) -> None:
+                    ps: list[Tensor]) -> bool:
         """Per chunk (in the post-hook, gradients given back): the gradient terms and
         ``decoupled_decay`` (as :meth:`_pre_group` adds them), the row norms before the update
-        (adaptive group lasso), the optimizer's own update, the proximal maps."""
+        (adaptive group lasso), the optimizer's own update, the proximal maps, the max-norm
+        projection. Returns whether the projection ran here: not when group lasso cuts the
+        chunks along another dim, nor while ``torch.compile`` traces (see :func:`_wants_fusion`);
+        the post-hook then projects after the pass."""
         k = cfg.sign                           # no grad_scale: fused=True is never fused here
         rows = cfg.group_on or bool(cfg.group_grad)
+        gdims = [cfg.group_dim % p.ndim for p in ps] if rows else []
+        mdims = ([cfg.max_norm_dim % max(p.ndim, 1) for p in ps]
+                 if cfg.max_norm is not None and not torch.compiler.is_compiling() else [])
+        project = bool(mdims) and (not rows or gdims == mdims)
+        dims = gdims or (mdims if project else [0] * len(ps))
         adaptive = cfg.prox_on and cfg.adaptive and per_element(type(opt))
         capture = adaptive and cfg.group_on and cfg.group_prox > 0
         rho: list[Tensor | None] = []
@@ -328,25 +336,31 @@ class Handle:
         s = (rule(group, cfg.lr, [], opt.state, foreach=False)
              if cfg.adaptive and rule is not None and not adaptive else cfg.lr)
 
+        def projected(batch: list, ws: list[Tensor]) -> None:
+            if project:   # the batch holds whole rows along max_norm_dim
+                R.project_max_norm_(ws, cfg.max_norm, [pc.dim for pc in batch])  # type: ignore[arg-type]
+
         def one_scale(batch: list, ws: list[Tensor], *scratch: list[Tensor]) -> None:
             if cfg.prox_on:
                 prox_(ws, s, cfg, cfg.group_on, dims_of(batch), False, [None] * len(ws))
+            projected(batch, ws)
 
         def per_element_scale(batch: list, ws: list[Tensor], ds: list[Tensor],
                               xs: list[Tensor]) -> None:
             if not xs:   # traced: s = lr/d as tensors, fused by inductor
                 prox_(ws, [cfg.lr / d for d in ds], cfg, cfg.group_on, dims_of(batch), False,
                       rho)
-                return
-            prox_scaled_(ws, ds, [cfg.lr] * len(ws), xs, cfg, cfg.group_on, dims_of(batch),
-                         rho, [r is None or bool(torch.isinf(r).any()) for r in rho])
+            else:
+                prox_scaled_(ws, ds, [cfg.lr] * len(ws), xs, cfg, cfg.group_on, dims_of(batch),
+                             rho, [r is None or bool(torch.isinf(r).any()) for r in rho])
+            projected(batch, ws)
 
-        dims = [cfg.group_dim % p.ndim for p in ps] if rows else [0] * len(ps)
         if type(opt) is torch.optim.SGD:
             sgd_update_(opt, group, ps, dims, one_scale, before)
         else:
             adam_update_(opt, group, ps, dims, per_element_scale if adaptive else one_scale,
                          before)
+        return project
 
     def _restore_grads(self) -> None:
         """Give back the gradients set aside for :meth:`_fused_step`. Normally the post-hook
@@ -408,15 +422,15 @@ class Handle:
             return
         cfgs, self._post_cfgs = self._post_cfgs, []
         with torch.no_grad():
-            for group, cfg, ps in fused:
-                self._fused_step(opt, group, cfg, ps)
+            projected = {id(g) for g, cfg, ps in fused if self._fused_step(opt, g, cfg, ps)}
             done = {id(g) for g, _, _ in fused}      # their prox ran in the fused pass
             for group, cfg in cfgs:
-                self._post_group(opt, group, cfg, prox_done=id(group) in done)
+                self._post_group(opt, group, cfg, prox_done=id(group) in done,
+                                 projected=id(group) in projected)
         self._prev_norms = {}
 
     def _post_group(self, opt: torch.optim.Optimizer, group: dict, cfg: StepCfg,
-                    prox_done: bool) -> None:
+                    prox_done: bool, projected: bool) -> None:
         rule = den = None
         if cfg.prox_on and cfg.adaptive:
             rule = scaling_for(type(opt))
@@ -466,7 +480,7 @@ class Handle:
                         R.soft_threshold_(ws, s, foreach=fe)
                     else:
                         prox_(ws, s, cfg, gl, bdims, fe, bprev)
-            if cfg.max_norm is not None:
+            if cfg.max_norm is not None and not projected:
                 R.project_max_norm_(ps, cfg.max_norm, [cfg.max_norm_dim % max(p.ndim, 1)
                                                        for p in ps])
 
@@ -525,9 +539,10 @@ def _wants_fusion(opt: torch.optim.Optimizer, cfg: StepCfg, foreach: bool | None
     """A group worth fusing: something to do before or after the step, a nonzero lr, no forced
     foreach path, and a step scale the fused pass knows: Adam's adaptive one from paramwise's
     own rule (a rule registered by the user runs after the step), SGD's as one number."""
-    if foreach or cfg.lr == 0 or not (cfg.pre or cfg.prox_on):
+    if foreach or cfg.lr == 0 or not (cfg.pre or cfg.prox_on or cfg.max_norm is not None):
         return False
-    if torch.compiler.is_compiling() and (cfg.group_on or cfg.group_grad):
+    if torch.compiler.is_compiling() and (cfg.group_on or cfg.group_grad
+                                          or not (cfg.pre or cfg.prox_on)):
         return False  # row norms and the update in one graph: inductor 2.13's C++ outer-loop
         #               fusion with a local buffer fails (KeyError in is_all_write_read_contiguous)
     if not (cfg.prox_on and cfg.adaptive):
