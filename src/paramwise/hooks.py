@@ -544,7 +544,9 @@ def _wants_fusion(opt: torch.optim.Optimizer, cfg: StepCfg, foreach: bool | None
     if torch.compiler.is_compiling() and (cfg.group_on or cfg.group_grad
                                           or not (cfg.pre or cfg.prox_on)):
         return False  # row norms and the update in one graph: inductor 2.13's C++ outer-loop
-        #               fusion with a local buffer fails (KeyError in is_all_write_read_contiguous)
+        # fusion with a local buffer fails (KeyError in is_all_write_read_contiguous; pytorch
+        # issues #188228 / #196570, fix proposed in PR #196639); max-norm is kept out for the same
+        # reason (see _fused_step)
     if not (cfg.prox_on and cfg.adaptive):
         return True
     if type(opt) is torch.optim.SGD:

@@ -432,8 +432,7 @@ def project_max_norm_(params: Sequence[Tensor], c: float, dims: Sequence[int]) -
     """
     for w, d in zip(params, dims):
         n = group_norms(w, d)
-        out = (n > c) & torch.isfinite(n)
         if w.device.type == "cpu" and not is_dtensor(w) and not torch.compiler.is_compiling() \
-                and not bool(out.any()):
+                and not bool((n > c).any()):     # (NaN > c is False; inf is left out below)
             continue
-        mul_(w, torch.where(out, c / n, 1.0))
+        mul_(w, torch.where((n > c) & torch.isfinite(n), c / n, 1.0))
