@@ -8,7 +8,7 @@ import torch
 from torch import nn
 
 import paramwise
-from paramwise import _chunks, hooks
+from paramwise import _chunks, _groupstep
 from paramwise.fused import adam_update_, fusable, sgd_update_
 from paramwise.hooks import attach
 
@@ -100,16 +100,16 @@ def run(cls, kw: dict, reg: dict, fuse: bool, steps: int = 6):
             p.mul_(0.1)       # small weights: the proximal maps have rows/elements to zero
     calls = []
     name = "sgd_update_" if cls is torch.optim.SGD else "adam_update_"
-    real = getattr(hooks, name)
+    real = getattr(_groupstep, name)
 
     def spy(*a, **k):
         calls.append(1)
         return real(*a, **k)
 
     with pytest.MonkeyPatch.context() as mp:
-        mp.setattr(hooks, name, spy)
+        mp.setattr(_groupstep, name, spy)
         if not fuse:
-            mp.setattr(hooks, "fusable", lambda *a, **k: False)
+            mp.setattr(_groupstep, "fusable", lambda *a, **k: False)
         opt = cls([{"params": [ps[0], ps[2]], **reg}, {"params": [ps[1], ps[3]]}], lr=0.05,
                   **kw)
         attach(opt)
@@ -180,7 +180,7 @@ def test_gradients_are_given_back_and_untouched(monkeypatch):
 ])
 def test_not_fused_where_torch_would_not_run_its_loop(why, kw, closure, monkeypatch):
     calls = []
-    monkeypatch.setattr(hooks, "adam_update_", lambda *a, **k: calls.append(1))
+    monkeypatch.setattr(_groupstep, "adam_update_", lambda *a, **k: calls.append(1))
     ps = params(torch.float32)
     opt = torch.optim.Adam([{"params": ps, "l1": 1e-2}], **{"lr": 0.01, **kw})
     attach(opt)
@@ -209,7 +209,7 @@ def test_not_fused_for_subclasses_other_dtypes_or_a_user_scaling(monkeypatch):
     for opt in (torch.optim.AdamW([p]), torch.optim.SGD([p], lr=0.1)):
         assert fusable(opt, opt.param_groups[0], [p], closure=False)
     calls = []
-    monkeypatch.setattr(hooks, "adam_update_", lambda *a, **k: calls.append(1))
+    monkeypatch.setattr(_groupstep, "adam_update_", lambda *a, **k: calls.append(1))
     monkeypatch.setitem(paramwise.prox._RULES, torch.optim.Adam, paramwise.prox._adam)
     paramwise.prox.register_scaling(torch.optim.Adam, lambda g, lr, *a, **k: lr)  # the user's
     opt = torch.optim.Adam([{"params": [p], "l1": 1e-2}], lr=0.1)
@@ -289,8 +289,8 @@ def test_mixed_float32_and_float64_group_is_bit_for_bit(limit):
 
 def test_paramwise_optimizer_lasso_under_adam_uses_the_fused_path(monkeypatch):
     calls = []
-    real = hooks.adam_update_
-    monkeypatch.setattr(hooks, "adam_update_", lambda *a, **k: (calls.append(1), real(*a, **k)))
+    real = _groupstep.adam_update_
+    monkeypatch.setattr(_groupstep, "adam_update_", lambda *a, **k: (calls.append(1), real(*a, **k)))
     torch.manual_seed(0)
     model = nn.Linear(20, 1)
     opt = paramwise.optimizer(model, "adam", [paramwise.Rule("weight", l1=0.05)], lr=0.05)
@@ -323,9 +323,9 @@ def test_odd_tensors_late_gradients_and_resume_match_torch(cls, kw, limit, monke
     3, and a state_dict resume halfway: the fused update (forced on for a group whose options
     are all 0, so nothing but the update changes the weights) equals torch's step."""
     calls = []
-    real = hooks.sgd_update_ if cls is SGD else hooks.adam_update_
-    monkeypatch.setattr(hooks, real.__name__, lambda *a, **k: (calls.append(1), real(*a, **k)))
-    monkeypatch.setattr(hooks, "_wants_fusion", lambda *a: True)
+    real = _groupstep.sgd_update_ if cls is SGD else _groupstep.adam_update_
+    monkeypatch.setattr(_groupstep, real.__name__, lambda *a, **k: (calls.append(1), real(*a, **k)))
+    monkeypatch.setattr(_groupstep, "wants_fusion", lambda *a: True)
     def make():
         g = torch.Generator().manual_seed(3)
         conv = torch.randn(8, 3, 3, 3, generator=g).to(memory_format=torch.channels_last)

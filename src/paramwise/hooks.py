@@ -81,7 +81,6 @@ a group's ``"paramwise_lowered"`` lists. Example::
 
 from __future__ import annotations
 
-import sys
 import weakref
 from collections.abc import Iterable
 from typing import Any
@@ -89,15 +88,13 @@ from typing import Any
 import torch
 from torch import Tensor
 
+from . import _groupstep as G
 from . import regularizers as R
 from ._chunks import as_float as _num
-from ._chunks import batches, chunk_limit
-from ._rows import inverse_radius
-from ._stepcfg import StepCfg, buckets, group_label, prox_, prox_scaled_, split
+from ._stepcfg import StepCfg, group_label
 from .errors import ParamwiseError
-from .fused import adam_update_, fusable, sgd_update_
+from .fused import fusable
 from .lowering import LOWERED_KEY, lower
-from .prox import denominator_for, per_element, scaling_for, warn_unknown
 
 __all__ = ["attach", "Handle", "handle_of", "runs_fused", "lower", "LOWERED_KEY"]
 
@@ -260,13 +257,13 @@ class Handle:
         fused: list[tuple[dict, StepCfg, list[Tensor]]] = []
         with torch.no_grad():
             for group, cfg in cfgs:
-                ps = self._fusable(opt, group, cfg)
+                ps = G.fusable_params(opt, group, cfg, self.foreach)
                 if ps:
                     fused.append((group, cfg, ps))
                 elif cfg.pre:
-                    self._pre_group(group, cfg, gscale)
+                    G.pre_group_(group, cfg, gscale, self._foreach, self._anchor)
         self._post_cfgs = [(g, c) for g, c in cfgs if c.post and c.lr != 0]
-        self._capture_rows(opt, skip={id(g) for g, _, _ in fused})
+        self._prev_norms = G.capture_rows(opt, self._post_cfgs, skip={id(g) for g, _, _ in fused})
         # set the fused groups' gradients aside so step() skips them; the post-hook gives them
         # back and runs their update (a step that raises before it applies nothing to them)
         self._to_fuse = fused
@@ -288,82 +285,17 @@ class Handle:
             with torch.no_grad():
                 for group, cfg in cfgs:
                     if cfg.pre:
-                        self._pre_group(group, cfg, gscale, decay=first[0])
+                        G.pre_group_(group, cfg, gscale, self._foreach, self._anchor,
+                                     decay=first[0])
             if first[0]:
-                self._capture_rows(opt, skip=set())
+                self._prev_norms = G.capture_rows(opt, self._post_cfgs, skip=set())
                 first[0] = False
             return loss
 
         return wrapped
 
-    def _fusable(self, opt: torch.optim.Optimizer, group: dict, cfg: StepCfg) -> list[Tensor]:
-        """The parameters whose update, gradient terms and adaptive prox :mod:`paramwise.fused`
-        runs in one pass (all of the group's with a gradient), or ``[]``."""
-        if not _wants_fusion(opt, cfg, self.foreach):
-            return []
-        ps = [p for p in group["params"] if p.grad is not None]
-        return ps if ps and fusable(opt, group, ps, closure=False) else []
-
-    def _fused_step(self, opt: torch.optim.Optimizer, group: dict, cfg: StepCfg,
-                    ps: list[Tensor]) -> bool:
-        """Per chunk (in the post-hook, gradients given back): the gradient terms and
-        ``decoupled_decay`` (as :meth:`_pre_group` adds them), the row norms before the update
-        (adaptive group lasso), the optimizer's own update, the proximal maps, the max-norm
-        projection. Returns whether the projection ran here: not when group lasso cuts the
-        chunks along another dim, nor while ``torch.compile`` traces (see :func:`_wants_fusion`);
-        the post-hook then projects after the pass."""
-        k = cfg.sign                           # no grad_scale: fused=True is never fused here
-        rows = cfg.group_on or bool(cfg.group_grad)
-        gdims = [cfg.group_dim % p.ndim for p in ps] if rows else []
-        mdims = ([cfg.max_norm_dim % max(p.ndim, 1) for p in ps]
-                 if cfg.max_norm is not None and not torch.compiler.is_compiling() else [])
-        project = bool(mdims) and (not rows or gdims == mdims)
-        dims = gdims or (mdims if project else [0] * len(ps))
-        adaptive = cfg.prox_on and cfg.adaptive and per_element(type(opt))
-        capture = adaptive and cfg.group_on and cfg.group_prox > 0
-        rho: list[Tensor | None] = []
-
-        def before(batch: list, ws: list[Tensor], gs: list[Tensor]) -> None:
-            self._terms(cfg, k, batch, ws, gs, False, True)
-            rho[:] = ([inverse_radius(w, pc.dim) for w, pc in zip(ws, batch)] if capture
-                      else [None] * len(ws))
-
-        def dims_of(batch: list) -> list[int]:
-            return [pc.dim for pc in batch] if cfg.group_on else []
-
-        # one scale for the group: SGD's steady-state step, or lr (prox_scale="lr")
-        rule = scaling_for(type(opt))
-        s = (rule(group, cfg.lr, [], opt.state, foreach=False)
-             if cfg.adaptive and rule is not None and not adaptive else cfg.lr)
-
-        def projected(batch: list, ws: list[Tensor]) -> None:
-            if project:   # the batch holds whole rows along max_norm_dim
-                R.project_max_norm_(ws, cfg.max_norm, [pc.dim for pc in batch])  # type: ignore[arg-type]
-
-        def one_scale(batch: list, ws: list[Tensor], *scratch: list[Tensor]) -> None:
-            if cfg.prox_on:
-                prox_(ws, s, cfg, cfg.group_on, dims_of(batch), False, [None] * len(ws))
-            projected(batch, ws)
-
-        def per_element_scale(batch: list, ws: list[Tensor], ds: list[Tensor],
-                              xs: list[Tensor]) -> None:
-            if not xs:   # traced: s = lr/d as tensors, fused by inductor
-                prox_(ws, [cfg.lr / d for d in ds], cfg, cfg.group_on, dims_of(batch), False,
-                      rho)
-            else:
-                prox_scaled_(ws, ds, [cfg.lr] * len(ws), xs, cfg, cfg.group_on, dims_of(batch),
-                             rho, [r is None or bool(torch.isinf(r).any()) for r in rho])
-            projected(batch, ws)
-
-        if type(opt) is torch.optim.SGD:
-            sgd_update_(opt, group, ps, dims, one_scale, before)
-        else:
-            adam_update_(opt, group, ps, dims, per_element_scale if adaptive else one_scale,
-                         before)
-        return project
-
     def _restore_grads(self) -> None:
-        """Give back the gradients set aside for :meth:`_fused_step`. Normally the post-hook
+        """Give back the gradients set aside for the fused pass. Normally the post-hook
         does, at once. After a ``step()`` that raised in between (no post-hook ran, nothing was
         applied to these parameters), the next ``step()`` does: all of them if none has a
         gradient now (the step is retried as it was), else none (a new backward ran; a
@@ -373,47 +305,6 @@ class Handle:
                 p.grad = g
         self._set_aside = []
 
-    def _capture_rows(self, opt: torch.optim.Optimizer, skip: set[int]) -> None:
-        """Inverse row norms before the step, for the adaptive group-lasso prox (a
-        majorize-minimize step around them; see :func:`paramwise.regularizers.prox_group_lasso_`).
-        The groups in ``skip`` (run by :meth:`_fused_step`) take theirs chunk by chunk."""
-        self._prev_norms = {}
-        if not per_element(type(opt)):
-            return
-        with torch.no_grad():
-            for g, c in self._post_cfgs:
-                if c.group_on and c.group_prox > 0 and c.adaptive and id(g) not in skip:
-                    for p in g["params"]:
-                        if p.grad is not None:
-                            self._prev_norms[p] = inverse_radius(p, c.group_dim % p.ndim)
-
-    def _pre_group(self, group: dict, cfg: StepCfg, gscale: float, decay: bool = True) -> None:
-        items = [(p, p.grad) for p in group["params"]
-                 if p.grad is not None and not p.grad.is_sparse]
-        for (device, *_, dt), (ps, _) in buckets(items).items():
-            fe = self._foreach(device, dt)
-            dims = [cfg.group_dim % p.ndim for p in ps] if cfg.group_grad else [0] * len(ps)
-            for b in batches(ps, dims, chunk_limit(device)):
-                self._terms(cfg, cfg.sign * gscale, b, [pc.view(pc.param) for pc in b],
-                            [pc.view(pc.param.grad) for pc in b], fe, decay)
-
-    def _terms(self, cfg: StepCfg, k: float, batch: list, ws: list[Tensor], gs: list[Tensor],
-               fe: bool, decay: bool) -> None:
-        """One batch's gradient terms (times ``k``: -1 under maximize, the grad scale of a
-        ``fused=True`` optimizer) and then its ``decoupled_decay``, in place; the batch holds
-        whole rows along ``group_dim`` when group lasso's gradient form is on."""
-        if cfg.l2_grad:
-            R.add_l2_grad_(gs, ws, k * cfg.l2_grad, foreach=fe)
-        if cfg.l2_to_init:
-            anchors = [pc.view(self._anchor(pc.param, cfg.lr != 0)) for pc in batch]
-            R.add_l2_to_init_grad_(gs, ws, anchors, k * cfg.l2_to_init, foreach=fe)
-        if cfg.l1_grad:
-            R.add_l1_grad_(gs, ws, k * cfg.l1_grad, foreach=fe)
-        if cfg.group_grad:
-            R.add_group_lasso_grad_(gs, ws, k * cfg.group_grad, [pc.dim for pc in batch])
-        if decay and cfg.decay and cfg.lr != 0:
-            R.decay_(ws, 1 - cfg.lr * cfg.decay, foreach=fe)
-
     def _post_step(self, opt: torch.optim.Optimizer) -> None:
         self._restore_grads()
         fused, self._to_fuse = self._to_fuse, []
@@ -422,67 +313,13 @@ class Handle:
             return
         cfgs, self._post_cfgs = self._post_cfgs, []
         with torch.no_grad():
-            projected = {id(g) for g, cfg, ps in fused if self._fused_step(opt, g, cfg, ps)}
+            projected = {id(g) for g, cfg, ps in fused
+                         if G.fused_group_(opt, g, cfg, ps, self._anchor)}
             done = {id(g) for g, _, _ in fused}      # their prox ran in the fused pass
             for group, cfg in cfgs:
-                self._post_group(opt, group, cfg, prox_done=id(group) in done,
-                                 projected=id(group) in projected)
+                G.post_group_(opt, group, cfg, self._foreach, self._prev_norms,
+                              prox_done=id(group) in done, projected=id(group) in projected)
         self._prev_norms = {}
-
-    def _post_group(self, opt: torch.optim.Optimizer, group: dict, cfg: StepCfg,
-                    prox_done: bool, projected: bool) -> None:
-        rule = den = None
-        if cfg.prox_on and cfg.adaptive:
-            rule = scaling_for(type(opt))
-            if rule is None:
-                warn_unknown(type(opt))
-            else:
-                den = denominator_for(type(opt))
-        ps_all = [(p,) for p in group["params"] if p.grad is not None]
-        prev_all = self._prev_norms
-        for (device, dtype, dt), (ps,) in buckets(ps_all).items():
-            fe = self._foreach(device, dt)
-            if cfg.prox_on and not prox_done:
-                gl = cfg.group_on
-                dims = [cfg.group_dim % p.ndim for p in ps] if gl else [0] * len(ps)
-                prev = {p: prev_all[p] for p in ps if p in prev_all} if rule is not None else {}
-                # plain CPU float tensors: the scaled form s = k/d, on two chunk buffers
-                scaled = (den is not None and not fe and not dt and device.type == "cpu"
-                          and dtype in (torch.float32, torch.float64)
-                          and not torch.compiler.is_compiling()
-                          and (not gl or cfg.group_prox <= 0 or len(prev) == len(ps)))
-                # one number s on the per-tensor path: the maps need no parameter-sized
-                # temporary (softshrink in place, row factors), so tensors stay whole (cutting
-                # them measured 0.3 passes slower for group lasso on a 16.8M-parameter MLP)
-                whole = not fe and (rule is None or not per_element(type(opt)))
-                limit = sys.maxsize if whole else chunk_limit(device) // (2 if scaled else 1)
-                # l1 alone: ask the rule (linear in lr) for the threshold s·λ directly
-                k = cfg.l1_prox if not gl and not cfg.l2_fold else 1.0
-                work: Tensor | None = None
-                wake = {p: bool(torch.isinf(r).any()) for p, r in prev.items()} if scaled else {}
-                for b in batches(ps, dims, limit):
-                    ws = [pc.view(pc.param) for pc in b]
-                    bdims = [pc.dim for pc in b] if gl else []
-                    bprev = [pc.view(prev[pc.param]) if pc.param in prev else None for pc in b]
-                    if scaled:
-                        n = sum(pc.numel for pc in b)
-                        if work is None or work.numel() < 2 * n:
-                            work = torch.empty(2 * n, dtype=dtype, device=device)
-                        ds, xs = split(work, ws)
-                        ks = den(group, cfg.lr, b, opt.state, ds)  # type: ignore[misc]
-                        if ks is not None:
-                            prox_scaled_(ws, ds, ks, xs, cfg, gl, bdims, bprev,
-                                         [wake.get(pc.param, True) for pc in b])
-                            continue
-                    s = (rule(group, cfg.lr * k, b, opt.state, foreach=fe) if rule is not None
-                         else cfg.lr * k)
-                    if k != 1.0:
-                        R.soft_threshold_(ws, s, foreach=fe)
-                    else:
-                        prox_(ws, s, cfg, gl, bdims, fe, bprev)
-            if cfg.max_norm is not None and not projected:
-                R.project_max_norm_(ps, cfg.max_norm, [cfg.max_norm_dim % max(p.ndim, 1)
-                                                       for p in ps])
 
 
 def attach(optimizer: torch.optim.Optimizer, *, foreach: bool | None = None) -> Handle:
@@ -531,27 +368,8 @@ def runs_fused(optimizer: torch.optim.Optimizer, group_index: int) -> bool:
     handle = _ATTACHED.get(optimizer)
     group = optimizer.param_groups[group_index]
     cfg = StepCfg.read(group_index, group)
-    return (handle is not None and cfg is not None and _wants_fusion(optimizer, cfg, handle.foreach)
+    return (handle is not None and cfg is not None and G.wants_fusion(optimizer, cfg, handle.foreach)
             and fusable(optimizer, group, group["params"], closure=False))
-
-
-def _wants_fusion(opt: torch.optim.Optimizer, cfg: StepCfg, foreach: bool | None) -> bool:
-    """A group worth fusing: something to do before or after the step, a nonzero lr, no forced
-    foreach path, and a step scale the fused pass knows: Adam's adaptive one from paramwise's
-    own rule (a rule registered by the user runs after the step), SGD's as one number."""
-    if foreach or cfg.lr == 0 or not (cfg.pre or cfg.prox_on or cfg.max_norm is not None):
-        return False
-    if torch.compiler.is_compiling() and (cfg.group_on or cfg.group_grad
-                                          or not (cfg.pre or cfg.prox_on)):
-        return False  # row norms and the update in one graph: inductor 2.13's C++ outer-loop
-        # fusion with a local buffer fails (KeyError in is_all_write_read_contiguous; pytorch
-        # issues #188228 / #196570, fix proposed in PR #196639); max-norm is kept out for the same
-        # reason (see _fused_step)
-    if not (cfg.prox_on and cfg.adaptive):
-        return True
-    if type(opt) is torch.optim.SGD:
-        return not per_element(torch.optim.SGD)
-    return denominator_for(type(opt)) is not None
 
 
 def handle_of(optimizer: torch.optim.Optimizer) -> Handle | None:

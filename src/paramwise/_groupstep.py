@@ -1,0 +1,243 @@
+r"""One param group's share of a step, read from its :class:`~paramwise._stepcfg.StepCfg`:
+the gradient terms before the optimizer's update (:func:`pre_group_`), the proximal maps and
+the max-norm projection after it (:func:`post_group_`), or all of them in one pass with the
+update itself (:func:`fused_group_`, :mod:`paramwise.fused`). :mod:`paramwise.hooks` decides
+when each runs; this module decides what runs, in which batches and with which step scale.
+
+Per element, for a group with ``lr`` :math:`η` and step scale :math:`s` (:mod:`paramwise.prox`):
+
+.. math::
+    g &← g + λ_2 w + λ_1 \operatorname{sign}(w) + λ_0 (w - w_0) + λ_g \sqrt{m}\,w_r/\|w_r\|
+        \quad\text{(gradient forms)}, \qquad w ← (1 - ηλ_d)\,w \\
+    w &← \operatorname{prox}_{s(λ_1\|\cdot\|_1 + λ_g\sum_r\sqrt m\|\cdot_r\|
+        + \frac{λ_2}{2}\|\cdot\|^2)}(w), \qquad w_r ← w_r \min(1, c/\|w_r\|)
+
+Example (a group with an l1 gradient term; the hooks pass their own ``foreach`` and anchors)::
+
+    >>> import torch
+    >>> w = torch.nn.Parameter(torch.tensor([1.0, -2.0, 0.0])); w.grad = torch.zeros(3)
+    >>> group = {"params": [w], "lr": 0.1, "l1": 0.5, "prox": False}
+    >>> with torch.no_grad():
+    ...     pre_group_(group, StepCfg.read(0, group), 1.0, lambda d, dt: False, None)
+    >>> w.grad.tolist()
+    [0.5, -0.5, 0.0]
+"""
+
+from __future__ import annotations
+
+import sys
+from collections.abc import Callable
+
+import torch
+from torch import Tensor
+
+from . import regularizers as R
+from ._chunks import Piece, batches, chunk_limit
+from ._rows import inverse_radius
+from ._stepcfg import StepCfg, buckets, prox_, prox_scaled_, split
+from .fused import adam_update_, fusable, sgd_update_
+from .prox import denominator_for, per_element, scaling_for, warn_unknown
+
+__all__ = ["Foreach", "Anchor", "terms_", "pre_group_", "wants_fusion", "fusable_params",
+           "fused_group_", "capture_rows", "post_group_"]
+
+#: ``foreach(device, is_dtensor) -> bool``: whether a bucket takes the multi-tensor path.
+Foreach = Callable[[torch.device, bool], bool]
+#: ``anchor(param, take) -> w0``: ``l2_to_init``'s anchor (see :class:`paramwise.hooks.Handle`).
+Anchor = Callable[[Tensor, bool], Tensor]
+
+
+def terms_(cfg: StepCfg, k: float, batch: list[Piece], ws: list[Tensor], gs: list[Tensor],
+           fe: bool, decay: bool, anchor: Anchor) -> None:
+    """One batch's gradient terms (times ``k``: -1 under maximize, the grad scale of a
+    ``fused=True`` optimizer) and then its ``decoupled_decay``, in place; the batch holds
+    whole rows along ``group_dim`` when group lasso's gradient form is on."""
+    if cfg.l2_grad:
+        R.add_l2_grad_(gs, ws, k * cfg.l2_grad, foreach=fe)
+    if cfg.l2_to_init:
+        anchors = [pc.view(anchor(pc.param, cfg.lr != 0)) for pc in batch]
+        R.add_l2_to_init_grad_(gs, ws, anchors, k * cfg.l2_to_init, foreach=fe)
+    if cfg.l1_grad:
+        R.add_l1_grad_(gs, ws, k * cfg.l1_grad, foreach=fe)
+    if cfg.group_grad:
+        R.add_group_lasso_grad_(gs, ws, k * cfg.group_grad, [pc.dim for pc in batch])
+    if decay and cfg.decay and cfg.lr != 0:
+        R.decay_(ws, 1 - cfg.lr * cfg.decay, foreach=fe)
+
+
+def pre_group_(group: dict, cfg: StepCfg, gscale: float, foreach: Foreach, anchor: Anchor,
+               decay: bool = True) -> None:
+    """The gradient terms and ``decoupled_decay`` of one group, before the optimizer's step:
+    in batches (whole rows along ``group_dim`` for group lasso's gradient form), times
+    ``gscale`` (a ``fused=True`` optimizer's grad scale) and ``cfg.sign``."""
+    items = [(p, p.grad) for p in group["params"]
+             if p.grad is not None and not p.grad.is_sparse]
+    for (device, *_, dt), (ps, _) in buckets(items).items():
+        fe = foreach(device, dt)
+        dims = [cfg.group_dim % p.ndim for p in ps] if cfg.group_grad else [0] * len(ps)
+        for b in batches(ps, dims, chunk_limit(device)):
+            terms_(cfg, cfg.sign * gscale, b, [pc.view(pc.param) for pc in b],
+                   [pc.view(pc.param.grad) for pc in b], fe, decay, anchor)
+
+
+def wants_fusion(opt: torch.optim.Optimizer, cfg: StepCfg, foreach: bool | None) -> bool:
+    """A group worth fusing: something to do before or after the step, a nonzero lr, no forced
+    foreach path, and a step scale the fused pass knows: Adam's adaptive one from paramwise's
+    own rule (a rule registered by the user runs after the step), SGD's as one number."""
+    if foreach or cfg.lr == 0 or not (cfg.pre or cfg.prox_on or cfg.max_norm is not None):
+        return False
+    if torch.compiler.is_compiling() and (cfg.group_on or cfg.group_grad
+                                          or not (cfg.pre or cfg.prox_on)):
+        return False  # row norms and the update in one graph: inductor 2.13's C++ outer-loop
+        # fusion with a local buffer fails (KeyError in is_all_write_read_contiguous; pytorch
+        # issues #188228 / #196570, fix proposed in PR #196639); max-norm is kept out for the same
+        # reason (see fused_group_)
+    if not (cfg.prox_on and cfg.adaptive):
+        return True
+    if type(opt) is torch.optim.SGD:
+        return not per_element(torch.optim.SGD)
+    return denominator_for(type(opt)) is not None
+
+
+def fusable_params(opt: torch.optim.Optimizer, group: dict, cfg: StepCfg,
+                   foreach: bool | None) -> list[Tensor]:
+    """The parameters whose update, gradient terms and adaptive prox :mod:`paramwise.fused`
+    runs in one pass (all of the group's with a gradient), or ``[]``."""
+    if not wants_fusion(opt, cfg, foreach):
+        return []
+    ps = [p for p in group["params"] if p.grad is not None]
+    return ps if ps and fusable(opt, group, ps, closure=False) else []
+
+
+def fused_group_(opt: torch.optim.Optimizer, group: dict, cfg: StepCfg, ps: list[Tensor],
+                 anchor: Anchor) -> bool:
+    """Per chunk (in the post-hook, gradients given back): the gradient terms and
+    ``decoupled_decay`` (as :func:`pre_group_` adds them), the row norms before the update
+    (adaptive group lasso), the optimizer's own update, the proximal maps, the max-norm
+    projection. Returns whether the projection ran here: not when group lasso cuts the
+    chunks along another dim, nor while ``torch.compile`` traces (see :func:`wants_fusion`);
+    the post-hook then projects after the pass."""
+    k = cfg.sign                           # no grad_scale: fused=True is never fused here
+    rows = cfg.group_on or bool(cfg.group_grad)
+    gdims = [cfg.group_dim % p.ndim for p in ps] if rows else []
+    mdims = ([cfg.max_norm_dim % max(p.ndim, 1) for p in ps]
+             if cfg.max_norm is not None and not torch.compiler.is_compiling() else [])
+    project = bool(mdims) and (not rows or gdims == mdims)
+    dims = gdims or (mdims if project else [0] * len(ps))
+    adaptive = cfg.prox_on and cfg.adaptive and per_element(type(opt))
+    capture = adaptive and cfg.group_on and cfg.group_prox > 0
+    rho: list[Tensor | None] = []
+
+    def before(batch: list, ws: list[Tensor], gs: list[Tensor]) -> None:
+        terms_(cfg, k, batch, ws, gs, False, True, anchor)
+        rho[:] = ([inverse_radius(w, pc.dim) for w, pc in zip(ws, batch)] if capture
+                  else [None] * len(ws))
+
+    def dims_of(batch: list) -> list[int]:
+        return [pc.dim for pc in batch] if cfg.group_on else []
+
+    # one scale for the group: SGD's steady-state step, or lr (prox_scale="lr")
+    rule = scaling_for(type(opt))
+    s = (rule(group, cfg.lr, [], opt.state, foreach=False)
+         if cfg.adaptive and rule is not None and not adaptive else cfg.lr)
+
+    def projected(batch: list, ws: list[Tensor]) -> None:
+        if project:   # the batch holds whole rows along max_norm_dim
+            R.project_max_norm_(ws, cfg.max_norm, [pc.dim for pc in batch])  # type: ignore[arg-type]
+
+    def one_scale(batch: list, ws: list[Tensor], *scratch: list[Tensor]) -> None:
+        if cfg.prox_on:
+            prox_(ws, s, cfg, cfg.group_on, dims_of(batch), False, [None] * len(ws))
+        projected(batch, ws)
+
+    def per_element_scale(batch: list, ws: list[Tensor], ds: list[Tensor],
+                          xs: list[Tensor]) -> None:
+        if not xs:   # traced: s = lr/d as tensors, fused by inductor
+            prox_(ws, [cfg.lr / d for d in ds], cfg, cfg.group_on, dims_of(batch), False,
+                  rho)
+        else:
+            prox_scaled_(ws, ds, [cfg.lr] * len(ws), xs, cfg, cfg.group_on, dims_of(batch),
+                         rho, [r is None or bool(torch.isinf(r).any()) for r in rho])
+        projected(batch, ws)
+
+    if type(opt) is torch.optim.SGD:
+        sgd_update_(opt, group, ps, dims, one_scale, before)
+    else:
+        adam_update_(opt, group, ps, dims, per_element_scale if adaptive else one_scale,
+                     before)
+    return project
+
+
+def capture_rows(opt: torch.optim.Optimizer, cfgs: list[tuple[dict, StepCfg]],
+                 skip: set[int]) -> dict[Tensor, Tensor]:
+    """Inverse row norms before the step, for the adaptive group-lasso prox (a
+    majorize-minimize step around them; see :func:`paramwise.regularizers.prox_group_lasso_`).
+    The groups in ``skip`` (run by :func:`fused_group_`) take theirs chunk by chunk."""
+    out: dict[Tensor, Tensor] = {}
+    if not per_element(type(opt)):
+        return out
+    with torch.no_grad():
+        for g, c in cfgs:
+            if c.group_on and c.group_prox > 0 and c.adaptive and id(g) not in skip:
+                for p in g["params"]:
+                    if p.grad is not None:
+                        out[p] = inverse_radius(p, c.group_dim % p.ndim)
+    return out
+
+
+def post_group_(opt: torch.optim.Optimizer, group: dict, cfg: StepCfg, foreach: Foreach,
+                prev_all: dict[Tensor, Tensor], prox_done: bool, projected: bool) -> None:
+    """One group's proximal maps (unless ``prox_done``: the fused pass ran them) and max-norm
+    projection (unless ``projected``), after the optimizer's step; ``prev_all`` holds the
+    pre-step inverse row norms from :func:`capture_rows`."""
+    rule = den = None
+    if cfg.prox_on and cfg.adaptive:
+        rule = scaling_for(type(opt))
+        if rule is None:
+            warn_unknown(type(opt))
+        else:
+            den = denominator_for(type(opt))
+    ps_all = [(p,) for p in group["params"] if p.grad is not None]
+    for (device, dtype, dt), (ps,) in buckets(ps_all).items():
+        fe = foreach(device, dt)
+        if cfg.prox_on and not prox_done:
+            gl = cfg.group_on
+            dims = [cfg.group_dim % p.ndim for p in ps] if gl else [0] * len(ps)
+            prev = {p: prev_all[p] for p in ps if p in prev_all} if rule is not None else {}
+            # plain CPU float tensors: the scaled form s = k/d, on two chunk buffers
+            scaled = (den is not None and not fe and not dt and device.type == "cpu"
+                      and dtype in (torch.float32, torch.float64)
+                      and not torch.compiler.is_compiling()
+                      and (not gl or cfg.group_prox <= 0 or len(prev) == len(ps)))
+            # one number s on the per-tensor path: the maps need no parameter-sized
+            # temporary (softshrink in place, row factors), so tensors stay whole (cutting
+            # them measured 0.3 passes slower for group lasso on a 16.8M-parameter MLP)
+            whole = not fe and (rule is None or not per_element(type(opt)))
+            limit = sys.maxsize if whole else chunk_limit(device) // (2 if scaled else 1)
+            # l1 alone: ask the rule (linear in lr) for the threshold s·λ directly
+            k = cfg.l1_prox if not gl and not cfg.l2_fold else 1.0
+            work: Tensor | None = None
+            wake = {p: bool(torch.isinf(r).any()) for p, r in prev.items()} if scaled else {}
+            for b in batches(ps, dims, limit):
+                ws = [pc.view(pc.param) for pc in b]
+                bdims = [pc.dim for pc in b] if gl else []
+                bprev = [pc.view(prev[pc.param]) if pc.param in prev else None for pc in b]
+                if scaled:
+                    n = sum(pc.numel for pc in b)
+                    if work is None or work.numel() < 2 * n:
+                        work = torch.empty(2 * n, dtype=dtype, device=device)
+                    ds, xs = split(work, ws)
+                    ks = den(group, cfg.lr, b, opt.state, ds)  # type: ignore[misc]
+                    if ks is not None:
+                        prox_scaled_(ws, ds, ks, xs, cfg, gl, bdims, bprev,
+                                     [wake.get(pc.param, True) for pc in b])
+                        continue
+                s = (rule(group, cfg.lr * k, b, opt.state, foreach=fe) if rule is not None
+                     else cfg.lr * k)
+                if k != 1.0:
+                    R.soft_threshold_(ws, s, foreach=fe)
+                else:
+                    prox_(ws, s, cfg, gl, bdims, fe, bprev)
+        if cfg.max_norm is not None and not projected:
+            R.project_max_norm_(ps, cfg.max_norm, [cfg.max_norm_dim % max(p.ndim, 1)
+                                                   for p in ps])
