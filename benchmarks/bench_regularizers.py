@@ -53,7 +53,7 @@ from torch import nn
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "src"))
 
 from paramwise._chunks import chunk_limit  # noqa: E402
-from paramwise.fused import adam_update_, sgd_update_  # noqa: E402
+from paramwise.fused import update_  # noqa: E402
 from paramwise.hooks import attach, lower  # noqa: E402
 
 LAM = 1e-5
@@ -98,13 +98,11 @@ def make_opt(name: str, cls: type, model: nn.Module, lr: float, kw: dict):
 
 def fused_alone(opt: torch.optim.Optimizer):
     """``opt``'s update run by :mod:`paramwise.fused` with nothing before or after it."""
-    update = sgd_update_ if isinstance(opt, torch.optim.SGD) else adam_update_
-
     def step() -> None:
         with torch.no_grad():
             for g in opt.param_groups:
                 ps = [p for p in g["params"] if p.grad is not None]
-                update(opt, g, ps, [0] * len(ps), lambda *_: None)
+                update_(opt, g, ps, [0] * len(ps), lambda *_: None)
     return step
 
 
@@ -139,7 +137,9 @@ def main() -> None:
           + ("  optimizer.step compiled" if args.compile else ""))
 
     families = {"sgd": (torch.optim.SGD, 1e-3, {"momentum": 0.9}),
-                "adam": (torch.optim.Adam, 1e-4, {})}
+                "adam": (torch.optim.Adam, 1e-4, {}),
+                "rmsprop": (torch.optim.RMSprop, 1e-4, {}),
+                "adagrad": (torch.optim.Adagrad, 1e-3, {})}
     for fam in args.optim.split(","):
         cls, lr, kw = families[fam]
         names = [v for v in VARIANTS if not (fam == "sgd" and v == "pw_l1_prox_lr")

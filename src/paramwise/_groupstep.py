@@ -35,7 +35,7 @@ from . import regularizers as R
 from ._chunks import Piece, batches, chunk_limit
 from ._rows import inverse_radius
 from ._stepcfg import StepCfg, buckets, prox_, prox_scaled_, split
-from .fused import adam_update_, fusable, sgd_update_
+from .fused import fusable, update_
 from .prox import denominator_for, per_element, scaling_for, warn_unknown
 
 __all__ = ["Foreach", "Anchor", "terms_", "pre_group_", "wants_fusion", "fusable_params",
@@ -82,8 +82,9 @@ def pre_group_(group: dict, cfg: StepCfg, gscale: float, foreach: Foreach, ancho
 
 def wants_fusion(opt: torch.optim.Optimizer, cfg: StepCfg, foreach: bool | None) -> bool:
     """A group worth fusing: something to do before or after the step, a nonzero lr, no forced
-    foreach path, and a step scale the fused pass knows: Adam's adaptive one from paramwise's
-    own rule (a rule registered by the user runs after the step), SGD's as one number."""
+    foreach path, and a step scale the fused pass knows: the adaptive optimizers' from
+    paramwise's own rule (a rule registered by the user runs after the step), SGD's as one
+    number."""
     if foreach or cfg.lr == 0 or not (cfg.pre or cfg.prox_on or cfg.max_norm is not None):
         return False
     if torch.compiler.is_compiling() and (cfg.group_on or cfg.group_grad
@@ -117,7 +118,7 @@ def fused_group_(opt: torch.optim.Optimizer, group: dict, cfg: StepCfg, ps: list
     projection. Returns whether the projection ran here: not when group lasso cuts the
     chunks along another dim, nor while ``torch.compile`` traces (see :func:`wants_fusion`);
     the post-hook then projects after the pass."""
-    k = cfg.sign                           # no grad_scale: fused=True is never fused here
+    sign = cfg.sign                        # no grad_scale: fused=True is never fused here
     rows = cfg.group_on or bool(cfg.group_grad)
     gdims = [cfg.group_dim % p.ndim for p in ps] if rows else []
     mdims = ([cfg.max_norm_dim % max(p.ndim, 1) for p in ps]
@@ -129,7 +130,7 @@ def fused_group_(opt: torch.optim.Optimizer, group: dict, cfg: StepCfg, ps: list
     rho: list[Tensor | None] = []
 
     def before(batch: list, ws: list[Tensor], gs: list[Tensor]) -> None:
-        terms_(cfg, k, batch, ws, gs, False, True, anchor)
+        terms_(cfg, sign, batch, ws, gs, False, True, anchor)
         rho[:] = ([inverse_radius(w, pc.dim) for w, pc in zip(ws, batch)] if capture
                   else [None] * len(ws))
 
@@ -145,26 +146,22 @@ def fused_group_(opt: torch.optim.Optimizer, group: dict, cfg: StepCfg, ps: list
         if project:   # the batch holds whole rows along max_norm_dim
             R.project_max_norm_(ws, cfg.max_norm, [pc.dim for pc in batch])  # type: ignore[arg-type]
 
-    def one_scale(batch: list, ws: list[Tensor], *scratch: list[Tensor]) -> None:
+    def one_scale(batch: list, ws: list[Tensor], *unused: list) -> None:
         if cfg.prox_on:
             prox_(ws, s, cfg, cfg.group_on, dims_of(batch), False, [None] * len(ws))
         projected(batch, ws)
 
     def per_element_scale(batch: list, ws: list[Tensor], ds: list[Tensor],
-                          xs: list[Tensor]) -> None:
-        if not xs:   # traced: s = lr/d as tensors, fused by inductor
-            prox_(ws, [cfg.lr / d for d in ds], cfg, cfg.group_on, dims_of(batch), False,
+                          xs: list[Tensor], ks: list[float]) -> None:
+        if not xs:   # traced: s = k/d as tensors, fused by inductor
+            prox_(ws, [k / d for k, d in zip(ks, ds)], cfg, cfg.group_on, dims_of(batch), False,
                   rho)
         else:
-            prox_scaled_(ws, ds, [cfg.lr] * len(ws), xs, cfg, cfg.group_on, dims_of(batch),
+            prox_scaled_(ws, ds, ks, xs, cfg, cfg.group_on, dims_of(batch),
                          rho, [r is None or bool(torch.isinf(r).any()) for r in rho])
         projected(batch, ws)
 
-    if type(opt) is torch.optim.SGD:
-        sgd_update_(opt, group, ps, dims, one_scale, before)
-    else:
-        adam_update_(opt, group, ps, dims, per_element_scale if adaptive else one_scale,
-                     before)
+    update_(opt, group, ps, dims, per_element_scale if adaptive else one_scale, before)
     return project
 
 

@@ -1,27 +1,30 @@
 r"""The optimizer's own update and the regularizers in one pass over each chunk (Adam, AdamW,
-SGD on CPU).
+SGD, RMSprop, Adagrad on CPU).
 
 A regularizer run by step hooks reads and writes every weight once more before the step
 (gradient terms) and once more after it (proximal maps); under Adam and AdamW the adaptive
 proximal maps also need the step's per-element scale :math:`s = \mathrm{lr}/(\sqrt{\hat v} + ε)`,
 whose denominator ``torch.optim.Adam`` computes inside its update and drops — a square root and
-a division per weight again, about as much arithmetic as the update itself on a CPU. Where torch
+a division per weight again, about as much arithmetic as the update itself on a CPU (RMSprop's
+and Adagrad's likewise). Where torch
 runs its per-tensor loop anyway — plain CPU float32/float64 tensors with dense gradients,
 ``foreach``, ``fused``, ``capturable`` and ``differentiable`` off, a float ``lr`` (and betas),
 no closure — paramwise's step hooks run that update themselves, with torch's operations
-in torch's order (``_single_tensor_adam`` / ``_single_tensor_sgd``), on chunks that stay in
-cache: per chunk the gradient terms and ``decoupled_decay``, the update, then the proximal map
-(Adam's with the denominator it has just computed) and the ``max_norm`` projection. Moments, momentum buffers, step counts and
-the weights before the proximal map are bit-for-bit what an eager ``step()`` gives (tested); the
+in torch's order (``_single_tensor_adam``, ``_sgd``, ``_rmsprop``, ``_adagrad``), on chunks
+that stay in cache: per chunk the gradient terms and ``decoupled_decay``, the update, then the
+proximal map (the adaptive ones with the denominator the update has just computed) and the
+``max_norm`` projection. Moments, momentum buffers, step counts and the weights before the
+proximal map are bit-for-bit what an eager ``step()`` gives (tested); the
 state is torch's own, so ``state_dict()`` and schedulers see nothing different. The pre-hook
 sets these parameters' gradients aside (so ``step()`` skips them); the post-hook puts them back
 and runs the fused update, so a step that raises in between applies nothing to them.
-Under ``torch.compile`` the update is traced whole, step counts kept tensors, so inductor puts
-the update and the proximal map in one kernel (group lasso and max-norm stay with the hooks
-there: inductor 2.13 fails on row norms and the update in one graph).
+Under ``torch.compile`` Adam's and SGD's updates are traced whole, step counts kept tensors, so
+inductor puts the update and the proximal map in one kernel (group lasso and max-norm stay with
+the hooks there: inductor 2.13 fails on row norms and the update in one graph; RMSprop and
+Adagrad keep torch's step).
 
 Adam per element, with :math:`t` the step count, :math:`λ_w` the group's ``weight_decay``
-(SGD: :func:`sgd_update_`):
+(the others: :func:`sgd_update_`, :func:`rmsprop_update_`, :func:`adagrad_update_`):
 
 .. math::
     g &← -g \text{ (maximize)}, \quad g ← g + λ_w w \text{ (Adam)} \text{ or }
@@ -51,7 +54,8 @@ from torch import Tensor
 
 from ._chunks import Piece, batches, chunk_limit, is_dtensor, power
 
-__all__ = ["fusable", "adam_update_", "sgd_update_", "ADAM_KEYS", "SGD_KEYS"]
+__all__ = ["fusable", "update_", "adam_update_", "sgd_update_", "rmsprop_update_",
+           "adagrad_update_", "ADAM_KEYS", "SGD_KEYS", "RMSPROP_KEYS", "ADAGRAD_KEYS"]
 
 #: The group keys ``torch.optim.Adam`` 2.x uses; a group with any other optimizer key (a newer
 #: torch's new option) is left to ``Adam.step``.
@@ -60,11 +64,20 @@ ADAM_KEYS = frozenset({"lr", "betas", "eps", "weight_decay", "amsgrad", "maximiz
 #: The same for ``torch.optim.SGD``.
 SGD_KEYS = frozenset({"lr", "momentum", "dampening", "weight_decay", "nesterov", "maximize",
                       "foreach", "differentiable", "fused"})
-_KEYS = {torch.optim.Adam: ADAM_KEYS, torch.optim.AdamW: ADAM_KEYS, torch.optim.SGD: SGD_KEYS}
+#: ... ``torch.optim.RMSprop``.
+RMSPROP_KEYS = frozenset({"lr", "alpha", "eps", "weight_decay", "momentum", "centered",
+                          "capturable", "foreach", "maximize", "differentiable"})
+#: ... ``torch.optim.Adagrad``.
+ADAGRAD_KEYS = frozenset({"lr", "lr_decay", "weight_decay", "initial_accumulator_value", "eps",
+                          "foreach", "maximize", "differentiable", "fused"})
+_KEYS = {torch.optim.Adam: ADAM_KEYS, torch.optim.AdamW: ADAM_KEYS, torch.optim.SGD: SGD_KEYS,
+         torch.optim.RMSprop: RMSPROP_KEYS, torch.optim.Adagrad: ADAGRAD_KEYS}
+_TRACED = (torch.optim.Adam, torch.optim.AdamW, torch.optim.SGD)
 
-#: Receives each updated batch: its pieces, the parameter slices, the denominators :math:`d`
-#: and one scratch tensor per piece; :math:`s = \mathrm{lr}/d`.
-Apply = Callable[[list[Piece], list[Tensor], list[Tensor], list[Tensor]], None]
+#: Receives each updated batch: its pieces, the parameter slices, then per piece the
+#: denominator :math:`d`, one scratch tensor and the number :math:`k` of the step scale
+#: :math:`s = k/d` (SGD: three empty lists).
+Apply = Callable[[list[Piece], list[Tensor], list[Tensor], list[Tensor], list[float]], None]
 #: Receives each batch before its update: its pieces, the parameter and gradient slices (to add
 #: gradient terms in place, as a step pre-hook would have).
 Before = Callable[[list[Piece], list[Tensor], list[Tensor]], None]
@@ -75,12 +88,17 @@ _DTYPES = (torch.float32, torch.float64)
 def fusable(opt: torch.optim.Optimizer, group: dict, params: Sequence[Tensor], *,
             closure: bool) -> bool:
     """Whether :func:`adam_update_` / :func:`sgd_update_` may run ``group``'s update for
-    ``params`` instead of ``opt.step``: exactly ``Adam``, ``AdamW`` or ``SGD`` taking torch's
-    per-tensor path, plain CPU float32 or float64 tensors with dense gradients like them (a
-    parameter without a gradient yet is judged by itself), no closure (it would recompute the
-    gradients inside the step)."""
+    ``params`` instead of ``opt.step``: exactly ``Adam``, ``AdamW``, ``SGD``, ``RMSprop`` or
+    ``Adagrad`` (with its state, which it creates when built) taking torch's per-tensor path,
+    plain CPU float32 or float64 tensors with dense gradients like them (a parameter without a
+    gradient yet is judged by itself), no closure (it would recompute the gradients inside the
+    step); while ``torch.compile`` traces, Adam, AdamW and SGD only."""
     keys = _KEYS.get(type(opt))
     if keys is None or closure or not keys.issuperset(opt.defaults):
+        return False
+    if torch.compiler.is_compiling() and type(opt) not in _TRACED:
+        return False
+    if type(opt) is torch.optim.Adagrad and not all("sum" in opt.state[p] for p in params):
         return False
     # (a compiled step sets ``capturable``: its step counts stay tensors, as the traced update's)
     flags = ("foreach", "fused", "differentiable") + (
@@ -116,22 +134,81 @@ def _scalar_dtype() -> torch.dtype:
 
 
 def _state(opt: torch.optim.Optimizer, group: dict, p: Tensor) -> dict[str, Any]:
-    """``opt.state[p]``, created exactly as ``Adam._init_group`` creates it."""
+    """``opt.state[p]``, created exactly as ``Adam._init_group`` / ``RMSprop._init_group``
+    create it (``Adagrad`` creates its own when built)."""
     st = opt.state[p]
     if len(st) == 0:
-        st["step"] = torch.tensor(0.0, dtype=_scalar_dtype(), device="cpu")
-        st["exp_avg"] = torch.zeros_like(p, memory_format=torch.preserve_format)
-        st["exp_avg_sq"] = torch.zeros_like(p, memory_format=torch.preserve_format)
-        if group["amsgrad"]:
-            st["max_exp_avg_sq"] = torch.zeros_like(p, memory_format=torch.preserve_format)
+        if type(opt) is torch.optim.RMSprop:
+            st["step"] = torch.zeros((), dtype=_scalar_dtype())
+            zeros = ["square_avg"] + (["momentum_buffer"] if group["momentum"] > 0 else []) + (
+                ["grad_avg"] if group["centered"] else [])
+        else:
+            st["step"] = torch.tensor(0.0, dtype=_scalar_dtype(), device="cpu")
+            zeros = ["exp_avg", "exp_avg_sq"] + (["max_exp_avg_sq"] if group["amsgrad"] else [])
+        for key in zeros:
+            st[key] = torch.zeros_like(p, memory_format=torch.preserve_format)
     return st
+
+
+def update_(opt: torch.optim.Optimizer, group: dict, params: Sequence[Tensor],
+            dims: Sequence[int], apply: Apply, before: Before | None = None) -> None:
+    """The update of ``opt``'s class (:func:`adam_update_`, :func:`sgd_update_`,
+    :func:`rmsprop_update_` or :func:`adagrad_update_`) for ``params``, all :func:`fusable`."""
+    _UPDATES[type(opt)](opt, group, params, dims, apply, before)
+
+
+#: ``piece(pc, w, g, scratch) -> (d, k)``: one piece's update (``w``, ``g`` its parameter and
+#: gradient slices, ``scratch`` its scratch slices), returning its denominator and :math:`k`.
+_PieceFn = Callable[[Piece, Tensor, Tensor, list[Tensor]], "tuple[Tensor | None, float]"]
+
+
+def _run(params: Sequence[Tensor], dims: Sequence[int], per: int, piece: _PieceFn,
+         apply: Apply, before: Before | None) -> None:
+    """The batch loop every update shares: batches of whole slices along ``dims`` (split by
+    dtype; about twice the hooks' batch in all, ``per`` scratch tensors a piece; the best of
+    2^17..2^21 measured on a 16.8M-parameter MLP, where a batch's parameters, gradients and
+    moments stay in L2/L3), ``before`` on each batch, ``piece`` on each piece, then ``apply``."""
+    work: Tensor | None = None
+    limit = 2 * chunk_limit(torch.device("cpu")) // max(per, 1)
+    for batch in (b for ps, ds in _by_dtype(params, dims) for b in batches(ps, ds, limit)):
+        n = sum(pc.numel for pc in batch)
+        dtype = batch[0].param.dtype
+        if per and (work is None or work.numel() < per * n or work.dtype != dtype):
+            work = torch.empty(per * n, dtype=dtype)
+        ws = [pc.view(pc.param) for pc in batch]
+        gs = [pc.view(pc.param.grad) for pc in batch]  # type: ignore[arg-type]
+        if before is not None:
+            before(batch, ws, gs)
+        dens, xs, ks = [], [], []
+        o = 0
+        for pc, w, g in zip(batch, ws, gs):
+            m = pc.numel
+            scratch = [work[i * n + o:i * n + o + m].view(w.shape)  # type: ignore[index]
+                       for i in range(per)]
+            d, k = piece(pc, w, g, scratch)
+            if d is not None:
+                dens.append(d)
+                xs.append(scratch[1])
+                ks.append(k)
+            o += m
+        apply(batch, ws, dens, xs, ks)
+
+
+def _prep(g: Tensor, w: Tensor, maximize: bool, wd: float, buf: Tensor | None) -> Tensor:
+    """torch's ``grad = -grad`` (maximize) and ``grad = grad.add(param, alpha=wd)``, into
+    ``buf``."""
+    if maximize:
+        g = torch.neg(g, out=buf)
+    if wd != 0:
+        g = torch.add(g, w, alpha=wd, out=buf)
+    return g
 
 
 def adam_update_(opt: torch.optim.Optimizer, group: dict, params: Sequence[Tensor],
                  dims: Sequence[int], apply: Apply, before: Before | None = None) -> None:
-    """Run ``Adam.step``'s update for ``params`` (all :func:`fusable`), in batches of whole
+    r"""Run ``Adam.step``'s update for ``params`` (all :func:`fusable`), in batches of whole
     slices along ``dims``; call ``before`` on each batch first and ``apply`` after, with its
-    denominators.
+    denominators (:math:`k = \mathrm{lr}`).
 
     Each parameter's step count goes up by one first; the batch math is torch's
     ``_single_tensor_adam``, operation for operation (``grad.add(param)``, ``lerp_``,
@@ -153,50 +230,28 @@ def adam_update_(opt: torch.optim.Optimizer, group: dict, params: Sequence[Tenso
         t = st["step"].item()
         bc1, bc2 = 1 - beta1 ** t, 1 - beta2 ** t
         coeffs[p] = (lr / bc1, bc2 ** 0.5)
-    work: Tensor | None = None
-    per = 3 if (maximize or (wd != 0 and not decoupled)) else 2
-    # twice the hooks' batch, split over the `per` scratch tensors: the best of 2^17..2^21 on a
-    # 16.8M-parameter MLP (a batch's parameters, gradients and moments stay in L2/L3)
-    limit = 2 * chunk_limit(torch.device("cpu")) // per
-    for batch in (b for ps, ds in _by_dtype(params, dims) for b in batches(ps, ds, limit)):
-        n = sum(pc.numel for pc in batch)
-        dtype = batch[0].param.dtype
-        if work is None or work.numel() < per * n or work.dtype != dtype:
-            work = torch.empty(per * n, dtype=dtype)
-        ws = [pc.view(pc.param) for pc in batch]
-        gs = [pc.view(pc.param.grad) for pc in batch]  # type: ignore[arg-type]
-        if before is not None:
-            before(batch, ws, gs)
-        ds, xs = [], []
-        o = 0
-        for pc, w, g in zip(batch, ws, gs):
-            p, st = pc.param, states[pc.param]
-            step_size, bc2s = coeffs[p]
-            m_ = pc.numel
-            d = work[o:o + m_].view(w.shape)
-            x = work[n + o:n + o + m_].view(w.shape)
-            if per == 3:
-                buf = work[2 * n + o:2 * n + o + m_].view(d.shape)
-                if maximize:
-                    g = torch.neg(g, out=buf)
-                if wd != 0 and not decoupled:
-                    g = torch.add(g, w, alpha=wd, out=buf)
-            if wd != 0 and decoupled:
-                w.mul_(1 - lr * wd)
-            exp_avg, exp_avg_sq = pc.view(st["exp_avg"]), pc.view(st["exp_avg_sq"])
-            exp_avg.lerp_(g, 1 - beta1)
-            exp_avg_sq.mul_(beta2).addcmul_(g, g, value=1 - beta2)
-            src = exp_avg_sq
-            if amsgrad:
-                src = pc.view(st["max_exp_avg_sq"])
-                torch.maximum(src, exp_avg_sq, out=src)
-            torch.sqrt(src, out=d)
-            d.div_(bc2s).add_(eps)
-            w.addcdiv_(exp_avg, d, value=-step_size)
-            ds.append(d)
-            xs.append(x)
-            o += m_
-        apply(batch, ws, ds, xs)
+    coupled = wd != 0 and not decoupled
+
+    def piece(pc: Piece, w: Tensor, g: Tensor, scratch: list[Tensor]) -> tuple[Tensor, float]:
+        st = states[pc.param]
+        step_size, bc2s = coeffs[pc.param]
+        d = scratch[0]
+        g = _prep(g, w, maximize, wd if coupled else 0.0, scratch[-1])
+        if wd != 0 and decoupled:
+            w.mul_(1 - lr * wd)
+        exp_avg, exp_avg_sq = pc.view(st["exp_avg"]), pc.view(st["exp_avg_sq"])
+        exp_avg.lerp_(g, 1 - beta1)
+        exp_avg_sq.mul_(beta2).addcmul_(g, g, value=1 - beta2)
+        src = exp_avg_sq
+        if amsgrad:
+            src = pc.view(st["max_exp_avg_sq"])
+            torch.maximum(src, exp_avg_sq, out=src)
+        torch.sqrt(src, out=d)
+        d.div_(bc2s).add_(eps)
+        w.addcdiv_(exp_avg, d, value=-step_size)
+        return d, lr
+
+    _run(params, dims, 3 if (maximize or coupled) else 2, piece, apply, before)
 
 
 def _adam_traced(opt: torch.optim.Optimizer, group: dict, params: Sequence[Tensor],
@@ -234,12 +289,11 @@ def _adam_traced(opt: torch.optim.Optimizer, group: dict, params: Sequence[Tenso
         d = src.sqrt() / bc2.sqrt() + eps
         w.sub_(st["exp_avg"] / d * (lr / bc1))
         ds.append(d)
-    apply(pieces, ws, ds, [])
+    apply(pieces, ws, ds, [], [lr] * len(ds))
 
 
 def sgd_update_(opt: torch.optim.Optimizer, group: dict, params: Sequence[Tensor],
-                dims: Sequence[int], apply: Callable[[list[Piece], list[Tensor]], None],
-                before: Before | None = None) -> None:
+                dims: Sequence[int], apply: Apply, before: Before | None = None) -> None:
     r"""Run ``SGD.step``'s update for ``params`` (all :func:`fusable`) like :func:`adam_update_`:
     torch's ``_single_tensor_sgd`` operation for operation on slices, ``before`` first and
     ``apply`` (the proximal maps, with one scale for the whole group) after each batch.
@@ -259,32 +313,93 @@ def sgd_update_(opt: torch.optim.Optimizer, group: dict, params: Sequence[Tensor
                 st["momentum_buffer"] = torch.empty_like(p.grad)  # type: ignore[arg-type]
                 first.add(p)
     temp = maximize or wd != 0 or (mu != 0 and nesterov)
-    work: Tensor | None = None
-    limit = 2 * chunk_limit(torch.device("cpu"))
-    for batch in (b for ps, ds in _by_dtype(params, dims) for b in batches(ps, ds, limit)):
-        n = sum(pc.numel for pc in batch)
-        dtype = batch[0].param.dtype
-        if temp and (work is None or work.numel() < n or work.dtype != dtype):
-            work = torch.empty(n, dtype=dtype)
-        ws = [pc.view(pc.param) for pc in batch]
-        gs = [pc.view(pc.param.grad) for pc in batch]  # type: ignore[arg-type]
-        if before is not None:
-            before(batch, ws, gs)
-        o = 0
-        for pc, w, g in zip(batch, ws, gs):
-            p = pc.param
-            buf = work[o:o + pc.numel].view(w.shape) if temp else None  # type: ignore[index]
-            if maximize:
-                g = torch.neg(g, out=buf)
-            if wd != 0:
-                g = torch.add(g, w, alpha=wd, out=buf)
-            if mu != 0:
-                mom = pc.view(opt.state[p]["momentum_buffer"])
-                if p in first:
-                    mom.copy_(g)
-                else:
-                    mom.mul_(mu).add_(g, alpha=1 - damp)
-                g = torch.add(g, mom, alpha=mu, out=buf) if nesterov else mom
-            w.add_(g, alpha=-lr)
-            o += pc.numel
-        apply(batch, ws)
+
+    def piece(pc: Piece, w: Tensor, g: Tensor, scratch: list[Tensor]) -> tuple[None, float]:
+        buf = scratch[0] if temp else None
+        g = _prep(g, w, maximize, wd, buf)
+        if mu != 0:
+            mom = pc.view(opt.state[pc.param]["momentum_buffer"])
+            if pc.param in first:
+                mom.copy_(g)
+            else:
+                mom.mul_(mu).add_(g, alpha=1 - damp)
+            g = torch.add(g, mom, alpha=mu, out=buf) if nesterov else mom
+        w.add_(g, alpha=-lr)
+        return None, lr
+
+    _run(params, dims, 1 if temp else 0, piece, apply, before)
+
+
+def rmsprop_update_(opt: torch.optim.Optimizer, group: dict, params: Sequence[Tensor],
+                    dims: Sequence[int], apply: Apply, before: Before | None = None) -> None:
+    r"""Run ``RMSprop.step``'s update (torch's ``_single_tensor_rmsprop``, operation for
+    operation) like :func:`adam_update_`; ``apply`` gets :math:`d = \sqrt{v} + ε` (centered:
+    :math:`\sqrt{v - \bar g^2} + ε`) and :math:`k = \mathrm{lr}/(1-μ)` (:math:`\mathrm{lr}`
+    without momentum).
+
+    .. math:: v ← αv + (1-α)g^2,\quad \bar g ← \bar g + (1-α)(g - \bar g);\quad
+              b ← μb + g/d,\ w ← w - \mathrm{lr}\,b \quad (μ = 0:\ w ← w - \mathrm{lr}\,g/d)
+    """
+    lr, eps, wd = float(group["lr"]), float(group["eps"]), float(group["weight_decay"])
+    alpha, mu = float(group["alpha"]), float(group["momentum"])
+    maximize, centered = bool(group["maximize"]), bool(group["centered"])
+    for p in params:
+        _state(opt, group, p)["step"] += 1
+    k = lr / (1 - mu) if mu > 0 else lr
+
+    def piece(pc: Piece, w: Tensor, g: Tensor, scratch: list[Tensor]) -> tuple[Tensor, float]:
+        st = opt.state[pc.param]
+        d = scratch[0]
+        g = _prep(g, w, maximize, wd, scratch[-1])
+        square_avg = pc.view(st["square_avg"])
+        square_avg.mul_(alpha).addcmul_(g, g, value=1 - alpha)
+        if centered:
+            grad_avg = pc.view(st["grad_avg"])
+            grad_avg.lerp_(g, 1 - alpha)
+            torch.addcmul(square_avg, grad_avg, grad_avg, value=-1, out=d).sqrt_()
+        else:
+            torch.sqrt(square_avg, out=d)
+        d.add_(eps)
+        if mu > 0:
+            buf = pc.view(st["momentum_buffer"])
+            buf.mul_(mu).addcdiv_(g, d)
+            w.add_(buf, alpha=-lr)
+        else:
+            w.addcdiv_(g, d, value=-lr)
+        return d, k
+
+    _run(params, dims, 3 if (maximize or wd != 0) else 2, piece, apply, before)
+
+
+def adagrad_update_(opt: torch.optim.Optimizer, group: dict, params: Sequence[Tensor],
+                    dims: Sequence[int], apply: Apply, before: Before | None = None) -> None:
+    r"""Run ``Adagrad.step``'s update (torch's ``_single_tensor_adagrad``, operation for
+    operation, dense gradients) like :func:`adam_update_`; ``apply`` gets
+    :math:`d = \sqrt{G} + ε` and :math:`k = \mathrm{lr}_t`.
+
+    .. math:: G ← G + g^2,\quad \mathrm{lr}_t = \frac{\mathrm{lr}}{1 + (t-1)\,
+              \mathrm{lr\_decay}},\quad w ← w - \mathrm{lr}_t\, g/d
+    """
+    lr, eps, wd = float(group["lr"]), float(group["eps"]), float(group["weight_decay"])
+    decay, maximize = float(group["lr_decay"]), bool(group["maximize"])
+    clr: dict[Tensor, float] = {}
+    for p in params:
+        step_t = opt.state[p]["step"]
+        step_t += 1
+        clr[p] = lr / (1 + (step_t.item() - 1) * decay)
+
+    def piece(pc: Piece, w: Tensor, g: Tensor, scratch: list[Tensor]) -> tuple[Tensor, float]:
+        d = scratch[0]
+        g = _prep(g, w, maximize, wd, scratch[-1])
+        state_sum = pc.view(opt.state[pc.param]["sum"])
+        state_sum.addcmul_(g, g, value=1)
+        torch.sqrt(state_sum, out=d).add_(eps)
+        w.addcdiv_(g, d, value=-clr[pc.param])
+        return d, clr[pc.param]
+
+    _run(params, dims, 3 if (maximize or wd != 0) else 2, piece, apply, before)
+
+
+_UPDATES = {torch.optim.Adam: adam_update_, torch.optim.AdamW: adam_update_,
+            torch.optim.SGD: sgd_update_, torch.optim.RMSprop: rmsprop_update_,
+            torch.optim.Adagrad: adagrad_update_}

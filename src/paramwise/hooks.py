@@ -18,11 +18,12 @@ parameters with a gradient (others are skipped, as the optimizer skips them):
 * **after** the step: the proximal maps of ``l1`` / ``group_lasso`` (with ``l2`` folded in:
   elastic net) with step scale :math:`s` from :mod:`paramwise.prox`, then ``max_norm``'s
   projection.
-* **in place of** the step, for ``Adam``, ``AdamW`` and ``SGD`` groups on plain CPU tensors
-  (where torch runs its per-tensor loop): the pre-hook sets their gradients aside, so
-  ``step()`` skips them; the post-hook puts them back and runs the gradient terms, torch's own
-  update (operation for operation) and the proximal maps (Adam's with the update's own
-  denominator) in one pass over each chunk (:mod:`paramwise.fused`). A step that raises in
+* **in place of** the step, for ``Adam``, ``AdamW``, ``SGD``, ``RMSprop`` and ``Adagrad``
+  groups on plain CPU tensors (where torch runs its per-tensor loop): the pre-hook sets their
+  gradients aside, so ``step()`` skips them; the post-hook puts them back and runs the
+  gradient terms, torch's own update (operation for operation), the proximal maps (the
+  adaptive ones with the update's own denominator) and the max-norm projection in one pass
+  over each chunk (:mod:`paramwise.fused`). A step that raises in
   between applies nothing to these groups. Step pre-hooks registered after :func:`attach` (and
   post-hooks registered before it) see their ``.grad`` as ``None``. :func:`runs_fused` (and
   ``explain``) says which groups run this way; ``attach(opt, foreach=True)`` turns it off.

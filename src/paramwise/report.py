@@ -218,7 +218,7 @@ def explain(obj: nn.Module | torch.optim.Optimizer, name: str, rules=None,
             entries.append(("lowered", f"{note} (runs inside {type(opt).__name__}.step)"))
         if runs_fused(opt, gidx):
             entries.append(("fused", f"{type(opt).__name__}'s update and the regularizers run "
-                            "in one pass by paramwise's pre-step hook (paramwise.fused)"))
+                            "in one pass in paramwise's post-step hook (paramwise.fused)"))
     width = max(len(k) for k, _ in entries)
     lines.extend(f"  {k.ljust(width)}  {v}" for k, v in entries)
     return "\n".join(lines)
