@@ -11,6 +11,7 @@ from hypothesis import strategies as st
 
 from paramwise import regularizers as R
 from paramwise._chunks import batches
+from paramwise.regoptions import REG_KEYS, check_options
 
 F64 = torch.float64
 
@@ -24,7 +25,7 @@ def rand(*shape: int, seed: int = 0) -> torch.Tensor:
 def test_reg_keys_are_the_public_api():
     expected = {"l2", "l1", "prox", "prox_scale", "decoupled_decay", "group_lasso", "group_dim",
                 "max_norm", "max_norm_dim", "l2_to_init"}
-    assert expected == R.REG_KEYS
+    assert expected == REG_KEYS
 
 
 @pytest.mark.parametrize("opts, shape", [
@@ -38,7 +39,7 @@ def test_reg_keys_are_the_public_api():
     ({"prox_scale": "lr", "decoupled_decay": 0.1, "l2_to_init": 1e-3}, (2, 2)),
 ])
 def test_check_options_accepts(opts, shape):
-    assert R.check_options(opts, shape) is None
+    assert check_options(opts, shape) is None
 
 
 @pytest.mark.parametrize("opts, shape, pattern", [
@@ -60,7 +61,7 @@ def test_check_options_accepts(opts, shape):
     ({"prox": True, "l2": 1e-3}, (4,), r"prox=True but neither l1 nor group_lasso is set"),
 ])
 def test_check_options_rejects(opts, shape, pattern):
-    problem = R.check_options(opts, shape)
+    problem = check_options(opts, shape)
     assert problem is not None
     assert "\n" not in problem
     assert __import__("re").search(pattern, problem), problem

@@ -31,6 +31,7 @@ from ._chunks import as_float as _num
 from ._chunks import is_dtensor
 from .errors import ParamwiseError
 from .lowering import LOWERED_KEY
+from .regoptions import REG_KEYS, check_values
 
 __all__ = ["StepCfg", "group_label", "buckets", "split", "prox_", "prox_scaled_"]
 
@@ -75,9 +76,9 @@ class StepCfg:
 
     @classmethod
     def read(cls, i: int, group: Mapping[str, Any]) -> StepCfg | None:
-        if not R.REG_KEYS.intersection(group):
+        if not REG_KEYS.intersection(group):
             return None
-        problem = R.check_values(group)
+        problem = check_values(group)
         if problem:
             raise ParamwiseError(f"{group_label(i, group)}: {problem}",
                                  fix="fix the value in optimizer.param_groups (step() was not run)")

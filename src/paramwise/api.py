@@ -28,7 +28,7 @@ from .monitor import penalty as _penalty
 from .monitor import stats as _stats
 from .options import optimizer_keys, paramwise_keys, resolve_optimizer
 from .plan import Plan, make_plan
-from .regularizers import REG_KEYS
+from .regoptions import REG_KEYS
 from .rules import RuleLike
 
 __all__ = ["param_groups", "optimizer", "penalty", "stats", "plan_for", "resolve_target",

@@ -44,7 +44,7 @@ from torch import nn
 
 from .errors import ParamwiseError, closest
 from .options import REAL_KEYS, check_key, check_value, known_keys, resolve_optimizer
-from .regularizers import STRENGTH_KEYS
+from .regoptions import STRENGTH_KEYS
 from .rules import LayerDecay, Rule, layer_decay, no_decay
 
 __all__ = ["from_config", "load_config", "PRESETS", "TOP_LEVEL_KEYS"]

@@ -1,7 +1,7 @@
 r"""Regularization for any ``torch.optim.Optimizer``, run by its step pre/post hooks.
 
 :func:`attach` registers two hooks; every step they read the regularization options
-(:data:`paramwise.regularizers.REG_KEYS`) from each param group, so ``state_dict()`` saves them,
+(:data:`paramwise.regoptions.REG_KEYS`) from each param group, so ``state_dict()`` saves them,
 schedulers' ``lr`` changes apply, and a group without a key has that regularizer off. For the
 parameters with a gradient (others are skipped, as the optimizer skips them):
 
@@ -90,12 +90,12 @@ import torch
 from torch import Tensor
 
 from . import _groupstep as G
-from . import regularizers as R
 from ._chunks import as_float as _num
 from ._stepcfg import StepCfg, group_label
 from .errors import ParamwiseError
 from .fused import fusable
 from .lowering import LOWERED_KEY, lower
+from .regoptions import REG_KEYS, check_options
 
 __all__ = ["attach", "Handle", "handle_of", "runs_fused", "lower", "LOWERED_KEY"]
 
@@ -346,12 +346,12 @@ def attach(optimizer: torch.optim.Optimizer, *, foreach: bool | None = None) -> 
                              fix="keep the handle from the first attach(), or call its remove() "
                              "before attaching again")
     for i, group in enumerate(optimizer.param_groups):
-        opts = {k: group[k] for k in R.REG_KEYS if k in group}
+        opts = {k: group[k] for k in REG_KEYS if k in group}
         if not opts:
             continue
         names = group.get("param_names") or [None] * len(group["params"])
         for p, name in zip(group["params"], names):
-            problem = R.check_options(opts, tuple(p.shape))
+            problem = check_options(opts, tuple(p.shape))
             if problem is None and p.is_complex():
                 problem = "complex parameters are not supported by paramwise regularizers"
             if problem:

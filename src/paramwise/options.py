@@ -24,6 +24,7 @@ from numbers import Real
 import torch
 
 from .errors import ParamwiseError, closest
+from .regoptions import REG_KEYS
 
 __all__ = [
     "MULTIPLIERS",
@@ -44,8 +45,6 @@ REAL_KEYS = frozenset({"lr", "weight_decay", "lr_mult", "weight_decay_mult", "mo
 
 
 def _reg_keys() -> frozenset[str]:
-    from .regularizers import REG_KEYS  # deferred: regularizers imports this module's checks
-
     return frozenset(REG_KEYS)
 
 

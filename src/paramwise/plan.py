@@ -30,6 +30,7 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
+from . import regoptions as reg
 from .errors import ParamwiseError, user_stacklevel
 from .inventory import Inventory, mask_to_str
 from .options import MULTIPLIERS, check_key, check_value
@@ -234,8 +235,6 @@ def _check_tied(plan: Plan) -> None:
 
 
 def _check_regularizers(plan: Plan) -> None:
-    from . import regularizers as reg
-
     keys = reg.REG_KEYS
     inv = plan.inv
     needs = [s for s, o in enumerate(plan.resolved) if keys & o.keys()]
