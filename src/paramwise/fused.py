@@ -2,26 +2,24 @@ r"""The optimizer's own update and the regularizers in one pass over each chunk 
 SGD, RMSprop, Adagrad on CPU).
 
 A regularizer run by step hooks reads and writes every weight once more before the step
-(gradient terms) and once more after it (proximal maps); under Adam and AdamW the adaptive
-proximal maps also need the step's per-element scale :math:`s = \mathrm{lr}/(\sqrt{\hat v} + ε)`,
-whose denominator ``torch.optim.Adam`` computes inside its update and drops — a square root and
-a division per weight again, about as much arithmetic as the update itself on a CPU (RMSprop's
-and Adagrad's likewise). Where torch
-runs its per-tensor loop anyway — plain CPU float32/float64 tensors with dense gradients,
+(gradient terms) and once more after it (proximal maps); under the adaptive optimizers the
+proximal maps also need the step's per-element scale (Adam: :math:`s = \mathrm{lr}/(\sqrt{\hat
+v} + ε)`), whose denominator the optimizer computes inside its update and drops — a square root
+and a division per weight again, about as much arithmetic as the update itself on a CPU. Where
+torch runs its per-tensor loop anyway — plain CPU float32/float64 tensors with dense gradients,
 ``foreach``, ``fused``, ``capturable`` and ``differentiable`` off, a float ``lr`` (and betas),
-no closure — paramwise's step hooks run that update themselves, with torch's operations
-in torch's order (``_single_tensor_adam``, ``_sgd``, ``_rmsprop``, ``_adagrad``), on chunks
-that stay in cache: per chunk the gradient terms and ``decoupled_decay``, the update, then the
-proximal map (the adaptive ones with the denominator the update has just computed) and the
-``max_norm`` projection. Moments, momentum buffers, step counts and the weights before the
-proximal map are bit-for-bit what an eager ``step()`` gives (tested); the
-state is torch's own, so ``state_dict()`` and schedulers see nothing different. The pre-hook
-sets these parameters' gradients aside (so ``step()`` skips them); the post-hook puts them back
-and runs the fused update, so a step that raises in between applies nothing to them.
-Under ``torch.compile`` Adam's and SGD's updates are traced whole, step counts kept tensors, so
-inductor puts the update and the proximal map in one kernel (group lasso and max-norm stay with
-the hooks there: inductor 2.13 fails on row norms and the update in one graph; RMSprop and
-Adagrad keep torch's step).
+no closure — paramwise's step hooks run that update themselves, with torch's operations in
+torch's order (``_single_tensor_adam``, ``_sgd``, ``_rmsprop``, ``_adagrad``), on chunks that
+stay in cache: per chunk the gradient terms and ``decoupled_decay``, the update, the proximal
+map (the adaptive ones with the update's own denominator) and the ``max_norm`` projection.
+Moments, momentum buffers, step counts and the weights before the proximal map are bit-for-bit
+what an eager ``step()`` gives (tested); the state is torch's own, so ``state_dict()`` and
+schedulers see nothing different. The pre-hook sets these parameters' gradients aside (so
+``step()`` skips them); the post-hook puts them back and runs the fused update, so a step that
+raises in between applies nothing to them. Under ``torch.compile`` Adam's and SGD's updates are
+traced whole, step counts kept tensors, so inductor puts the update and the proximal map in one
+kernel (group lasso and max-norm stay with the hooks there: inductor 2.13 fails on row norms and
+the update in one graph; RMSprop and Adagrad keep torch's step).
 
 Adam per element, with :math:`t` the step count, :math:`λ_w` the group's ``weight_decay``
 (the others: :func:`sgd_update_`, :func:`rmsprop_update_`, :func:`adagrad_update_`):
@@ -64,10 +62,9 @@ ADAM_KEYS = frozenset({"lr", "betas", "eps", "weight_decay", "amsgrad", "maximiz
 #: The same for ``torch.optim.SGD``.
 SGD_KEYS = frozenset({"lr", "momentum", "dampening", "weight_decay", "nesterov", "maximize",
                       "foreach", "differentiable", "fused"})
-#: ... ``torch.optim.RMSprop``.
+#: ... ``torch.optim.RMSprop``; ``torch.optim.Adagrad``.
 RMSPROP_KEYS = frozenset({"lr", "alpha", "eps", "weight_decay", "momentum", "centered",
                           "capturable", "foreach", "maximize", "differentiable"})
-#: ... ``torch.optim.Adagrad``.
 ADAGRAD_KEYS = frozenset({"lr", "lr_decay", "weight_decay", "initial_accumulator_value", "eps",
                           "foreach", "maximize", "differentiable", "fused"})
 _KEYS = {torch.optim.Adam: ADAM_KEYS, torch.optim.AdamW: ADAM_KEYS, torch.optim.SGD: SGD_KEYS,
@@ -164,10 +161,9 @@ _PieceFn = Callable[[Piece, Tensor, Tensor, list[Tensor]], "tuple[Tensor | None,
 
 def _run(params: Sequence[Tensor], dims: Sequence[int], per: int, piece: _PieceFn,
          apply: Apply, before: Before | None) -> None:
-    """The batch loop every update shares: batches of whole slices along ``dims`` (split by
-    dtype; about twice the hooks' batch in all, ``per`` scratch tensors a piece; the best of
-    2^17..2^21 measured on a 16.8M-parameter MLP, where a batch's parameters, gradients and
-    moments stay in L2/L3), ``before`` on each batch, ``piece`` on each piece, then ``apply``."""
+    """The batch loop every update shares: batches of whole slices along ``dims``, split by
+    dtype, of about twice the hooks' batch over ``per`` scratch tensors a piece (the best of
+    2^17..2^21 on a 16.8M-parameter MLP); ``before``, ``piece`` on each piece, ``apply``."""
     work: Tensor | None = None
     limit = 2 * chunk_limit(torch.device("cpu")) // max(per, 1)
     for batch in (b for ps, ds in _by_dtype(params, dims) for b in batches(ps, ds, limit)):
@@ -195,8 +191,7 @@ def _run(params: Sequence[Tensor], dims: Sequence[int], per: int, piece: _PieceF
 
 
 def _prep(g: Tensor, w: Tensor, maximize: bool, wd: float, buf: Tensor | None) -> Tensor:
-    """torch's ``grad = -grad`` (maximize) and ``grad = grad.add(param, alpha=wd)``, into
-    ``buf``."""
+    """torch's ``grad = -grad`` (maximize), ``grad = grad.add(param, alpha=wd)``, into ``buf``."""
     if maximize:
         g = torch.neg(g, out=buf)
     if wd != 0:
