@@ -351,7 +351,9 @@ def test_explain_says_which_groups_run_fused():
 
 
 @pytest.mark.parametrize("cls,kw", [(torch.optim.Adam, {"weight_decay": 0.1}),
-                                    (torch.optim.SGD, {"momentum": 0.9})])
+                                    (torch.optim.SGD, {"momentum": 0.9}),
+                                    (torch.optim.RMSprop, {"momentum": 0.9, "centered": True}),
+                                    (torch.optim.Adagrad, {"lr_decay": 0.1})])
 def test_odd_tensors_late_gradients_and_resume_match_torch(cls, kw, limit, monkeypatch):
     """channels_last and 0-d/empty parameters, a parameter whose first gradient comes at step
     3, and a state_dict resume halfway: the fused update (forced on for a group whose options
