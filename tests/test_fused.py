@@ -8,7 +8,7 @@ import torch
 from torch import nn
 
 import paramwise
-from paramwise import _chunks, _groupstep
+from paramwise import _chunks, _groupstep, hooks
 from paramwise.fused import adam_update_, fusable, sgd_update_, update_
 from paramwise.hooks import attach
 
@@ -391,3 +391,46 @@ def test_odd_tensors_late_gradients_and_resume_match_torch(cls, kw, limit, monke
         assert torch.equal(p, q) and p.stride() == q.stride()
         for k, v in ref_opt.state[p].items():
             assert torch.equal(v, opt.state[q][k]), k
+
+
+@pytest.mark.parametrize("cls", [torch.optim.SGD, torch.optim.RMSprop])
+def test_momentum_one_runs_where_no_scale_is_needed_and_refuses_an_adaptive_prox(cls):
+    """torch accepts momentum=1.0; the steady-state scale lr/(1-momentum) then does not exist.
+    A prox with prox_scale='lr' and a max-norm projection need none (fused or not, the same
+    result); an adaptive prox is refused before step() changes anything."""
+    def run(reg: dict, fuse: bool) -> list[torch.Tensor]:
+        ps = params(torch.float64)
+        with pytest.MonkeyPatch.context() as mp:
+            if not fuse:
+                mp.setattr(_groupstep, "fusable", lambda *a, **k: False)
+            opt = cls([{"params": ps, **reg}], lr=0.01, momentum=1.0)
+            attach(opt)
+            for step in range(3):
+                for p, g in zip(ps, grads(ps, step)):
+                    p.grad = g
+                opt.step()
+        return ps
+
+    for reg in ({"l1": 0.3, "prox_scale": "lr"}, {"max_norm": 0.5, "l2": 0.1}):
+        for a, b in zip(run(reg, True), run(reg, False)):
+            torch.testing.assert_close(a, b, rtol=1e-9, atol=1e-12)
+    ps = params(torch.float64)
+    before = [p.detach().clone() for p in ps]
+    opt = cls([{"params": ps, "l1": 0.3}], lr=0.01, momentum=1.0)
+    attach(opt)
+    for p, g in zip(ps, grads(ps, 0)):
+        p.grad = g
+    with pytest.raises(paramwise.ParamwiseError, match=r"momentum=1.0 has no steady-state step"):
+        opt.step()
+    assert all(torch.equal(p, b) for p, b in zip(ps, before)) and not opt.state
+
+
+def test_asking_whether_adagrad_runs_fused_leaves_its_state_alone():
+    """Adagrad creates its state when built; a parameter added later has none (torch's step
+    would fail on it), so its group is not fused, and asking must not create an entry."""
+    w, late = nn.Parameter(torch.randn(4, 3)), nn.Parameter(torch.randn(2, 3))
+    opt = torch.optim.Adagrad([{"params": [w], "l1": 1e-3}], lr=0.1)
+    opt.add_param_group({"params": [late], "l1": 1e-3})
+    attach(opt)
+    assert hooks.runs_fused(opt, 0) and not hooks.runs_fused(opt, 1)
+    assert late not in opt.state and len(opt.state_dict()["state"]) == 1

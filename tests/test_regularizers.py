@@ -26,6 +26,7 @@ def test_reg_keys_are_the_public_api():
     expected = {"l2", "l1", "prox", "prox_scale", "decoupled_decay", "group_lasso", "group_dim",
                 "max_norm", "max_norm_dim", "l2_to_init"}
     assert expected == REG_KEYS
+    assert R.REG_KEYS is REG_KEYS and R.check_options is check_options   # still public there
 
 
 @pytest.mark.parametrize("opts, shape", [

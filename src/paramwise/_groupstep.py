@@ -140,7 +140,7 @@ def fused_group_(opt: torch.optim.Optimizer, group: dict, cfg: StepCfg, ps: list
     # one scale for the group: SGD's steady-state step, or lr (prox_scale="lr")
     rule = scaling_for(type(opt))
     s = (rule(group, cfg.lr, [], opt.state, foreach=False)
-         if cfg.adaptive and rule is not None and not adaptive else cfg.lr)
+         if cfg.prox_on and cfg.adaptive and rule is not None and not adaptive else cfg.lr)
 
     def projected(batch: list, ws: list[Tensor]) -> None:
         if project:   # the batch holds whole rows along max_norm_dim

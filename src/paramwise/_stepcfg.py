@@ -7,8 +7,8 @@ run where follows from the cascade of keys:
 
 * gradient terms (before the step): ``l2`` when no proximal map runs, ``l1`` / ``group_lasso``
   with ``prox=False``, ``l2_to_init``; ``decoupled_decay`` scales the weights there too;
-* proximal maps (after the step, or fused into Adam's update): ``l1`` and ``group_lasso``, with
-  ``l2`` folded in (elastic net: :math:`w ← S(w, sλ_1)/(1 + sλ_2)`);
+* proximal maps (after the step, or fused into the optimizer's update): ``l1`` and
+  ``group_lasso``, with ``l2`` folded in (elastic net: :math:`w ← S(w, sλ_1)/(1 + sλ_2)`);
 * options lowered into the optimizer's own (``paramwise_lowered``) are skipped.
 
 Example::

@@ -11,7 +11,8 @@ torch runs its per-tensor loop anyway — plain CPU float32/float64 tensors with
 no closure — paramwise's step hooks run that update themselves, with torch's operations in
 torch's order (``_single_tensor_adam``, ``_sgd``, ``_rmsprop``, ``_adagrad``), on chunks that
 stay in cache: per chunk the gradient terms and ``decoupled_decay``, the update, the proximal
-map (the adaptive ones with the update's own denominator) and the ``max_norm`` projection.
+map (the adaptive ones with the update's own denominator) and the ``max_norm`` projection
+(unless group lasso cuts the chunks along another dim).
 Moments, momentum buffers, step counts and the weights before the proximal map are bit-for-bit
 what an eager ``step()`` gives (tested); the state is torch's own, so ``state_dict()`` and
 schedulers see nothing different. The pre-hook sets these parameters' gradients aside (so
@@ -84,7 +85,7 @@ _DTYPES = (torch.float32, torch.float64)
 
 def fusable(opt: torch.optim.Optimizer, group: dict, params: Sequence[Tensor], *,
             closure: bool) -> bool:
-    """Whether :func:`adam_update_` / :func:`sgd_update_` may run ``group``'s update for
+    """Whether :func:`update_` may run ``group``'s update for
     ``params`` instead of ``opt.step``: exactly ``Adam``, ``AdamW``, ``SGD``, ``RMSprop`` or
     ``Adagrad`` (with its state, which it creates when built) taking torch's per-tensor path,
     plain CPU float32 or float64 tensors with dense gradients like them (a parameter without a
@@ -95,7 +96,7 @@ def fusable(opt: torch.optim.Optimizer, group: dict, params: Sequence[Tensor], *
         return False
     if torch.compiler.is_compiling() and type(opt) not in _TRACED:
         return False
-    if type(opt) is torch.optim.Adagrad and not all("sum" in opt.state[p] for p in params):
+    if type(opt) is torch.optim.Adagrad and not all("sum" in opt.state.get(p, ()) for p in params):
         return False
     # (a compiled step sets ``capturable``: its step counts stay tensors, as the traced update's)
     flags = ("foreach", "fused", "differentiable") + (
@@ -338,9 +339,9 @@ def rmsprop_update_(opt: torch.optim.Optimizer, group: dict, params: Sequence[Te
     lr, eps, wd = float(group["lr"]), float(group["eps"]), float(group["weight_decay"])
     alpha, mu = float(group["alpha"]), float(group["momentum"])
     maximize, centered = bool(group["maximize"]), bool(group["centered"])
-    for p in params:
+    k = lr / (1 - mu) if 0 < mu < 1 else lr   # (momentum 1 has no steady-state scale: the
+    for p in params:                            # hooks refuse an adaptive prox with it)
         _state(opt, group, p)["step"] += 1
-    k = lr / (1 - mu) if mu > 0 else lr
 
     def piece(pc: Piece, w: Tensor, g: Tensor, scratch: list[Tensor]) -> tuple[Tensor, float]:
         st = opt.state[pc.param]

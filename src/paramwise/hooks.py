@@ -51,7 +51,8 @@ parameter has its anchor, its ``l2_to_init`` term is 0 (:math:`w_0 = w`), in the
 
 **Bad values.** A strength that became negative or non-finite after :func:`attach` (e.g. set by
 hand) raises :class:`~paramwise.errors.ParamwiseError` from the pre-hook, before anything is
-changed. A NaN/inf parameter or gradient element stays where it is: no regularizer spreads it to
+changed; so does an adaptive prox under SGD or RMSprop with ``momentum >= 1`` (no step scale:
+:func:`paramwise.prox.scale_problem`). A NaN/inf parameter or gradient element stays where it is: no regularizer spreads it to
 other elements (see :mod:`paramwise.regularizers`); :func:`paramwise.stats` counts them.
 
 **Speed.** Parameters are bucketed by device, dtype and DTensor-ness. Plain accelerator tensors
@@ -95,6 +96,7 @@ from ._stepcfg import StepCfg, group_label
 from .errors import ParamwiseError
 from .fused import fusable
 from .lowering import LOWERED_KEY, lower
+from .prox import scale_problem
 from .regoptions import REG_KEYS, check_options
 
 __all__ = ["attach", "Handle", "handle_of", "runs_fused", "lower", "LOWERED_KEY"]
@@ -240,6 +242,11 @@ class Handle:
         for i, g in enumerate(opt.param_groups):
             c = StepCfg.read(i, g)
             if c is not None:
+                problem = scale_problem(type(opt), g) if c.prox_on and c.adaptive else None
+                if problem:
+                    raise ParamwiseError(f"{group_label(i, g)}: {problem}",
+                                         fix="use momentum < 1, or prox_scale='lr' (threshold "
+                                         "lr·λ); step() was not run")
                 cfgs.append((g, c))
         found_inf = getattr(opt, "found_inf", None)
         self._skip = isinstance(found_inf, Tensor) and bool(found_inf.item())

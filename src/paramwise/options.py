@@ -2,7 +2,7 @@
 
 Known keys for an optimizer are its constructor's keyword arguments (minus ``params``) plus
 paramwise's own (:data:`MULTIPLIERS` and the regularization keys of
-:mod:`paramwise.regularizers`). Without an optimizer, keys are checked against the union of
+:mod:`paramwise.regoptions`). Without an optimizer, keys are checked against the union of
 every ``torch.optim`` optimizer's arguments, so a typo such as ``weight_deacy`` is caught either way.
 
     >>> resolve_optimizer("adamw").__name__

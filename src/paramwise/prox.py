@@ -54,7 +54,7 @@ from ._chunks import Piece, is_dtensor, power
 from ._chunks import as_float as _num
 
 __all__ = ["Scaling", "Denominator", "register_scaling", "scaling_for", "denominator_for",
-           "per_element", "warn_unknown"]
+           "per_element", "warn_unknown", "scale_problem"]
 
 #: ``rule(group, lr, pieces, state, foreach=...) -> s``: a number, or one new tensor per piece
 #: (shaped like the piece) holding the per-element scale. ``state`` is ``optimizer.state``.
@@ -93,6 +93,16 @@ def per_element(cls: type) -> bool:
     """Whether ``'adaptive'`` on ``cls`` may give a per-element scale (every rule but SGD's)."""
     rule = _RULES.get(cls)
     return rule is not None and rule is not _sgd
+
+
+def scale_problem(cls: type, group: Mapping[str, Any]) -> str | None:
+    """Why ``'adaptive'`` has no step scale for ``group`` of a ``cls`` optimizer, or None:
+    paramwise's SGD and RMSprop rules divide by :math:`1 - μ`, so ``momentum >= 1`` (which
+    torch accepts) has no steady-state step to threshold with."""
+    if _RULES.get(cls) in (_sgd, _rmsprop) and _num(group.get("momentum", 0.0)) >= 1:
+        return (f"momentum={group['momentum']} has no steady-state step, so prox_scale="
+                f"'adaptive' (threshold lr·λ/(1 - momentum)) is undefined")
+    return None
 
 
 def warn_unknown(cls: type) -> None:

@@ -62,8 +62,16 @@ from ._rows import (
     metric_group_prox_,
     mul_,
 )
+from .regoptions import (  # noqa: F401  (re-exported: they were public here before the split)
+    PROX_SCALES,
+    REG_KEYS,
+    STRENGTH_KEYS,
+    check_options,
+    check_values,
+)
 
 __all__ = [
+    "REG_KEYS", "STRENGTH_KEYS", "PROX_SCALES", "check_options", "check_values",
     "group_norms", "group_size",
     "l2_penalty", "l1_penalty", "group_lasso_penalty", "l2_to_init_penalty",
     "add_l2_grad_", "add_l1_grad_", "add_group_lasso_grad_", "add_l2_to_init_grad_", "decay_",
