@@ -415,12 +415,15 @@ def test_momentum_one_runs_where_no_scale_is_needed_and_refuses_an_adaptive_prox
         for a, b in zip(run(reg, True), run(reg, False)):
             torch.testing.assert_close(a, b, rtol=1e-9, atol=1e-12)
     ps = params(torch.float64)
+    with pytest.raises(paramwise.ParamwiseError, match=r"momentum=1.0 has no steady-state step"):
+        attach(cls([{"params": ps, "l1": 0.3}], lr=0.01, momentum=1.0))     # when built
     before = [p.detach().clone() for p in ps]
-    opt = cls([{"params": ps, "l1": 0.3}], lr=0.01, momentum=1.0)
+    opt = cls([{"params": ps, "l1": 0.3}], lr=0.01, momentum=0.9)
     attach(opt)
+    opt.param_groups[0]["momentum"] = 1.0                               # set later by hand
     for p, g in zip(ps, grads(ps, 0)):
         p.grad = g
-    with pytest.raises(paramwise.ParamwiseError, match=r"momentum=1.0 has no steady-state step"):
+    with pytest.raises(paramwise.ParamwiseError, match=r"step\(\) was not run"):
         opt.step()
     assert all(torch.equal(p, b) for p, b in zip(ps, before)) and not opt.state
 

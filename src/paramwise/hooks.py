@@ -242,11 +242,7 @@ class Handle:
         for i, g in enumerate(opt.param_groups):
             c = StepCfg.read(i, g)
             if c is not None:
-                problem = scale_problem(type(opt), g) if c.prox_on and c.adaptive else None
-                if problem:
-                    raise ParamwiseError(f"{group_label(i, g)}: {problem}",
-                                         fix="use momentum < 1, or prox_scale='lr' (threshold "
-                                         "lr·λ); step() was not run")
+                _check_scale(opt, i, g, c, "; step() was not run")
                 cfgs.append((g, c))
         found_inf = getattr(opt, "found_inf", None)
         self._skip = isinstance(found_inf, Tensor) and bool(found_inf.item())
@@ -364,9 +360,21 @@ def attach(optimizer: torch.optim.Optimizer, *, foreach: bool | None = None) -> 
             if problem:
                 who = f"parameter {name!r}" if name else f"a parameter of shape {tuple(p.shape)}"
                 raise ParamwiseError(f"{group_label(i, group)}, {who}: {problem}")
+        _check_scale(optimizer, i, group, StepCfg.read(i, group), "")
     handle = Handle(optimizer, foreach)
     _ATTACHED[optimizer] = handle
     return handle
+
+
+def _check_scale(opt: torch.optim.Optimizer, i: int, group: dict, cfg: StepCfg | None,
+                 more: str) -> None:
+    """Refuse an adaptive prox whose step scale does not exist (see
+    :func:`paramwise.prox.scale_problem`): when attaching, and at each step before it runs."""
+    if cfg is not None and cfg.prox_on and cfg.adaptive:
+        problem = scale_problem(type(opt), group)
+        if problem:
+            raise ParamwiseError(f"{group_label(i, group)}: {problem}",
+                                 fix="use momentum < 1, or prox_scale='lr' (threshold lr·λ)" + more)
 
 
 def runs_fused(optimizer: torch.optim.Optimizer, group_index: int) -> bool:
