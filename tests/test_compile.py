@@ -29,6 +29,10 @@ CONFIGS = {
     "adamw_l1_subgradient_l2_to_init": ("adamw", dict(lr=1e-2),
                                         [paramwise.Rule("weight", l1=1e-2, prox=False,
                                                         l2_to_init=0.1)]),
+    "rmsprop_l1_adaptive_max_norm": ("rmsprop", dict(lr=1e-2, momentum=0.5),
+                                     [paramwise.Rule("weight", l1=1e-2, max_norm=0.5)]),
+    "adagrad_group_lasso_l2": ("adagrad", dict(lr=0.1, lr_decay=0.01),
+                               [paramwise.Rule("weight", group_lasso=1e-2, l2=1e-2)]),
 }
 
 
