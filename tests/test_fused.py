@@ -58,13 +58,18 @@ SGDS = [
 @pytest.mark.parametrize("cls,kw", SGDS)
 def test_sgd_update_is_torch_sgd_bit_for_bit(cls, kw, dtype, limit):
     ref, ps = params(dtype), params(dtype)
-    ref_opt, opt = run_both(cls, kw, ref, ps, sgd_update_)
+    assert_same_as_torch(ref, ps, *run_both(cls, kw, ref, ps, sgd_update_))
+
+
+def assert_same_as_torch(ref: list, ps: list, ref_opt, opt) -> None:
+    """Weights and every state tensor (step counts included) equal, bit for bit, with the same
+    keys, dtype and strides."""
     for p, q in zip(ref, ps):
         assert torch.equal(p, q)
         assert ref_opt.state[p].keys() == opt.state[q].keys()
         for k, v in ref_opt.state[p].items():
             assert torch.equal(v, opt.state[q][k]), k
-            assert v.stride() == opt.state[q][k].stride()
+            assert v.dtype == opt.state[q][k].dtype and v.stride() == opt.state[q][k].stride()
 
 
 OPTS = [
@@ -83,11 +88,9 @@ def test_update_is_torch_adam_bit_for_bit(cls, kw, dtype, limit):
     """adam_update_ alone (no proximal map) is Adam.step: weights, moments, step counts."""
     ref, ps = params(dtype), params(dtype)
     ref_opt, opt = run_both(cls, kw, ref, ps, adam_update_)
+    assert_same_as_torch(ref, ps, ref_opt, opt)
     for p, q in zip(ref, ps):
-        assert torch.equal(p, q)
-        for k, v in ref_opt.state[p].items():
-            assert torch.equal(v, opt.state[q][k]), k
-            assert v.dtype == opt.state[q][k].dtype and v.device == opt.state[q][k].device
+        assert all(v.device == opt.state[q][k].device for k, v in ref_opt.state[p].items())
     assert ref_opt.state_dict()["state"].keys() == opt.state_dict()["state"].keys()
 
 
@@ -109,13 +112,7 @@ ADAGRADS = [
 def test_rmsprop_and_adagrad_updates_are_torch_bit_for_bit(cls, kw, dtype, limit):
     """update_ alone is RMSprop.step / Adagrad.step: weights, every state tensor, step counts."""
     ref, ps = params(dtype), params(dtype)
-    ref_opt, opt = run_both(cls, kw, ref, ps, update_)
-    for p, q in zip(ref, ps):
-        assert torch.equal(p, q)
-        assert ref_opt.state[p].keys() == opt.state[q].keys()
-        for k, v in ref_opt.state[p].items():
-            assert torch.equal(v, opt.state[q][k]), k
-            assert v.dtype == opt.state[q][k].dtype and v.stride() == opt.state[q][k].stride()
+    assert_same_as_torch(ref, ps, *run_both(cls, kw, ref, ps, update_))
 
 
 def run(cls, kw: dict, reg: dict, fuse: bool, steps: int = 6):
