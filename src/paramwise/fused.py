@@ -17,10 +17,10 @@ Moments, momentum buffers, step counts and the weights before the proximal map a
 what an eager ``step()`` gives (tested); the state is torch's own, so ``state_dict()`` and
 schedulers see nothing different. The pre-hook sets these parameters' gradients aside (so
 ``step()`` skips them); the post-hook puts them back and runs the fused update, so a step that
-raises in between applies nothing to them. Under ``torch.compile`` Adam's and SGD's updates are
-traced whole, step counts kept tensors, so inductor puts the update and the proximal map in one
-kernel (group lasso and max-norm stay with the hooks there: inductor 2.13 fails on row norms and
-the update in one graph; RMSprop and Adagrad keep torch's step).
+raises in between applies nothing to them. Under ``torch.compile`` the updates are traced whole
+(:mod:`paramwise._traced`), step counts kept tensors, so inductor puts the update and the
+proximal map in one kernel (group lasso and max-norm stay with the hooks there: inductor 2.13
+fails on row norms and the update in one graph).
 
 Adam per element, with :math:`t` the step count, :math:`λ_w` the group's ``weight_decay``
 (the others: :func:`sgd_update_`, :func:`rmsprop_update_`, :func:`adagrad_update_`):
@@ -51,7 +51,8 @@ from typing import Any
 import torch
 from torch import Tensor
 
-from ._chunks import Piece, batches, chunk_limit, is_dtensor, power
+from . import _traced
+from ._chunks import Piece, batches, chunk_limit, is_dtensor
 
 __all__ = ["fusable", "update_", "adam_update_", "sgd_update_", "rmsprop_update_",
            "adagrad_update_", "ADAM_KEYS", "SGD_KEYS", "RMSPROP_KEYS", "ADAGRAD_KEYS"]
@@ -70,7 +71,6 @@ ADAGRAD_KEYS = frozenset({"lr", "lr_decay", "weight_decay", "initial_accumulator
                           "foreach", "maximize", "differentiable", "fused"})
 _KEYS = {torch.optim.Adam: ADAM_KEYS, torch.optim.AdamW: ADAM_KEYS, torch.optim.SGD: SGD_KEYS,
          torch.optim.RMSprop: RMSPROP_KEYS, torch.optim.Adagrad: ADAGRAD_KEYS}
-_TRACED = (torch.optim.Adam, torch.optim.AdamW, torch.optim.SGD)
 
 #: Receives each updated batch: its pieces, the parameter slices, then per piece the
 #: denominator :math:`d`, one scratch tensor and the number :math:`k` of the step scale
@@ -90,11 +90,9 @@ def fusable(opt: torch.optim.Optimizer, group: dict, params: Sequence[Tensor], *
     ``Adagrad`` (with its state, which it creates when built) taking torch's per-tensor path,
     plain CPU float32 or float64 tensors with dense gradients like them (a parameter without a
     gradient yet is judged by itself), no closure (it would recompute the gradients inside the
-    step); while ``torch.compile`` traces, Adam, AdamW and SGD only."""
+    step)."""
     keys = _KEYS.get(type(opt))
     if keys is None or closure or not keys.issuperset(opt.defaults):
-        return False
-    if torch.compiler.is_compiling() and type(opt) not in _TRACED:
         return False
     if type(opt) is torch.optim.Adagrad and not all("sum" in opt.state.get(p, ()) for p in params):
         return False
@@ -216,7 +214,7 @@ def adam_update_(opt: torch.optim.Optimizer, group: dict, params: Sequence[Tenso
     maximize, amsgrad = bool(group["maximize"]), bool(group["amsgrad"])
     decoupled = bool(group.get("decoupled_weight_decay", False))
     if torch.compiler.is_compiling():
-        _adam_traced(opt, group, params, apply, before)
+        _traced.adam(group, params, [_state(opt, group, p) for p in params], apply, before)
         return
     coeffs: dict[Tensor, tuple[float, float]] = {}
     states: dict[Tensor, dict[str, Any]] = {}
@@ -248,44 +246,6 @@ def adam_update_(opt: torch.optim.Optimizer, group: dict, params: Sequence[Tenso
         return d, lr
 
     _run(params, dims, 3 if (maximize or coupled) else 2, piece, apply, before)
-
-
-def _adam_traced(opt: torch.optim.Optimizer, group: dict, params: Sequence[Tensor],
-                 apply: Apply, before: Before | None) -> None:
-    """:func:`adam_update_` while ``torch.compile`` traces: whole tensors (inductor fuses the
-    update and the proximal map into one loop, so there is nothing to cut), the step count
-    kept a tensor (no ``.item()``), the bias corrections as :math:`e^{t\\ln β}`."""
-    lr, eps, wd = float(group["lr"]), float(group["eps"]), float(group["weight_decay"])
-    beta1, beta2 = (float(b) for b in group["betas"])
-    decoupled = bool(group.get("decoupled_weight_decay", False))
-    pieces = [Piece(p) for p in params]
-    ws = list(params)
-    gs = [p.grad for p in params]
-    if before is not None:
-        before(pieces, ws, gs)  # type: ignore[arg-type]
-    ds = []
-    for p, w, g in zip(params, ws, gs):
-        st = _state(opt, group, p)
-        st["step"] += 1
-        t = st["step"]
-        if group["maximize"]:
-            g = -g  # type: ignore[operator]
-        if wd != 0:
-            if decoupled:
-                w.mul_(1 - lr * wd)
-            else:
-                g = g.add(w, alpha=wd)  # type: ignore[union-attr]
-        st["exp_avg"].lerp_(g, 1 - beta1)
-        st["exp_avg_sq"].mul_(beta2).addcmul_(g, g, value=1 - beta2)
-        src = st["exp_avg_sq"]
-        if group["amsgrad"]:
-            torch.maximum(st["max_exp_avg_sq"], src, out=st["max_exp_avg_sq"])
-            src = st["max_exp_avg_sq"]
-        bc1, bc2 = 1 - power(beta1, t), 1 - power(beta2, t)
-        d = src.sqrt() / bc2.sqrt() + eps
-        w.sub_(st["exp_avg"] / d * (lr / bc1))
-        ds.append(d)
-    apply(pieces, ws, ds, [], [lr] * len(ds))
 
 
 def sgd_update_(opt: torch.optim.Optimizer, group: dict, params: Sequence[Tensor],
@@ -336,6 +296,9 @@ def rmsprop_update_(opt: torch.optim.Optimizer, group: dict, params: Sequence[Te
     .. math:: v ← αv + (1-α)g^2,\quad \bar g ← \bar g + (1-α)(g - \bar g);\quad
               b ← μb + g/d,\ w ← w - \mathrm{lr}\,b \quad (μ = 0:\ w ← w - \mathrm{lr}\,g/d)
     """
+    if torch.compiler.is_compiling():
+        _traced.rmsprop(group, params, [_state(opt, group, p) for p in params], apply, before)
+        return
     lr, eps, wd = float(group["lr"]), float(group["eps"]), float(group["weight_decay"])
     alpha, mu = float(group["alpha"]), float(group["momentum"])
     maximize, centered = bool(group["maximize"]), bool(group["centered"])
@@ -376,6 +339,9 @@ def adagrad_update_(opt: torch.optim.Optimizer, group: dict, params: Sequence[Te
     .. math:: G ← G + g^2,\quad \mathrm{lr}_t = \frac{\mathrm{lr}}{1 + (t-1)\,
               \mathrm{lr\_decay}},\quad w ← w - \mathrm{lr}_t\, g/d
     """
+    if torch.compiler.is_compiling():
+        _traced.adagrad(group, params, [opt.state[p] for p in params], apply, before)
+        return
     lr, eps, wd = float(group["lr"]), float(group["eps"]), float(group["weight_decay"])
     decay, maximize = float(group["lr_decay"]), bool(group["maximize"])
     clr: dict[Tensor, float] = {}
