@@ -13,7 +13,7 @@ ROOT = Path(__file__).resolve().parents[1]
 def test_bench_regularizers_quick_runs_every_family_and_variant():
     out = subprocess.run(
         [sys.executable, str(ROOT / "benchmarks" / "bench_regularizers.py"), "--quick",
-         "--optim", "sgd,adam,rmsprop,adagrad"],
+         "--device", "cpu", "--optim", "sgd,adam,rmsprop,adagrad"],
         capture_output=True, text=True, timeout=120, check=True).stdout
     for family in ("SGD", "Adam", "RMSprop", "Adagrad"):
         assert f"== {family} " in out

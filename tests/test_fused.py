@@ -414,6 +414,11 @@ def test_momentum_one_runs_where_no_scale_is_needed_and_refuses_an_adaptive_prox
     ps = params(torch.float64)
     with pytest.raises(paramwise.ParamwiseError, match=r"momentum=1.0 has no steady-state step"):
         attach(cls([{"params": ps, "l1": 0.3}], lr=0.01, momentum=1.0))     # when built
+    idle = cls([{"params": ps, "l1": 0.3}], lr=0.0, momentum=1.0)         # lr 0: no prox runs
+    attach(idle)
+    for p, g in zip(ps, grads(ps, 0)):
+        p.grad = g
+    idle.step()
     before = [p.detach().clone() for p in ps]
     opt = cls([{"params": ps, "l1": 0.3}], lr=0.01, momentum=0.9)
     attach(opt)

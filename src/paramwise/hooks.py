@@ -369,8 +369,9 @@ def attach(optimizer: torch.optim.Optimizer, *, foreach: bool | None = None) -> 
 def _check_scale(opt: torch.optim.Optimizer, i: int, group: dict, cfg: StepCfg | None,
                  more: str) -> None:
     """Refuse an adaptive prox whose step scale does not exist (see
-    :func:`paramwise.prox.scale_problem`): when attaching, and at each step before it runs."""
-    if cfg is not None and cfg.prox_on and cfg.adaptive:
+    :func:`paramwise.prox.scale_problem`): when attaching, and at each step before it runs
+    (not at lr 0: no prox runs then)."""
+    if cfg is not None and cfg.prox_on and cfg.adaptive and cfg.lr != 0:
         problem = scale_problem(type(opt), group)
         if problem:
             raise ParamwiseError(f"{group_label(i, group)}: {problem}",
