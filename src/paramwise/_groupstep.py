@@ -144,7 +144,8 @@ def fused_group_(opt: torch.optim.Optimizer, group: dict, cfg: StepCfg, ps: list
 
     def projected(batch: list, ws: list[Tensor]) -> None:
         if project:   # the batch holds whole rows along max_norm_dim
-            R.project_max_norm_(ws, cfg.max_norm, [pc.dim for pc in batch])  # type: ignore[arg-type]
+            c: float = cfg.max_norm  # type: ignore[assignment]
+            R.project_max_norm_(ws, c, [pc.dim for pc in batch])
 
     def one_scale(batch: list, ws: list[Tensor], *unused: list) -> None:
         if cfg.prox_on:

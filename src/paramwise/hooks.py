@@ -52,8 +52,9 @@ parameter has its anchor, its ``l2_to_init`` term is 0 (:math:`w_0 = w`), in the
 **Bad values.** A strength that became negative or non-finite after :func:`attach` (e.g. set by
 hand) raises :class:`~paramwise.errors.ParamwiseError` from the pre-hook, before anything is
 changed; so does an adaptive prox under SGD or RMSprop with ``momentum >= 1`` (no step scale:
-:func:`paramwise.prox.scale_problem`). A NaN/inf parameter or gradient element stays where it is: no regularizer spreads it to
-other elements (see :mod:`paramwise.regularizers`); :func:`paramwise.stats` counts them.
+:func:`paramwise.prox.scale_problem`), also refused by :func:`attach`. A NaN/inf parameter or
+gradient element stays where it is: no regularizer spreads it to other elements (see
+:mod:`paramwise.regularizers`); :func:`paramwise.stats` counts them.
 
 **Speed.** Parameters are bucketed by device, dtype and DTensor-ness. Plain accelerator tensors
 use multi-tensor ``torch._foreach_*`` kernels; on CPU a per-tensor loop (as fast there, measured,
@@ -374,8 +375,8 @@ def _check_scale(opt: torch.optim.Optimizer, i: int, group: dict, cfg: StepCfg |
     if cfg is not None and cfg.prox_on and cfg.adaptive and cfg.lr != 0:
         problem = scale_problem(type(opt), group)
         if problem:
-            raise ParamwiseError(f"{group_label(i, group)}: {problem}",
-                                 fix="use momentum < 1, or prox_scale='lr' (threshold lr·λ)" + more)
+            fix = "use momentum < 1, or prox_scale='lr' (threshold lr·λ)" + more
+            raise ParamwiseError(f"{group_label(i, group)}: {problem}", fix=fix)
 
 
 def runs_fused(optimizer: torch.optim.Optimizer, group_index: int) -> bool:
