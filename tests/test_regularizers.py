@@ -436,3 +436,20 @@ def test_majorized_group_prox_wakes_zero_rows_and_keeps_nonfinite_ones():
         # left unchanged (the scaled form computes w·d/d: up to one rounding)
         torch.testing.assert_close(x[4, [0, 1, 3]], y[4, [0, 1, 3]],
                                    rtol=2e-16 if scaled else 0, atol=0)
+
+
+def test_l1_term_traced_form_is_torch_sign_exactly(monkeypatch):
+    """Under torch.compile add_l1_grad_ writes where(|w| > 0, copysign(λ, w), 0) (inductor's
+    sign is slow on CPU); it must give torch.sign's numbers: 0 at ±0 and at NaN, ±λ at
+    subnormals and infinities, in float32 and float64."""
+    for dtype in (torch.float32, torch.float64):
+        tiny = torch.finfo(dtype).tiny / 4                       # a subnormal
+        w = torch.tensor([-2.0, -0.0, 0.0, 3.0, tiny, -tiny, math.nan, math.inf, -math.inf],
+                         dtype=dtype)
+        g = torch.linspace(-1, 1, len(w), dtype=dtype)
+        expected = g.clone().add_(w.sign(), alpha=0.1)
+        traced = g.clone()
+        monkeypatch.setattr(torch.compiler, "is_compiling", lambda: True)
+        R.add_l1_grad_([traced], [w], 0.1)
+        monkeypatch.undo()
+        assert torch.equal(traced, expected), dtype
