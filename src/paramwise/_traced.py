@@ -32,22 +32,21 @@ They run eagerly too (the same numbers, without the speed)::
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
-from typing import Any
+from collections.abc import Sequence
+from typing import TYPE_CHECKING, Any
 
 import torch
 from torch import Tensor
 
 from ._chunks import Piece, power
+from .prox import decayed_lr, momentum_scale
+
+if TYPE_CHECKING:
+    from .fused import Apply, Before
 
 __all__ = ["adam", "rmsprop", "adagrad"]
 
-#: ``apply(pieces, ws, ds, [], ks)`` and ``before(pieces, ws, gs)`` as in :mod:`paramwise.fused`.
-Apply = Callable[..., None]
-Before = Callable[..., None] | None
-
-
-def _start(params: Sequence[Tensor], before: Before) -> tuple[list[Piece], list[Tensor],
+def _start(params: Sequence[Tensor], before: Before | None) -> tuple[list[Piece], list[Tensor],
                                                                list[Tensor]]:
     """Whole-tensor pieces, weights and gradients, after ``before`` (the gradient terms)."""
     pieces = [Piece(p) for p in params]
@@ -64,7 +63,7 @@ def _grad(g: Tensor, w: Tensor, group: dict[str, Any], wd: float) -> Tensor:
 
 
 def adam(group: dict[str, Any], params: Sequence[Tensor], states: Sequence[dict],
-         apply: Apply, before: Before) -> None:
+         apply: Apply, before: Before | None) -> None:
     """``Adam.step`` / ``AdamW.step`` (coupled or decoupled ``weight_decay``, amsgrad)."""
     lr, eps, wd = float(group["lr"]), float(group["eps"]), float(group["weight_decay"])
     beta1, beta2 = (float(b) for b in group["betas"])
@@ -91,7 +90,7 @@ def adam(group: dict[str, Any], params: Sequence[Tensor], states: Sequence[dict]
 
 
 def rmsprop(group: dict[str, Any], params: Sequence[Tensor], states: Sequence[dict],
-            apply: Apply, before: Before) -> None:
+            apply: Apply, before: Before | None) -> None:
     """``RMSprop.step`` (momentum, centered)."""
     lr, eps, wd = float(group["lr"]), float(group["eps"]), float(group["weight_decay"])
     alpha, mu = float(group["alpha"]), float(group["momentum"])
@@ -112,11 +111,11 @@ def rmsprop(group: dict[str, Any], params: Sequence[Tensor], states: Sequence[di
         else:
             w.sub_(g / d * lr)
         ds.append(d)
-    apply(pieces, ws, ds, [], [lr / (1 - mu) if 0 < mu < 1 else lr] * len(ds))
+    apply(pieces, ws, ds, [], [momentum_scale(lr, mu)] * len(ds))
 
 
 def adagrad(group: dict[str, Any], params: Sequence[Tensor], states: Sequence[dict],
-            apply: Apply, before: Before) -> None:
+            apply: Apply, before: Before | None) -> None:
     """``Adagrad.step`` (dense gradients; ``lr_decay`` with the step count a tensor)."""
     lr, eps, wd = float(group["lr"]), float(group["eps"]), float(group["weight_decay"])
     decay = float(group["lr_decay"])
@@ -124,7 +123,7 @@ def adagrad(group: dict[str, Any], params: Sequence[Tensor], states: Sequence[di
     ds, ks = [], []
     for w, g, st in zip(ws, gs, states):
         st["step"] += 1
-        clr = lr / (1 + (st["step"] - 1) * decay)
+        clr = decayed_lr(lr, st["step"], decay)
         g = _grad(g, w, group, wd)
         st["sum"].addcmul_(g, g, value=1)
         d = st["sum"].sqrt() + eps

@@ -53,6 +53,7 @@ from torch import Tensor
 
 from . import _traced
 from ._chunks import Piece, batches, chunk_limit, is_dtensor
+from .prox import decayed_lr, momentum_scale
 
 __all__ = ["fusable", "update_", "adam_update_", "sgd_update_", "rmsprop_update_",
            "adagrad_update_", "ADAM_KEYS", "SGD_KEYS", "RMSPROP_KEYS", "ADAGRAD_KEYS"]
@@ -302,8 +303,8 @@ def rmsprop_update_(opt: torch.optim.Optimizer, group: dict, params: Sequence[Te
     lr, eps, wd = float(group["lr"]), float(group["eps"]), float(group["weight_decay"])
     alpha, mu = float(group["alpha"]), float(group["momentum"])
     maximize, centered = bool(group["maximize"]), bool(group["centered"])
-    k = lr / (1 - mu) if 0 < mu < 1 else lr   # (momentum 1 has no steady-state scale: the
-    for p in params:                            # hooks refuse an adaptive prox with it)
+    k = momentum_scale(lr, mu)
+    for p in params:
         _state(opt, group, p)["step"] += 1
 
     def piece(pc: Piece, w: Tensor, g: Tensor, scratch: list[Tensor]) -> tuple[Tensor, float]:
@@ -348,7 +349,7 @@ def adagrad_update_(opt: torch.optim.Optimizer, group: dict, params: Sequence[Te
     for p in params:
         step_t = opt.state[p]["step"]
         step_t += 1
-        clr[p] = lr / (1 + (step_t.item() - 1) * decay)
+        clr[p] = decayed_lr(lr, step_t.item(), decay)
 
     def piece(pc: Piece, w: Tensor, g: Tensor, scratch: list[Tensor]) -> tuple[Tensor, float]:
         d = scratch[0]

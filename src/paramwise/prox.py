@@ -43,6 +43,7 @@ optimizer class ``"adaptive"`` falls back to :math:`s = \mathrm{lr}` and warns o
 
 from __future__ import annotations
 
+import math
 import warnings
 from collections.abc import Callable, Mapping, Sequence
 from typing import Any
@@ -54,7 +55,7 @@ from ._chunks import Piece, is_dtensor, power
 from ._chunks import as_float as _num
 
 __all__ = ["Scaling", "Denominator", "register_scaling", "scaling_for", "denominator_for",
-           "per_element", "warn_unknown", "scale_problem"]
+           "per_element", "warn_unknown", "scale_problem", "momentum_scale", "decayed_lr"]
 
 #: ``rule(group, lr, pieces, state, foreach=...) -> s``: a number, or one new tensor per piece
 #: (shaped like the piece) holding the per-element scale. ``state`` is ``optimizer.state``.
@@ -103,6 +104,23 @@ def scale_problem(cls: type, group: Mapping[str, Any]) -> str | None:
         return (f"momentum={group['momentum']} has no steady-state step, so prox_scale="
                 f"'adaptive' (threshold lr·λ/(1 - momentum)) is undefined")
     return None
+
+
+def momentum_scale(lr: float, mu: float) -> float:
+    r"""RMSprop's :math:`k`: :math:`\mathrm{lr}/(1-μ)`, the steady-state step of a momentum
+    buffer per unit of input (``inf`` for :math:`μ ≥ 1`, which has none: see
+    :func:`scale_problem`), :math:`\mathrm{lr}` without momentum. One definition for the
+    post-step rules and the fused updates."""
+    if mu <= 0:
+        return lr
+    return lr / (1 - mu) if mu < 1 else math.inf
+
+
+def decayed_lr(lr: float, step: Any, decay: float) -> Any:
+    r"""Adagrad's :math:`\mathrm{lr}_t = \mathrm{lr}/(1 + (t-1)\,\mathrm{lr\_decay})`, written
+    as torch's ``_single_tensor_adagrad`` writes it (so the fused update stays bit-for-bit);
+    ``step`` a number, or a step tensor while ``torch.compile`` traces."""
+    return lr / (1 + (step - 1) * decay)
 
 
 def warn_unknown(cls: type) -> None:
@@ -196,7 +214,7 @@ def _rmsprop(group: Mapping[str, Any], lr: float, pieces: Sequence[Piece], state
         d = _sqrt(sq, foreach)
     _add(d, _num(group["eps"]), foreach)
     mu = _num(group.get("momentum", 0.0))
-    return _finish(d, lr / (1 - mu) if mu > 0 else lr, foreach)
+    return _finish(d, momentum_scale(lr, mu), foreach)
 
 
 def _adagrad(group: Mapping[str, Any], lr: float, pieces: Sequence[Piece], state: Mapping,
@@ -204,7 +222,7 @@ def _adagrad(group: Mapping[str, Any], lr: float, pieces: Sequence[Piece], state
     d = _sqrt(_state(state, pieces, "sum"), foreach)
     _add(d, _num(group["eps"]), foreach)
     decay = _num(group.get("lr_decay", 0.0))
-    clr = [lr / (1 + (_step(state[pc.param]) - 1) * decay) for pc in pieces]
+    clr = [decayed_lr(lr, _step(state[pc.param]), decay) for pc in pieces]
     return _finish(d, clr, foreach)
 
 
@@ -260,7 +278,7 @@ def _rmsprop_den(group: Mapping[str, Any], lr: float, pieces: Sequence[Piece], s
             torch.sqrt(sq, out=d)
         d.add_(eps)
     mu = _num(group.get("momentum", 0.0))
-    return [lr / (1 - mu) if mu > 0 else lr] * len(out)
+    return [momentum_scale(lr, mu)] * len(out)
 
 
 def _adagrad_den(group: Mapping[str, Any], lr: float, pieces: Sequence[Piece], state: Mapping,
@@ -272,7 +290,7 @@ def _adagrad_den(group: Mapping[str, Any], lr: float, pieces: Sequence[Piece], s
     ks = []
     for pc, d in zip(pieces, out):
         torch.sqrt(pc.view(state[pc.param]["sum"]), out=d).add_(eps)
-        ks.append(lr / (1 + (_num(state[pc.param]["step"]) - 1) * decay))
+        ks.append(decayed_lr(lr, _num(state[pc.param]["step"]), decay))
     return ks
 
 
