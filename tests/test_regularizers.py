@@ -438,6 +438,48 @@ def test_majorized_group_prox_wakes_zero_rows_and_keeps_nonfinite_ones():
                                    rtol=2e-16 if scaled else 0, atol=0)
 
 
+
+TAIL_MAPS = [("l1", 0.7, 0.0), ("l1", 0.7, 0.2), ("l1", 0.0, 0.3), ("group", 0.0, 0.0),
+             ("group", 0.0, 0.3)]
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, F64])
+@pytest.mark.parametrize("kind, lam, l2", TAIL_MAPS)
+def test_a_tail_folded_into_the_scaled_maps_is_the_update_then_the_map(kind, lam, l2, dtype):
+    """The fused pass leaves an adaptive update's last operation w ← w - a·u/d to the map
+    (one pass less): the result is that update followed by the map, with the same exact zeros,
+    rows waking from 0 and NaN kept in its element included."""
+    y, s, _ = _metric_setup(seed=11)
+    w, d = y.to(dtype), (1 / s).to(dtype)
+    u = rand(12, 20, seed=12).to(dtype) * 0.02
+    a, k = 0.03, 0.05
+    w[1], u[1] = 0.0, 2000.0                         # a zero row, woken by its step
+    w[4, 2] = float("nan")
+    rho = torch.nan_to_num(1 / R.group_norms(w, 0), nan=0.0, posinf=math.inf)
+    q = R.group_norms((w - a * u / d) * d, 0).flatten()  # half the rows go to zero
+    glam = float(q.nan_to_num(0.0).quantile(0.5)) / (k * math.sqrt(20))   # between two rows
+
+    def run(tails: bool) -> torch.Tensor:
+        x, dd = w.clone(), (-d / a if tails else d.clone())   # a tail comes with -d/a
+        if not tails:
+            x.addcdiv_(u, dd, value=-a)
+        t = [(u, a)] if tails else []
+        if kind == "l1":
+            R.prox_l1_scaled_([x], [dd], [k], lam, l2, [torch.empty_like(x)], t)
+        else:
+            R.prox_group_lasso_scaled_([x], [dd], [k], glam, [0], l2, [rho],
+                                       [torch.empty_like(x)], None, t)
+        return x
+
+    ref, got = run(False), run(True)
+    tol = {"rtol": 1e-12, "atol": 1e-15} if dtype == F64 else {"rtol": 1e-5, "atol": 1e-7}
+    torch.testing.assert_close(got, ref, equal_nan=True, **tol)
+    assert torch.equal(got == 0, ref == 0)           # the same exact zeros
+    assert torch.isnan(got).sum() == 1 and torch.isnan(got[4, 2])
+    if kind == "group":
+        assert (got == 0).all(dim=1).any() and (got[1] != 0).all()  # rows zeroed; row 1 woke
+    elif lam:
+        assert (got == 0).any() and not (got == 0).all()
 def test_l1_term_traced_form_is_torch_sign_exactly(monkeypatch):
     """Under torch.compile add_l1_grad_ writes where(|w| > 0, copysign(λ, w), 0) (inductor's
     sign is slow on CPU); it must give torch.sign's numbers: 0 at ±0 and at NaN, ±λ at

@@ -153,16 +153,17 @@ def fused_group_(opt: torch.optim.Optimizer, group: dict, cfg: StepCfg, ps: list
         projected(batch, ws)
 
     def per_element_scale(batch: list, ws: list[Tensor], ds: list[Tensor],
-                          xs: list[Tensor], ks: list[float]) -> None:
+                          xs: list[Tensor], ks: list[float], tails: list) -> None:
         if not xs:   # traced: s = k/d as tensors, fused by inductor
             prox_(ws, [k / d for k, d in zip(ks, ds)], cfg, cfg.group_on, dims_of(batch), False,
                   rho)
-        else:
+        else:        # the update's last operation folded into the first map (one pass less)
             prox_scaled_(ws, ds, ks, xs, cfg, cfg.group_on, dims_of(batch),
-                         rho, [r is None or bool(torch.isinf(r).any()) for r in rho])
+                         rho, [r is None or bool(torch.isinf(r).any()) for r in rho], tails)
         projected(batch, ws)
 
-    update_(opt, group, ps, dims, per_element_scale if adaptive else one_scale, before)
+    update_(opt, group, ps, dims, per_element_scale if adaptive else one_scale, before,
+            defer=adaptive)
     return project
 
 

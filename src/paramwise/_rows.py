@@ -12,6 +12,7 @@ DTensor itself; in-place updates are redistributed to the parameter's own placem
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 
 import torch
 from torch import Tensor
@@ -115,18 +116,20 @@ def inverse_radius(w: Tensor, dim: int) -> Tensor:
     return torch.nan_to_num(group_norms(w, dim).reciprocal(), nan=0.0, posinf=math.inf)
 
 
-def _row_coef(w: Tensor, q: Tensor, rho: Tensor, kt: float, kl2: float, dim: int,
-              wake: bool | None) -> Tensor:
+def _row_coef(w: Tensor | Callable[[], Tensor], q: Tensor, rho: Tensor, kt: float, kl2: float,
+              dim: int, wake: bool | None) -> Tensor:
     r"""The per-row :math:`c_r = kλ_2 + kτ/n_r` of :func:`majorized_group_prox_scaled_` (with
     :math:`k = 1` that of :func:`majorized_group_prox_`): ``inf`` for rows that go to zero
     (:math:`q_r = \|w_r d_r\| ≤ kτ`); rows that were 0 before the step and are not now
-    use their current norm. ``wake``: whether to look for such rows (None: without a sync)."""
+    use their current norm (of ``w``, or as ``w()`` computes them). ``wake``: whether to look
+    for such rows (None: without a sync)."""
     zero = q <= kt
     c = rho * kt
     if wake is None or wake:
         waking = torch.isinf(c) & ~zero
         if wake is None or bool(waking.any()):
-            c = torch.where(waking, kt / group_norms(w, dim), c)
+            norms = w() if callable(w) else group_norms(w, dim)
+            c = torch.where(waking, kt / norms, c)
     c = c.masked_fill(zero, math.inf)
     return c + kl2 if kl2 else c
 
@@ -161,7 +164,8 @@ def majorized_group_prox_(w: Tensor, s: Tensor, tau: float, l2: float, dim: int,
 
 
 def majorized_group_prox_scaled_(w: Tensor, d: Tensor, k: float, tau: float, l2: float,
-                                 dim: int, rho: Tensor, x: Tensor, wake: bool = True) -> None:
+                                 dim: int, rho: Tensor, x: Tensor, wake: bool = True,
+                                 tail: tuple[Tensor, float] | None = None) -> None:
     r""":func:`majorized_group_prox_` with :math:`s = k/d`, in place on a plain tensor ``w``,
     using ``x`` (shaped like ``w``) as scratch:
 
@@ -172,8 +176,21 @@ def majorized_group_prox_scaled_(w: Tensor, d: Tensor, k: float, tau: float, l2:
     two passes over chunk-sized scratch (:math:`c_r = ∞` zeroes a row exactly; a row with a
     non-finite norm keeps :math:`w_i d_i / d_i`, its values up to one rounding). ``d`` is
     overwritten. ``wake=False`` promises that no row of ``rho`` is ``inf`` (saves a check).
+
+    ``tail = (u, a)``: the optimizer's last operation :math:`w ← w - a\,u/d` (:math:`a > 0`),
+    not yet applied, with ``d`` holding :math:`\tilde d = -d/a`; taken in with a pass less:
+    ``x`` holds :math:`y = u + w\tilde d` (the updated :math:`wd` is :math:`-ay`, so :math:`q_r
+    = a\|y_r\|`, and the updated :math:`w` is :math:`y/\tilde d`), then
+    :math:`w_i ← -a\,y_i/(d_i + c_r) = y_i/(\tilde d_i - c_r/a)`.
     """
-    torch.mul(w, d, out=x)
-    q = group_norms(x, dim)                          # k‖w_r/s_r‖
-    c = _row_coef(w, q, rho, k * tau, k * l2, dim, wake)
-    torch.div(x, d.add_(c), out=w)
+    if tail is None:
+        torch.mul(w, d, out=x)
+        q = group_norms(x, dim)                      # k‖w_r/s_r‖
+        c = _row_coef(w, q, rho, k * tau, k * l2, dim, wake)
+        torch.div(x, d.add_(c), out=w)
+        return
+    u, a = tail
+    torch.addcmul(u, w, d, out=x)
+    q = group_norms(x, dim).mul_(a)
+    c = _row_coef(lambda: group_norms(x / d, dim), q, rho, k * tau, k * l2, dim, wake)
+    torch.div(x, d.sub_(c.div_(a)), out=w)

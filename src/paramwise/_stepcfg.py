@@ -143,10 +143,17 @@ def prox_(ws: list[Tensor], s: R.Scale, cfg: StepCfg, gl: bool, dims: Sequence[i
 
 def prox_scaled_(ws: list[Tensor], ds: list[Tensor], ks: list[float], xs: list[Tensor],
                  cfg: StepCfg, gl: bool, dims: Sequence[int],
-                 prev: Sequence[Tensor | None], wake: Sequence[bool]) -> None:
-    """:func:`prox_` with the scale given as :math:`s = k/d` (``ds`` and ``xs`` are scratch)."""
+                 prev: Sequence[Tensor | None], wake: Sequence[bool],
+                 tails: Sequence[R.Tail] = ()) -> None:
+    """:func:`prox_` with the scale given as :math:`s = k/d` (``ds`` and ``xs`` are scratch);
+    ``tails``, the optimizer's last operation not yet applied (``ds`` then holds
+    :math:`-d/a`), go into the first map."""
     if cfg.l1_prox > 0 or not gl:
-        R.prox_l1_scaled_(ws, ds, ks, cfg.l1_prox, 0.0 if gl else cfg.l2_fold, xs)
+        R.prox_l1_scaled_(ws, ds, ks, cfg.l1_prox, 0.0 if gl else cfg.l2_fold, xs, tails)
+        if gl and tails:          # (sparse group lasso) group lasso's map takes d itself
+            for d, (_, a) in zip(ds, tails):
+                d.mul_(-a)
+        tails = ()
     if gl:
         R.prox_group_lasso_scaled_(ws, ds, ks, cfg.group_prox, dims, cfg.l2_fold,
-                                   prev, xs, wake)  # type: ignore[arg-type]
+                                   prev, xs, wake, tails)  # type: ignore[arg-type]

@@ -86,7 +86,7 @@ def adam(group: dict[str, Any], params: Sequence[Tensor], states: Sequence[dict]
         d = src.sqrt() / bc2.sqrt() + eps     # type: ignore[union-attr]
         w.sub_(st["exp_avg"] / d * (lr / bc1))
         ds.append(d)
-    apply(pieces, ws, ds, [], [lr] * len(ds))
+    apply(pieces, ws, ds, [], [lr] * len(ds), [])
 
 
 def rmsprop(group: dict[str, Any], params: Sequence[Tensor], states: Sequence[dict],
@@ -111,7 +111,7 @@ def rmsprop(group: dict[str, Any], params: Sequence[Tensor], states: Sequence[di
         else:
             w.sub_(g / d * lr)
         ds.append(d)
-    apply(pieces, ws, ds, [], [momentum_scale(lr, mu)] * len(ds))
+    apply(pieces, ws, ds, [], [momentum_scale(lr, mu)] * len(ds), [])
 
 
 def adagrad(group: dict[str, Any], params: Sequence[Tensor], states: Sequence[dict],
@@ -130,4 +130,4 @@ def adagrad(group: dict[str, Any], params: Sequence[Tensor], states: Sequence[di
         w.sub_(g / d * clr)
         ds.append(d)
         ks.append(clr)
-    apply(pieces, ws, ds, [], ks)
+    apply(pieces, ws, ds, [], ks, [])

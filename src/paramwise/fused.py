@@ -13,9 +13,12 @@ torch's order (``_single_tensor_adam``, ``_sgd``, ``_rmsprop``, ``_adagrad``), o
 stay in cache: per chunk the gradient terms and ``decoupled_decay``, the update, the proximal
 map (the adaptive ones with the update's own denominator) and the ``max_norm`` projection
 (unless group lasso cuts the chunks along another dim).
-Moments, momentum buffers, step counts and the weights before the proximal map are bit-for-bit
-what an eager ``step()`` gives (tested); the state is torch's own, so ``state_dict()`` and
-schedulers see nothing different. The pre-hook sets these parameters' gradients aside (so
+Moments, momentum buffers and step counts are bit-for-bit what an eager ``step()`` gives, and
+so are the weights where no map follows (tested). Before an adaptive proximal map the update's
+last operation :math:`w ← w - a\,u/d` is folded into the map instead (a pass less per chunk, see
+:data:`Tail`): the weights are then torch's step followed by the map, up to rounding (tested, with
+the same exact zeros). The state is torch's own, so ``state_dict()`` and schedulers see nothing
+different. The pre-hook sets these parameters' gradients aside (so
 ``step()`` skips them); the post-hook puts them back and runs the fused update, so a step that
 raises in between applies nothing to them. Under ``torch.compile`` the updates are traced whole
 (:mod:`paramwise._traced`), step counts kept tensors, so inductor puts the update and the
@@ -73,10 +76,17 @@ ADAGRAD_KEYS = frozenset({"lr", "lr_decay", "weight_decay", "initial_accumulator
 _KEYS = {torch.optim.Adam: ADAM_KEYS, torch.optim.AdamW: ADAM_KEYS, torch.optim.SGD: SGD_KEYS,
          torch.optim.RMSprop: RMSPROP_KEYS, torch.optim.Adagrad: ADAGRAD_KEYS}
 
+#: The last operation of an adaptive update, :math:`w ← w - a\,u/d`, as ``(u, a)``: with
+#: ``defer=True`` the update leaves it undone and hands over :math:`\tilde d = -d/a` instead of
+#: :math:`d`; ``apply`` folds both into its proximal map (a pass less; see
+#: :func:`paramwise.regularizers.prox_l1_scaled_`).
+Tail = tuple[Tensor, float]
 #: Receives each updated batch: its pieces, the parameter slices, then per piece the
-#: denominator :math:`d`, one scratch tensor and the number :math:`k` of the step scale
-#: :math:`s = k/d` (SGD: three empty lists).
-Apply = Callable[[list[Piece], list[Tensor], list[Tensor], list[Tensor], list[float]], None]
+#: denominator :math:`d` (:math:`\tilde d` with a tail), one scratch tensor, the number
+#: :math:`k` of the step scale :math:`s = k/d` and the deferred :data:`Tail` (SGD: four empty
+#: lists; no tails unless deferred).
+Apply = Callable[[list[Piece], list[Tensor], list[Tensor], list[Tensor], list[float],
+                  list[Tail]], None]
 #: Receives each batch before its update: its pieces, the parameter and gradient slices (to add
 #: gradient terms in place, as a step pre-hook would have).
 Before = Callable[[list[Piece], list[Tensor], list[Tensor]], None]
@@ -148,15 +158,22 @@ def _state(opt: torch.optim.Optimizer, group: dict, p: Tensor) -> dict[str, Any]
 
 
 def update_(opt: torch.optim.Optimizer, group: dict, params: Sequence[Tensor],
-            dims: Sequence[int], apply: Apply, before: Before | None = None) -> None:
-    """The update of ``opt``'s class (:func:`adam_update_`, :func:`sgd_update_`,
-    :func:`rmsprop_update_` or :func:`adagrad_update_`) for ``params``, all :func:`fusable`."""
-    _UPDATES[type(opt)](opt, group, params, dims, apply, before)
+            dims: Sequence[int], apply: Apply, before: Before | None = None, *,
+            defer: bool = False) -> None:
+    r"""The update of ``opt``'s class (:func:`adam_update_`, :func:`sgd_update_`,
+    :func:`rmsprop_update_` or :func:`adagrad_update_`) for ``params``, all :func:`fusable`.
+    ``defer``: leave the last operation to ``apply`` where the update ends in
+    :math:`w ← w - a\,u/d` with :math:`a > 0` (Adam, AdamW, Adagrad, RMSprop without
+    momentum; eager only); ``apply`` then gets a :data:`Tail` and :math:`\tilde d = -d/a` per
+    piece, and must finish the update."""
+    _UPDATES[type(opt)](opt, group, params, dims, apply, before, defer=defer)
 
 
-#: ``piece(pc, w, g, scratch) -> (d, k)``: one piece's update (``w``, ``g`` its parameter and
-#: gradient slices, ``scratch`` its scratch slices), returning its denominator and :math:`k`.
-_PieceFn = Callable[[Piece, Tensor, Tensor, list[Tensor]], "tuple[Tensor | None, float]"]
+#: ``piece(pc, w, g, scratch) -> (d, k, tail)``: one piece's update (``w``, ``g`` its parameter
+#: and gradient slices, ``scratch`` its scratch slices), returning its denominator,
+#: :math:`k` and the :data:`Tail` it left undone (or None).
+_PieceFn = Callable[[Piece, Tensor, Tensor, list[Tensor]],
+                    "tuple[Tensor | None, float, Tail | None]"]
 
 
 def _run(params: Sequence[Tensor], dims: Sequence[int], per: int, piece: _PieceFn,
@@ -175,19 +192,37 @@ def _run(params: Sequence[Tensor], dims: Sequence[int], per: int, piece: _PieceF
         gs = [pc.view(pc.param.grad) for pc in batch]  # type: ignore[arg-type]
         if before is not None:
             before(batch, ws, gs)
-        dens, xs, ks = [], [], []
+        dens, xs, ks, tails = [], [], [], []
         o = 0
         for pc, w, g in zip(batch, ws, gs):
             m = pc.numel
             scratch = [work[i * n + o:i * n + o + m].view(w.shape)  # type: ignore[index]
                        for i in range(per)]
-            d, k = piece(pc, w, g, scratch)
+            d, k, tail = piece(pc, w, g, scratch)
             if d is not None:
                 dens.append(d)
                 xs.append(scratch[1])
                 ks.append(k)
+            if tail is not None:
+                tails.append(tail)
             o += m
-        apply(batch, ws, dens, xs, ks)
+        apply(batch, ws, dens, xs, ks, tails)
+
+
+def _negated_over(d: Tensor, shift: Tensor, a: float) -> Tensor:
+    r""":math:`\tilde d = -(d + ε)/a` in place, in one operation, given the 0-d ``shift``
+    :math:`= -ε/a` (a 0-d tensor plus a scaled tensor is one vectorized kernel): a deferred
+    tail's denominator."""
+    return torch.add(shift, d, alpha=-1 / a, out=d)
+
+
+def _shifts(params: Sequence[Tensor], eps: float, a: Callable[[Tensor], float]
+            ) -> dict[Tensor, Tensor]:
+    """The 0-d ``shift`` of :func:`_negated_over` per parameter, made once per step (a
+    ``torch.tensor`` call costs about as much as a small kernel)."""
+    made: dict[tuple[float, torch.dtype], Tensor] = {}
+    return {p: made.setdefault((a(p), p.dtype), torch.tensor(-eps / a(p), dtype=p.dtype))
+            for p in params}
 
 
 def _prep(g: Tensor, w: Tensor, maximize: bool, wd: float, buf: Tensor | None) -> Tensor:
@@ -200,7 +235,8 @@ def _prep(g: Tensor, w: Tensor, maximize: bool, wd: float, buf: Tensor | None) -
 
 
 def adam_update_(opt: torch.optim.Optimizer, group: dict, params: Sequence[Tensor],
-                 dims: Sequence[int], apply: Apply, before: Before | None = None) -> None:
+                 dims: Sequence[int], apply: Apply, before: Before | None = None, *,
+                 defer: bool = False) -> None:
     r"""Run ``Adam.step``'s update for ``params`` (all :func:`fusable`), in batches of whole
     slices along ``dims``; call ``before`` on each batch first and ``apply`` after, with its
     denominators (:math:`k = \mathrm{lr}`).
@@ -208,7 +244,10 @@ def adam_update_(opt: torch.optim.Optimizer, group: dict, params: Sequence[Tenso
     Each parameter's step count goes up by one first; the batch math is torch's
     ``_single_tensor_adam``, operation for operation (``grad.add(param)``, ``lerp_``,
     ``mul_().addcmul_()``, ``sqrt() / bc2 + eps``, ``addcdiv_``), on slices instead of whole
-    tensors, so every element is computed as ``Adam.step`` computes it.
+    tensors, so every element is computed as ``Adam.step`` computes it. ``defer`` (see
+    :func:`update_`): the last ``addcdiv_`` is left to ``apply`` as the tail
+    :math:`(m,\ a = \mathrm{lr}/(1-β_1^t))`, with :math:`\tilde d = -d/a` computed as
+    :math:`-\sqrt{\hat v}/(a\sqrt{1-β_2^t}) - ε/a` (as many operations as :math:`d`).
     """
     lr, eps, wd = float(group["lr"]), float(group["eps"]), float(group["weight_decay"])
     beta1, beta2 = (float(b) for b in group["betas"])
@@ -226,8 +265,10 @@ def adam_update_(opt: torch.optim.Optimizer, group: dict, params: Sequence[Tenso
         bc1, bc2 = 1 - beta1 ** t, 1 - beta2 ** t
         coeffs[p] = (lr / bc1, bc2 ** 0.5)
     coupled = wd != 0 and not decoupled
+    defer = defer and lr > 0
 
-    def piece(pc: Piece, w: Tensor, g: Tensor, scratch: list[Tensor]) -> tuple[Tensor, float]:
+    def piece(pc: Piece, w: Tensor, g: Tensor, scratch: list[Tensor]
+              ) -> tuple[Tensor, float, Tail | None]:
         st = states[pc.param]
         step_size, bc2s = coeffs[pc.param]
         d = scratch[0]
@@ -242,15 +283,19 @@ def adam_update_(opt: torch.optim.Optimizer, group: dict, params: Sequence[Tenso
             src = pc.view(st["max_exp_avg_sq"])
             torch.maximum(src, exp_avg_sq, out=src)
         torch.sqrt(src, out=d)
+        if defer:
+            d.mul_(-1 / (step_size * bc2s)).add_(-eps / step_size)
+            return d, lr, (exp_avg, step_size)
         d.div_(bc2s).add_(eps)
         w.addcdiv_(exp_avg, d, value=-step_size)
-        return d, lr
+        return d, lr, None
 
     _run(params, dims, 3 if (maximize or coupled) else 2, piece, apply, before)
 
 
 def sgd_update_(opt: torch.optim.Optimizer, group: dict, params: Sequence[Tensor],
-                dims: Sequence[int], apply: Apply, before: Before | None = None) -> None:
+                dims: Sequence[int], apply: Apply, before: Before | None = None, *,
+                defer: bool = False) -> None:
     r"""Run ``SGD.step``'s update for ``params`` (all :func:`fusable`) like :func:`adam_update_`:
     torch's ``_single_tensor_sgd`` operation for operation on slices, ``before`` first and
     ``apply`` (the proximal maps, with one scale for the whole group) after each batch.
@@ -271,7 +316,8 @@ def sgd_update_(opt: torch.optim.Optimizer, group: dict, params: Sequence[Tensor
                 first.add(p)
     temp = maximize or wd != 0 or (mu != 0 and nesterov)
 
-    def piece(pc: Piece, w: Tensor, g: Tensor, scratch: list[Tensor]) -> tuple[None, float]:
+    def piece(pc: Piece, w: Tensor, g: Tensor, scratch: list[Tensor]
+              ) -> tuple[None, float, None]:
         buf = scratch[0] if temp else None
         g = _prep(g, w, maximize, wd, buf)
         if mu != 0:
@@ -282,17 +328,19 @@ def sgd_update_(opt: torch.optim.Optimizer, group: dict, params: Sequence[Tensor
                 mom.mul_(mu).add_(g, alpha=1 - damp)
             g = torch.add(g, mom, alpha=mu, out=buf) if nesterov else mom
         w.add_(g, alpha=-lr)
-        return None, lr
+        return None, lr, None
 
     _run(params, dims, 1 if temp else 0, piece, apply, before)
 
 
 def rmsprop_update_(opt: torch.optim.Optimizer, group: dict, params: Sequence[Tensor],
-                    dims: Sequence[int], apply: Apply, before: Before | None = None) -> None:
+                    dims: Sequence[int], apply: Apply, before: Before | None = None, *,
+                    defer: bool = False) -> None:
     r"""Run ``RMSprop.step``'s update (torch's ``_single_tensor_rmsprop``, operation for
     operation) like :func:`adam_update_`; ``apply`` gets :math:`d = \sqrt{v} + ε` (centered:
     :math:`\sqrt{v - \bar g^2} + ε`) and :math:`k = \mathrm{lr}/(1-μ)` (:math:`\mathrm{lr}`
-    without momentum).
+    without momentum). ``defer`` (see :func:`update_`) leaves :math:`(g, \mathrm{lr})` to
+    ``apply``, without momentum only.
 
     .. math:: v ← αv + (1-α)g^2,\quad \bar g ← \bar g + (1-α)(g - \bar g);\quad
               b ← μb + g/d,\ w ← w - \mathrm{lr}\,b \quad (μ = 0:\ w ← w - \mathrm{lr}\,g/d)
@@ -304,10 +352,13 @@ def rmsprop_update_(opt: torch.optim.Optimizer, group: dict, params: Sequence[Te
     alpha, mu = float(group["alpha"]), float(group["momentum"])
     maximize, centered = bool(group["maximize"]), bool(group["centered"])
     k = momentum_scale(lr, mu)
+    defer = defer and mu == 0 and lr > 0
+    shift = _shifts(params, eps, lambda p: lr) if defer else {}
     for p in params:
         _state(opt, group, p)["step"] += 1
 
-    def piece(pc: Piece, w: Tensor, g: Tensor, scratch: list[Tensor]) -> tuple[Tensor, float]:
+    def piece(pc: Piece, w: Tensor, g: Tensor, scratch: list[Tensor]
+              ) -> tuple[Tensor, float, Tail | None]:
         st = opt.state[pc.param]
         d = scratch[0]
         g = _prep(g, w, maximize, wd, scratch[-1])
@@ -319,6 +370,8 @@ def rmsprop_update_(opt: torch.optim.Optimizer, group: dict, params: Sequence[Te
             torch.addcmul(square_avg, grad_avg, grad_avg, value=-1, out=d).sqrt_()
         else:
             torch.sqrt(square_avg, out=d)
+        if defer:
+            return _negated_over(d, shift[pc.param], lr), k, (g, lr)
         d.add_(eps)
         if mu > 0:
             buf = pc.view(st["momentum_buffer"])
@@ -326,16 +379,18 @@ def rmsprop_update_(opt: torch.optim.Optimizer, group: dict, params: Sequence[Te
             w.add_(buf, alpha=-lr)
         else:
             w.addcdiv_(g, d, value=-lr)
-        return d, k
+        return d, k, None
 
     _run(params, dims, 3 if (maximize or wd != 0) else 2, piece, apply, before)
 
 
 def adagrad_update_(opt: torch.optim.Optimizer, group: dict, params: Sequence[Tensor],
-                    dims: Sequence[int], apply: Apply, before: Before | None = None) -> None:
+                    dims: Sequence[int], apply: Apply, before: Before | None = None, *,
+                    defer: bool = False) -> None:
     r"""Run ``Adagrad.step``'s update (torch's ``_single_tensor_adagrad``, operation for
     operation, dense gradients) like :func:`adam_update_`; ``apply`` gets
-    :math:`d = \sqrt{G} + ε` and :math:`k = \mathrm{lr}_t`.
+    :math:`d = \sqrt{G} + ε` and :math:`k = \mathrm{lr}_t`; ``defer`` (see :func:`update_`)
+    leaves :math:`(g, \mathrm{lr}_t)` to ``apply``.
 
     .. math:: G ← G + g^2,\quad \mathrm{lr}_t = \frac{\mathrm{lr}}{1 + (t-1)\,
               \mathrm{lr\_decay}},\quad w ← w - \mathrm{lr}_t\, g/d
@@ -350,15 +405,22 @@ def adagrad_update_(opt: torch.optim.Optimizer, group: dict, params: Sequence[Te
         step_t = opt.state[p]["step"]
         step_t += 1
         clr[p] = decayed_lr(lr, step_t.item(), decay)
+    defer = defer and all(c > 0 for c in clr.values())
+    shift = _shifts(params, eps, clr.__getitem__) if defer else {}
 
-    def piece(pc: Piece, w: Tensor, g: Tensor, scratch: list[Tensor]) -> tuple[Tensor, float]:
+    def piece(pc: Piece, w: Tensor, g: Tensor, scratch: list[Tensor]
+              ) -> tuple[Tensor, float, Tail | None]:
         d = scratch[0]
         g = _prep(g, w, maximize, wd, scratch[-1])
         state_sum = pc.view(opt.state[pc.param]["sum"])
         state_sum.addcmul_(g, g, value=1)
-        torch.sqrt(state_sum, out=d).add_(eps)
+        torch.sqrt(state_sum, out=d)
+        if defer:
+            return _negated_over(d, shift[pc.param], clr[pc.param]), clr[pc.param], (
+                g, clr[pc.param])
+        d.add_(eps)
         w.addcdiv_(g, d, value=-clr[pc.param])
-        return d, clr[pc.param]
+        return d, clr[pc.param], None
 
     _run(params, dims, 3 if (maximize or wd != 0) else 2, piece, apply, before)
 
