@@ -33,7 +33,7 @@ from torch import Tensor
 
 from . import regularizers as R
 from ._chunks import Piece, batches, chunk_limit
-from ._rows import inverse_radius
+from ._rows import any_zero_row, inverse_radius
 from ._stepcfg import StepCfg, buckets, prox_, prox_scaled_, split
 from .fused import fusable, update_
 from .prox import denominator_for, per_element, scaling_for, warn_unknown
@@ -159,7 +159,7 @@ def fused_group_(opt: torch.optim.Optimizer, group: dict, cfg: StepCfg, ps: list
                   rho)
         else:        # the update's last operation folded into the first map (one pass less)
             prox_scaled_(ws, ds, ks, xs, cfg, cfg.group_on, dims_of(batch),
-                         rho, [r is None or bool(torch.isinf(r).any()) for r in rho], tails)
+                         rho, [r is None or any_zero_row(r) for r in rho], tails)
         projected(batch, ws)
 
     update_(opt, group, ps, dims, per_element_scale if adaptive else one_scale, before,
@@ -216,7 +216,7 @@ def post_group_(opt: torch.optim.Optimizer, group: dict, cfg: StepCfg, foreach: 
             # l1 alone: ask the rule (linear in lr) for the threshold s·λ directly
             k = cfg.l1_prox if not gl and not cfg.l2_fold else 1.0
             work: Tensor | None = None
-            wake = {p: bool(torch.isinf(r).any()) for p, r in prev.items()} if scaled else {}
+            wake = {p: any_zero_row(r) for p, r in prev.items()} if scaled else {}
             for b in batches(ps, dims, limit):
                 ws = [pc.view(pc.param) for pc in b]
                 bdims = [pc.dim for pc in b] if gl else []

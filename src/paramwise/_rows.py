@@ -20,7 +20,7 @@ from torch import Tensor
 from ._chunks import is_dtensor
 
 __all__ = ["group_size", "group_norms", "sum_groups", "rowdot", "mul_", "assign_",
-           "metric_group_prox_", "inverse_radius", "majorized_group_prox_",
+           "metric_group_prox_", "inverse_radius", "any_zero_row", "majorized_group_prox_",
            "majorized_group_prox_scaled_"]
 
 
@@ -116,6 +116,12 @@ def inverse_radius(w: Tensor, dim: int) -> Tensor:
     return torch.nan_to_num(group_norms(w, dim).reciprocal(), nan=0.0, posinf=math.inf)
 
 
+def any_zero_row(rho: Tensor) -> bool:
+    """Whether a row of ``rho`` (from :func:`inverse_radius`: in :math:`[0, ∞]`) is ``inf``,
+    i.e. was 0 before the step: one reduction and one sync (cheaper than ``isinf().any()``)."""
+    return rho.numel() > 0 and rho.max().item() == math.inf
+
+
 def _row_coef(w: Tensor | Callable[[], Tensor], q: Tensor, rho: Tensor, kt: float, kl2: float,
               dim: int, wake: bool | None) -> Tensor:
     r"""The per-row :math:`c_r = kλ_2 + kτ/n_r` of :func:`majorized_group_prox_scaled_` (with
@@ -130,8 +136,8 @@ def _row_coef(w: Tensor | Callable[[], Tensor], q: Tensor, rho: Tensor, kt: floa
         if wake is None or bool(waking.any()):
             norms = w() if callable(w) else group_norms(w, dim)
             c = torch.where(waking, kt / norms, c)
-    c = c.masked_fill(zero, math.inf)
-    return c + kl2 if kl2 else c
+    c.masked_fill_(zero, math.inf)                   # (c is this function's own tensor)
+    return c.add_(kl2) if kl2 else c
 
 
 def majorized_group_prox_(w: Tensor, s: Tensor, tau: float, l2: float, dim: int,
@@ -159,7 +165,7 @@ def majorized_group_prox_(w: Tensor, s: Tensor, tau: float, l2: float, dim: int,
     """
     q = group_norms(w / s, dim)                      # ‖w_r/s_r‖
     c = _row_coef(w, q, rho, tau, l2, dim, None if is_dtensor(w) or
-                  torch.compiler.is_compiling() else bool(torch.isinf(rho).any()))
+                  torch.compiler.is_compiling() else any_zero_row(rho))
     mul_(w, torch.addcmul(torch.ones_like(s), s, c).reciprocal_())
 
 
@@ -181,7 +187,8 @@ def majorized_group_prox_scaled_(w: Tensor, d: Tensor, k: float, tau: float, l2:
     not yet applied, with ``d`` holding :math:`\tilde d = -d/a`; taken in with a pass less:
     ``x`` holds :math:`y = u + w\tilde d` (the updated :math:`wd` is :math:`-ay`, so :math:`q_r
     = a\|y_r\|`, and the updated :math:`w` is :math:`y/\tilde d`), then
-    :math:`w_i ← -a\,y_i/(d_i + c_r) = y_i/(\tilde d_i - c_r/a)`.
+    :math:`w_i ← -a\,y_i/(d_i + c_r) = y_i/(\tilde d_i - c_r/a)`, with :math:`c_r/a` and the
+    zero test :math:`\|y_r\| ≤ kτ/a` computed from the row numbers divided by :math:`a`.
     """
     if tail is None:
         torch.mul(w, d, out=x)
@@ -189,8 +196,8 @@ def majorized_group_prox_scaled_(w: Tensor, d: Tensor, k: float, tau: float, l2:
         c = _row_coef(w, q, rho, k * tau, k * l2, dim, wake)
         torch.div(x, d.add_(c), out=w)
         return
-    u, a = tail
+    u, a = tail                                      # everything on the rows divided by a
     torch.addcmul(u, w, d, out=x)
-    q = group_norms(x, dim).mul_(a)
-    c = _row_coef(lambda: group_norms(x / d, dim), q, rho, k * tau, k * l2, dim, wake)
-    torch.div(x, d.sub_(c.div_(a)), out=w)
+    c = _row_coef(lambda: group_norms(x / d, dim), group_norms(x, dim), rho, k * tau / a,
+                  k * l2 / a, dim, wake)
+    torch.div(x, d.sub_(c), out=w)
