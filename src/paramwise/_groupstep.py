@@ -36,7 +36,7 @@ from ._chunks import Piece, batches, chunk_limit
 from ._rows import any_zero_row, inverse_radius
 from ._stepcfg import StepCfg, buckets, prox_, prox_scaled_, split
 from .fused import fusable, update_
-from .prox import denominator_for, per_element, scaling_for, warn_unknown
+from .prox import Denominator, Scaling, denominator_for, per_element, scaling_for, warn_unknown
 
 __all__ = ["Foreach", "Anchor", "terms_", "pre_group_", "wants_fusion", "fusable_params",
            "fused_group_", "capture_rows", "post_group_"]
@@ -197,46 +197,56 @@ def post_group_(opt: torch.optim.Optimizer, group: dict, cfg: StepCfg, foreach: 
         else:
             den = denominator_for(type(opt))
     ps_all = [(p,) for p in group["params"] if p.grad is not None]
-    for (device, dtype, dt), (ps,) in buckets(ps_all).items():
+    for (device, _, dt), (ps,) in buckets(ps_all).items():
         fe = foreach(device, dt)
         if cfg.prox_on and not prox_done:
-            gl = cfg.group_on
-            dims = [cfg.group_dim % p.ndim for p in ps] if gl else [0] * len(ps)
             prev = {p: prev_all[p] for p in ps if p in prev_all} if rule is not None else {}
-            # plain CPU float tensors: the scaled form s = k/d, on two chunk buffers
-            scaled = (den is not None and not fe and not dt and device.type == "cpu"
-                      and dtype in (torch.float32, torch.float64)
-                      and not torch.compiler.is_compiling()
-                      and (not gl or cfg.group_prox <= 0 or len(prev) == len(ps)))
-            # one number s on the per-tensor path: the maps need no parameter-sized
-            # temporary (softshrink in place, row factors), so tensors stay whole (cutting
-            # them measured 0.3 passes slower for group lasso on a 16.8M-parameter MLP)
-            whole = not fe and (rule is None or not per_element(type(opt)))
-            limit = sys.maxsize if whole else chunk_limit(device) // (2 if scaled else 1)
-            # l1 alone: ask the rule (linear in lr) for the threshold s·λ directly
-            k = cfg.l1_prox if not gl and not cfg.l2_fold else 1.0
-            work: Tensor | None = None
-            wake = {p: any_zero_row(r) for p, r in prev.items()} if scaled else {}
-            for b in batches(ps, dims, limit):
-                ws = [pc.view(pc.param) for pc in b]
-                bdims = [pc.dim for pc in b] if gl else []
-                bprev = [pc.view(prev[pc.param]) if pc.param in prev else None for pc in b]
-                if scaled:
-                    n = sum(pc.numel for pc in b)
-                    if work is None or work.numel() < 2 * n:
-                        work = torch.empty(2 * n, dtype=dtype, device=device)
-                    ds, xs = split(work, ws)
-                    ks = den(group, cfg.lr, b, opt.state, ds)  # type: ignore[misc]
-                    if ks is not None:
-                        prox_scaled_(ws, ds, ks, xs, cfg, gl, bdims, bprev,
-                                     [wake.get(pc.param, True) for pc in b])
-                        continue
-                s = (rule(group, cfg.lr * k, b, opt.state, foreach=fe) if rule is not None
-                     else cfg.lr * k)
-                if k != 1.0:
-                    R.soft_threshold_(ws, s, foreach=fe)
-                else:
-                    prox_(ws, s, cfg, gl, bdims, fe, bprev)
+            _prox_bucket_(opt, group, cfg, ps, fe, dt, rule, den, prev)
         if cfg.max_norm is not None and not projected:
             R.project_max_norm_(ps, cfg.max_norm, [cfg.max_norm_dim % max(p.ndim, 1)
                                                    for p in ps])
+
+
+def _prox_bucket_(opt: torch.optim.Optimizer, group: dict, cfg: StepCfg, ps: list[Tensor],
+                  fe: bool, dt: bool, rule: Scaling | None, den: Denominator | None,
+                  prev: dict[Tensor, Tensor]) -> None:
+    """The proximal maps after the step for one bucket ``ps`` (one device and dtype; ``fe``:
+    the multi-tensor path; ``dt``: DTensors), in batches; ``rule``/``den``: the optimizer's
+    step-scale rule and denominator rule (None: s = lr, or no scaled form); ``prev``: the
+    pre-step inverse row norms (adaptive group lasso)."""
+    device, dtype, gl = ps[0].device, ps[0].dtype, cfg.group_on
+    dims = [cfg.group_dim % p.ndim for p in ps] if gl else [0] * len(ps)
+    # plain CPU float tensors: the scaled form s = k/d, on two chunk buffers
+    scaled = (den is not None and not fe and not dt and device.type == "cpu"
+              and dtype in (torch.float32, torch.float64)
+              and not torch.compiler.is_compiling()
+              and (not gl or cfg.group_prox <= 0 or len(prev) == len(ps)))
+    # one number s on the per-tensor path: the maps need no parameter-sized temporary
+    # (softshrink in place, row factors), so tensors stay whole (cutting them measured 0.3
+    # passes slower for group lasso on a 16.8M-parameter MLP)
+    whole = not fe and (rule is None or not per_element(type(opt)))
+    limit = sys.maxsize if whole else chunk_limit(device) // (2 if scaled else 1)
+    # l1 alone: ask the rule (linear in lr) for the threshold s·λ directly
+    k = cfg.l1_prox if not gl and not cfg.l2_fold else 1.0
+    work: Tensor | None = None
+    wake = {p: any_zero_row(r) for p, r in prev.items()} if scaled else {}
+    for b in batches(ps, dims, limit):
+        ws = [pc.view(pc.param) for pc in b]
+        bdims = [pc.dim for pc in b] if gl else []
+        bprev = [pc.view(prev[pc.param]) if pc.param in prev else None for pc in b]
+        if scaled:
+            n = sum(pc.numel for pc in b)
+            if work is None or work.numel() < 2 * n:
+                work = torch.empty(2 * n, dtype=dtype, device=device)
+            ds, xs = split(work, ws)
+            ks = den(group, cfg.lr, b, opt.state, ds)
+            if ks is not None:
+                prox_scaled_(ws, ds, ks, xs, cfg, gl, bdims, bprev,
+                             [wake.get(pc.param, True) for pc in b])
+                continue
+        s = (rule(group, cfg.lr * k, b, opt.state, foreach=fe) if rule is not None
+             else cfg.lr * k)
+        if k != 1.0:
+            R.soft_threshold_(ws, s, foreach=fe)
+        else:
+            prox_(ws, s, cfg, gl, bdims, fe, bprev)
