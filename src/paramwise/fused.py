@@ -92,6 +92,9 @@ Apply = Callable[[list[Piece], list[Tensor], list[Tensor], list[Tensor], list[fl
 Before = Callable[[list[Piece], list[Tensor], list[Tensor]], None]
 
 _DTYPES = (torch.float32, torch.float64)
+#: A deferred tail divides by its step size :math:`a`; below this (an lr of 1e-30 or less) the
+#: factor :math:`1/a` could overflow float32, so the update runs whole and the map after it.
+_TINY_A = 1e-30
 
 
 def fusable(opt: torch.optim.Optimizer, group: dict, params: Sequence[Tensor], *,
@@ -265,7 +268,7 @@ def adam_update_(opt: torch.optim.Optimizer, group: dict, params: Sequence[Tenso
         bc1, bc2 = 1 - beta1 ** t, 1 - beta2 ** t
         coeffs[p] = (lr / bc1, bc2 ** 0.5)
     coupled = wd != 0 and not decoupled
-    defer = defer and lr > 0
+    defer = defer and lr > _TINY_A
 
     def piece(pc: Piece, w: Tensor, g: Tensor, scratch: list[Tensor]
               ) -> tuple[Tensor, float, Tail | None]:
@@ -352,7 +355,7 @@ def rmsprop_update_(opt: torch.optim.Optimizer, group: dict, params: Sequence[Te
     alpha, mu = float(group["alpha"]), float(group["momentum"])
     maximize, centered = bool(group["maximize"]), bool(group["centered"])
     k = momentum_scale(lr, mu)
-    defer = defer and mu == 0 and lr > 0
+    defer = defer and mu == 0 and lr > _TINY_A
     shift = _shifts(params, eps, lambda p: lr) if defer else {}
     for p in params:
         _state(opt, group, p)["step"] += 1
@@ -405,7 +408,7 @@ def adagrad_update_(opt: torch.optim.Optimizer, group: dict, params: Sequence[Te
         step_t = opt.state[p]["step"]
         step_t += 1
         clr[p] = decayed_lr(lr, step_t.item(), decay)
-    defer = defer and all(c > 0 for c in clr.values())
+    defer = defer and all(c > _TINY_A for c in clr.values())
     shift = _shifts(params, eps, clr.__getitem__) if defer else {}
 
     def piece(pc: Piece, w: Tensor, g: Tensor, scratch: list[Tensor]
