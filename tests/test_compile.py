@@ -160,20 +160,22 @@ TRACED = [("adam", "adam", {}), ("adam", "adam", {"amsgrad": True, "maximize": T
                          ids=lambda v: "+".join(v) if isinstance(v, dict) else str(v))
 def test_compiled_step_runs_the_traced_fused_update(optim, name, kw, monkeypatch):
     """Under torch.compile the adaptive optimizers' updates run fused with the prox, in the
-    traced form (paramwise._traced), and the trained weights match the eager step."""
+    traced form (paramwise._traced), with the update's last operation folded into the map
+    (not after RMSprop's momentum), and the trained weights match the eager step."""
     from paramwise import _traced
 
-    calls: list[int] = []
+    calls: list[bool] = []
     real = getattr(_traced, name)
 
     def spy(*a, **k):
-        calls.append(1)
+        calls.append(a[5] if len(a) > 5 else k.get("defer", False))
         return real(*a, **k)
 
     monkeypatch.setattr(_traced, name, spy)
     rules = [paramwise.Rule("weight", l1=1e-2)]
     _, model = compiled_run(optim, dict(lr=1e-2, **kw), rules)
     assert calls, f"{optim}: the compiled step did not run paramwise._traced.{name}"
+    assert all(calls) == (kw.get("momentum", 0) == 0)       # folded
     for (n, p), q in zip(model.named_parameters(), eager_run(optim, dict(lr=1e-2, **kw),
                                                                  rules).parameters()):
         torch.testing.assert_close(p, q, rtol=1e-5, atol=1e-6, msg=n)
@@ -181,20 +183,24 @@ def test_compiled_step_runs_the_traced_fused_update(optim, name, kw, monkeypatch
 
 @pytest.mark.skipif(shutil.which("c++") is None and shutil.which("g++") is None,
                     reason="inductor's CPU backend needs a C++ compiler")
-def test_inductor_compiles_a_traced_fused_step_that_matches_eager():
-    """One real inductor compile (the tests above only capture graphs): RMSprop, centered with
-    momentum, adaptive l1 + l2 fused into the update; same weights and exact zeros as eager."""
+@pytest.mark.parametrize("optim,kw", [("rmsprop", dict(lr=1e-2, momentum=0.5, centered=True)),
+                                      ("adam", dict(lr=1e-2, amsgrad=True))],
+                         ids=["rmsprop_momentum", "adam_folded_tail"])
+def test_inductor_compiles_a_traced_fused_step_that_matches_eager(optim, kw):
+    """Real inductor compiles (the tests above only capture graphs), adaptive l1 + l2 fused
+    into the update: RMSprop centered with momentum (update, then the map), Adam (the update's
+    last operation folded into the map, its step size a traced tensor); same weights and
+    exact zeros as eager."""
     rules = [paramwise.Rule("weight", l1=3e-2, l2=1e-2)]
-    kw = dict(lr=1e-2, momentum=0.5, centered=True)
     model = net()
-    opt = paramwise.optimizer(model, "rmsprop", rules, **kw)
+    opt = paramwise.optimizer(model, optim, rules, **kw)
     step = torch.compile(opt.step)
     for x, y in data(4):
         opt.zero_grad()
         nn.functional.mse_loss(model(x), y).backward()
         step()
     ref = net()
-    ref_opt = paramwise.optimizer(ref, "rmsprop", rules, **kw)
+    ref_opt = paramwise.optimizer(ref, optim, rules, **kw)
     for x, y in data(4):
         ref_opt.zero_grad()
         nn.functional.mse_loss(ref(x), y).backward()

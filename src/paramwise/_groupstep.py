@@ -154,12 +154,12 @@ def fused_group_(opt: torch.optim.Optimizer, group: dict, cfg: StepCfg, ps: list
 
     def per_element_scale(batch: list, ws: list[Tensor], ds: list[Tensor],
                           xs: list[Tensor], ks: list[float], tails: list) -> None:
-        if not xs:   # traced: s = k/d as tensors, fused by inductor
+        if not xs and not tails:   # traced, nothing folded: s = k/d as tensors
             prox_(ws, [k / d for k, d in zip(ks, ds)], cfg, cfg.group_on, dims_of(batch), False,
                   rho)
-        else:        # the update's last operation folded into the first map (one pass less)
-            prox_scaled_(ws, ds, ks, xs, cfg, cfg.group_on, dims_of(batch),
-                         rho, [r is None or any_zero_row(r) for r in rho], tails)
+        else:   # the update's last operation folded into the first map (one pass less)
+            prox_scaled_(ws, ds, ks, xs, cfg, cfg.group_on, dims_of(batch), rho,
+                         [r is None or any_zero_row(r) for r in rho] if xs else [], tails)
         projected(batch, ws)
 
     update_(opt, group, ps, dims, per_element_scale if adaptive else one_scale, before,

@@ -42,7 +42,7 @@ from ._chunks import Piece, power
 from .prox import decayed_lr, momentum_scale
 
 if TYPE_CHECKING:
-    from .fused import Apply, Before
+    from .fused import Apply, Before, Tail
 
 __all__ = ["adam", "rmsprop", "adagrad"]
 
@@ -56,6 +56,19 @@ def _start(params: Sequence[Tensor], before: Before | None) -> tuple[list[Piece]
     return pieces, ws, gs  # type: ignore[return-value]
 
 
+def _finish(w: Tensor, u: Tensor, d: Tensor, a: Any, defer: bool, ds: list[Tensor],
+            tails: list[Tail]) -> None:
+    r"""The update's last operation :math:`w ← w - a\,u/d`, or with ``defer`` its
+    :data:`~paramwise.fused.Tail` and :math:`\tilde d = -d/a` for ``apply`` (one division per
+    element less in the fused kernel: the proximal map divides once)."""
+    if defer:
+        ds.append(d * (-1 / a))
+        tails.append((u, a))
+    else:
+        w.sub_(u / d * a)
+        ds.append(d)
+
+
 def _grad(g: Tensor, w: Tensor, group: dict[str, Any], wd: float) -> Tensor:
     if group["maximize"]:
         g = -g
@@ -63,13 +76,15 @@ def _grad(g: Tensor, w: Tensor, group: dict[str, Any], wd: float) -> Tensor:
 
 
 def adam(group: dict[str, Any], params: Sequence[Tensor], states: Sequence[dict],
-         apply: Apply, before: Before | None) -> None:
-    """``Adam.step`` / ``AdamW.step`` (coupled or decoupled ``weight_decay``, amsgrad)."""
+         apply: Apply, before: Before | None, defer: bool = False) -> None:
+    """``Adam.step`` / ``AdamW.step`` (coupled or decoupled ``weight_decay``, amsgrad);
+    ``defer``: hand the last operation to ``apply`` as in :func:`paramwise.fused.update_`."""
     lr, eps, wd = float(group["lr"]), float(group["eps"]), float(group["weight_decay"])
     beta1, beta2 = (float(b) for b in group["betas"])
     decoupled = bool(group.get("decoupled_weight_decay", False))
     pieces, ws, gs = _start(params, before)
-    ds = []
+    ds: list[Tensor] = []
+    tails: list[Tail] = []
     for w, g, st in zip(ws, gs, states):
         st["step"] += 1
         t = st["step"]
@@ -84,18 +99,19 @@ def adam(group: dict[str, Any], params: Sequence[Tensor], states: Sequence[dict]
             torch.maximum(src, st["exp_avg_sq"], out=src)
         bc1, bc2 = 1 - power(beta1, t), 1 - power(beta2, t)
         d = src.sqrt() / bc2.sqrt() + eps     # type: ignore[union-attr]
-        w.sub_(st["exp_avg"] / d * (lr / bc1))
-        ds.append(d)
-    apply(pieces, ws, ds, [], [lr] * len(ds), [])
+        _finish(w, st["exp_avg"], d, lr / bc1, defer, ds, tails)
+    apply(pieces, ws, ds, [], [lr] * len(ds), tails)
 
 
 def rmsprop(group: dict[str, Any], params: Sequence[Tensor], states: Sequence[dict],
-            apply: Apply, before: Before | None) -> None:
-    """``RMSprop.step`` (momentum, centered)."""
+            apply: Apply, before: Before | None, defer: bool = False) -> None:
+    """``RMSprop.step`` (momentum, centered); ``defer`` as in :func:`adam` (without momentum
+    only)."""
     lr, eps, wd = float(group["lr"]), float(group["eps"]), float(group["weight_decay"])
     alpha, mu = float(group["alpha"]), float(group["momentum"])
     pieces, ws, gs = _start(params, before)
-    ds = []
+    ds: list[Tensor] = []
+    tails: list[Tail] = []
     for w, g, st in zip(ws, gs, states):
         st["step"] += 1
         g = _grad(g, w, group, wd)
@@ -108,26 +124,28 @@ def rmsprop(group: dict[str, Any], params: Sequence[Tensor], states: Sequence[di
         if mu > 0:
             st["momentum_buffer"].mul_(mu).addcdiv_(g, d)
             w.sub_(st["momentum_buffer"] * lr)
+            ds.append(d)
         else:
-            w.sub_(g / d * lr)
-        ds.append(d)
-    apply(pieces, ws, ds, [], [momentum_scale(lr, mu)] * len(ds), [])
+            _finish(w, g, d, lr, defer, ds, tails)
+    apply(pieces, ws, ds, [], [momentum_scale(lr, mu)] * len(ds), tails)
 
 
 def adagrad(group: dict[str, Any], params: Sequence[Tensor], states: Sequence[dict],
-            apply: Apply, before: Before | None) -> None:
-    """``Adagrad.step`` (dense gradients; ``lr_decay`` with the step count a tensor)."""
+            apply: Apply, before: Before | None, defer: bool = False) -> None:
+    """``Adagrad.step`` (dense gradients; ``lr_decay`` with the step count a tensor);
+    ``defer`` as in :func:`adam`."""
     lr, eps, wd = float(group["lr"]), float(group["eps"]), float(group["weight_decay"])
     decay = float(group["lr_decay"])
     pieces, ws, gs = _start(params, before)
-    ds, ks = [], []
+    ds: list[Tensor] = []
+    ks: list[Any] = []
+    tails: list[Tail] = []
     for w, g, st in zip(ws, gs, states):
         st["step"] += 1
         clr = decayed_lr(lr, st["step"], decay)
         g = _grad(g, w, group, wd)
         st["sum"].addcmul_(g, g, value=1)
         d = st["sum"].sqrt() + eps
-        w.sub_(g / d * clr)
-        ds.append(d)
+        _finish(w, g, d, clr, defer, ds, tails)
         ks.append(clr)
-    apply(pieces, ws, ds, [], ks, [])
+    apply(pieces, ws, ds, [], ks, tails)

@@ -256,8 +256,10 @@ def adam_update_(opt: torch.optim.Optimizer, group: dict, params: Sequence[Tenso
     beta1, beta2 = (float(b) for b in group["betas"])
     maximize, amsgrad = bool(group["maximize"]), bool(group["amsgrad"])
     decoupled = bool(group.get("decoupled_weight_decay", False))
+    defer = defer and lr > _TINY_A
     if torch.compiler.is_compiling():
-        _traced.adam(group, params, [_state(opt, group, p) for p in params], apply, before)
+        _traced.adam(group, params, [_state(opt, group, p) for p in params], apply, before,
+                     defer)
         return
     coeffs: dict[Tensor, tuple[float, float]] = {}
     states: dict[Tensor, dict[str, Any]] = {}
@@ -268,7 +270,6 @@ def adam_update_(opt: torch.optim.Optimizer, group: dict, params: Sequence[Tenso
         bc1, bc2 = 1 - beta1 ** t, 1 - beta2 ** t
         coeffs[p] = (lr / bc1, bc2 ** 0.5)
     coupled = wd != 0 and not decoupled
-    defer = defer and lr > _TINY_A
 
     def piece(pc: Piece, w: Tensor, g: Tensor, scratch: list[Tensor]
               ) -> tuple[Tensor, float, Tail | None]:
@@ -348,14 +349,15 @@ def rmsprop_update_(opt: torch.optim.Optimizer, group: dict, params: Sequence[Te
     .. math:: v ← αv + (1-α)g^2,\quad \bar g ← \bar g + (1-α)(g - \bar g);\quad
               b ← μb + g/d,\ w ← w - \mathrm{lr}\,b \quad (μ = 0:\ w ← w - \mathrm{lr}\,g/d)
     """
-    if torch.compiler.is_compiling():
-        _traced.rmsprop(group, params, [_state(opt, group, p) for p in params], apply, before)
-        return
     lr, eps, wd = float(group["lr"]), float(group["eps"]), float(group["weight_decay"])
     alpha, mu = float(group["alpha"]), float(group["momentum"])
+    defer = defer and mu == 0 and lr > _TINY_A
+    if torch.compiler.is_compiling():
+        _traced.rmsprop(group, params, [_state(opt, group, p) for p in params], apply, before,
+                        defer)
+        return
     maximize, centered = bool(group["maximize"]), bool(group["centered"])
     k = momentum_scale(lr, mu)
-    defer = defer and mu == 0 and lr > _TINY_A
     shift = _shifts(params, eps, lambda p: lr) if defer else {}
     for p in params:
         _state(opt, group, p)["step"] += 1
@@ -398,11 +400,12 @@ def adagrad_update_(opt: torch.optim.Optimizer, group: dict, params: Sequence[Te
     .. math:: G ← G + g^2,\quad \mathrm{lr}_t = \frac{\mathrm{lr}}{1 + (t-1)\,
               \mathrm{lr\_decay}},\quad w ← w - \mathrm{lr}_t\, g/d
     """
-    if torch.compiler.is_compiling():
-        _traced.adagrad(group, params, [opt.state[p] for p in params], apply, before)
-        return
     lr, eps, wd = float(group["lr"]), float(group["eps"]), float(group["weight_decay"])
     decay, maximize = float(group["lr_decay"]), bool(group["maximize"])
+    if torch.compiler.is_compiling():   # (traced: the decayed lr is a tensor; lr bounds it)
+        _traced.adagrad(group, params, [opt.state[p] for p in params], apply, before,
+                        defer and lr > _TINY_A)
+        return
     clr: dict[Tensor, float] = {}
     for p in params:
         step_t = opt.state[p]["step"]

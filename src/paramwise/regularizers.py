@@ -263,8 +263,19 @@ def prox_l1_scaled_(params: Sequence[Tensor], dens: Sequence[Tensor], ks: Sequen
 
     .. math:: w ← \frac{-a\, S(y,\ kλ/a)}{d + kλ_2} = \frac{S(y,\ kλ/a)}{\tilde d - kλ_2/a}
 
-    (one ``softshrink``, one division): the update followed by the map, up to rounding.
+    (one ``softshrink``, one division): the update followed by the map, up to rounding. Without
+    ``scratch`` (while ``torch.compile`` traces; ``tails`` required) the same map in functional
+    ops on whole tensors, the threshold as :math:`y - \operatorname{clamp}(y, -t, t)`, for
+    inductor to fuse with the update.
     """
+    if not scratch:
+        for w, d, k, (u, a) in zip(params, dens, ks, tails):
+            y = torch.addcmul(u, w, d)
+            if lam > 0:
+                t = k * lam / a
+                y = y - y.clamp(-t, t)
+            w.copy_(y / (d - k * l2 / a) if l2 > 0 else y / d)
+        return
     for i, (w, d, k, x) in enumerate(zip(params, dens, ks, scratch)):
         a = tails[i][1] if tails else 1.0
         if tails:
