@@ -441,27 +441,30 @@ def test_asking_whether_adagrad_runs_fused_leaves_its_state_alone():
     assert late not in opt.state and len(opt.state_dict()["state"]) == 1
 
 
+@pytest.mark.parametrize("reg", [{"l1": 0.3}, {"group_lasso": 0.3}], ids=["l1", "group_lasso"])
 @pytest.mark.parametrize("cls", [torch.optim.Adam, torch.optim.Adagrad, torch.optim.RMSprop])
-def test_the_folded_update_matches_at_ordinary_and_extreme_step_sizes(cls):
+def test_the_folded_update_matches_at_ordinary_and_extreme_step_sizes(cls, reg):
     """Before an adaptive prox the fused pass folds the update's last operation into the map
-    (dividing by the step size a); at a normal lr and at an lr so small that 1/a would
-    overflow float32 (then the update runs whole) it equals torch's step then the map, with
-    no NaN where the weights are exactly 0."""
-    for lr in (0.05, 1e-39):
+    (forming w·d/a, a the step size); at a normal lr, and at lrs small enough for w·d/a to
+    overflow float32 with large gradients (then the update runs whole), it equals torch's step
+    then the map, with no NaN where the weights are exactly 0 (rows waking from 0 included)."""
+    for lr, big in ((0.05, 1.0), (1e-25, 1e14), (1e-39, 1.0)):
         out = []
         for fuse in (True, False):
             ps = params(torch.float32)
             with torch.no_grad():
                 ps[0][:5] = 0.0
-            opt = cls([{"params": ps[:1], "l1": 0.3}], lr=lr)
+            opt = cls([{"params": ps[:1], **reg}], lr=lr)
             attach(opt)
             with pytest.MonkeyPatch.context() as mp:
                 if not fuse:
                     mp.setattr(_groupstep, "fusable", lambda *a, **k: False)
                 for step in range(3):
-                    ps[0].grad = grads(ps, step)[0]
+                    ps[0].grad = grads(ps, step)[0] * big
                     opt.step()
             out.append(ps[0].detach())
-        assert not out[0].isnan().any()
+        assert not out[0].isnan().any(), lr
         torch.testing.assert_close(out[0], out[1], rtol=1e-5, atol=1e-7)
-        assert torch.equal(out[0] == 0, out[1] == 0) and (out[0] == 0).any()
+        assert torch.equal(out[0] == 0, out[1] == 0)
+        if lr == 0.05 and "l1" in reg:
+            assert (out[0] == 0).any()

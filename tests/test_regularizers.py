@@ -438,6 +438,23 @@ def test_majorized_group_prox_wakes_zero_rows_and_keeps_nonfinite_ones():
                                    rtol=2e-16 if scaled else 0, atol=0)
 
 
+def test_a_waking_row_with_a_nan_keeps_the_nan_in_its_element():
+    """A row that was 0 before the step and now holds a NaN (a NaN gradient) has no finite
+    norm: it is left as the step made it, the NaN in its own element only."""
+    y, s, lam = _metric_setup(seed=10)
+    y[1, 5] = float("nan")
+    rho = torch.nan_to_num(1 / R.group_norms(y, 0), nan=0.0, posinf=math.inf)
+    rho[1] = math.inf                                # row 1 was 0 before the step
+    for scaled in (False, True):
+        x = y.clone()
+        if scaled:
+            R.prox_group_lasso_scaled_([x], [1 / s], [1.0], lam, [0], 0.0, [rho],
+                                       [torch.empty_like(y)])
+        else:
+            R.prox_group_lasso_([x], [s], lam, [0], rho=[rho])
+        assert torch.isnan(x).sum() == 1 and torch.isnan(x[1, 5])
+        torch.testing.assert_close(x[1, :5], y[1, :5], rtol=2e-16, atol=0)
+
 
 TAIL_MAPS = [("l1", 0.7, 0.0), ("l1", 0.7, 0.2), ("l1", 0.0, 0.3), ("group", 0.0, 0.0),
              ("group", 0.0, 0.3)]
@@ -480,6 +497,24 @@ def test_a_tail_folded_into_the_scaled_maps_is_the_update_then_the_map(kind, lam
         assert (got == 0).all(dim=1).any() and (got[1] != 0).all()  # rows zeroed; row 1 woke
     elif lam:
         assert (got == 0).any() and not (got == 0).all()
+
+
+def test_a_tail_with_an_overflowed_denominator_keeps_nan_in_its_element():
+    """An element whose optimizer state overflowed (d = inf) in a row waking from 0: the
+    folded map gives what the update then the map give, NaN in that element only."""
+    w = torch.tensor([[0.0, 0.0, 0.0], [1.0, 2.0, 3.0]], dtype=F64)
+    d = torch.tensor([[1.0, math.inf, 1.0], [1.0, 1.0, 1.0]], dtype=F64)
+    u, a, k = torch.ones_like(w), 0.1, 0.1
+    rho = torch.nan_to_num(1 / R.group_norms(w, 0), nan=0.0, posinf=math.inf)
+    ref, got = w - a * u / d, w.clone()
+    R.prox_group_lasso_scaled_([ref], [d.clone()], [k], 0.01, [0], 0.0, [rho],
+                               [torch.empty_like(w)])
+    R.prox_group_lasso_scaled_([got], [-d / a], [k], 0.01, [0], 0.0, [rho],
+                               [torch.empty_like(w)], None, [(u, a)])
+    assert torch.isnan(got).sum() == 1 and torch.isnan(got[0, 1])
+    torch.testing.assert_close(got, ref, equal_nan=True, rtol=1e-12, atol=0)
+
+
 def test_l1_term_traced_form_is_torch_sign_exactly(monkeypatch):
     """Under torch.compile add_l1_grad_ writes where(|w| > 0, copysign(λ, w), 0) (inductor's
     sign is slow on CPU); it must give torch.sign's numbers: 0 at ±0 and at NaN, ±λ at

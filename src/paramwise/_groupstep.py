@@ -157,7 +157,7 @@ def fused_group_(opt: torch.optim.Optimizer, group: dict, cfg: StepCfg, ps: list
         if not xs and not tails:   # traced, nothing folded: s = k/d as tensors
             prox_(ws, [k / d for k, d in zip(ks, ds)], cfg, cfg.group_on, dims_of(batch), False,
                   rho)
-        else:   # the update's last operation folded into the first map (one pass less)
+        else:   # a deferred last operation of the update (tails) goes into the first map
             prox_scaled_(ws, ds, ks, xs, cfg, cfg.group_on, dims_of(batch), rho,
                          [r is None or any_zero_row(r) for r in rho] if xs else [], tails)
         projected(batch, ws)

@@ -127,15 +127,16 @@ def _row_coef(w: Tensor | Callable[[], Tensor], q: Tensor, rho: Tensor, kt: floa
     r"""The per-row :math:`c_r = kλ_2 + kτ/n_r` of :func:`majorized_group_prox_scaled_` (with
     :math:`k = 1` that of :func:`majorized_group_prox_`): ``inf`` for rows that go to zero
     (:math:`q_r = \|w_r d_r\| ≤ kτ`); rows that were 0 before the step and are not now
-    use their current norm (of ``w``, or as ``w()`` computes them). ``wake``: whether to look
-    for such rows (None: without a sync)."""
+    use their current norm (of ``w``, or as ``w()`` computes them; a waking row whose current
+    norm is not finite gets :math:`c_r = 0`, left as the step made it, so a NaN stays in its
+    element). ``wake``: whether to look for such rows (None: without a sync)."""
     zero = q <= kt
     c = rho * kt
     if wake is None or wake:
         waking = torch.isinf(c) & ~zero
         if wake is None or bool(waking.any()):
             norms = w() if callable(w) else group_norms(w, dim)
-            c = torch.where(waking, kt / norms, c)
+            c = torch.where(waking, torch.nan_to_num(kt / norms, nan=0.0), c)
     c.masked_fill_(zero, math.inf)                   # (c is this function's own tensor)
     return c.add_(kl2) if kl2 else c
 
@@ -198,6 +199,7 @@ def majorized_group_prox_scaled_(w: Tensor, d: Tensor, k: float, tau: float, l2:
         return
     u, a = tail                                      # everything on the rows divided by a
     torch.addcmul(u, w, d, out=x)
-    c = _row_coef(lambda: group_norms(x / d, dim), group_norms(x, dim), rho, k * tau / a,
-                  k * l2 / a, dim, wake)
+    # a waking row's norm: of the updated w = w + u/d~ (finite where d is inf, unlike y/d~)
+    c = _row_coef(lambda: group_norms(torch.div(u, d).add_(w), dim), group_norms(x, dim), rho,
+                  k * tau / a, k * l2 / a, dim, wake)
     torch.div(x, d.sub_(c), out=w)

@@ -57,6 +57,7 @@ from torch import Tensor
 from . import _traced
 from ._chunks import Piece, batches, chunk_limit, is_dtensor
 from .prox import decayed_lr, momentum_scale
+from .regularizers import Tail
 
 __all__ = ["fusable", "update_", "adam_update_", "sgd_update_", "rmsprop_update_",
            "adagrad_update_", "ADAM_KEYS", "SGD_KEYS", "RMSPROP_KEYS", "ADAGRAD_KEYS"]
@@ -76,11 +77,10 @@ ADAGRAD_KEYS = frozenset({"lr", "lr_decay", "weight_decay", "initial_accumulator
 _KEYS = {torch.optim.Adam: ADAM_KEYS, torch.optim.AdamW: ADAM_KEYS, torch.optim.SGD: SGD_KEYS,
          torch.optim.RMSprop: RMSPROP_KEYS, torch.optim.Adagrad: ADAGRAD_KEYS}
 
-#: The last operation of an adaptive update, :math:`w ← w - a\,u/d`, as ``(u, a)``: with
-#: ``defer=True`` the update leaves it undone and hands over :math:`\tilde d = -d/a` instead of
-#: :math:`d`; ``apply`` folds both into its proximal map (a pass less; see
-#: :func:`paramwise.regularizers.prox_l1_scaled_`).
-Tail = tuple[Tensor, float]
+# Tail (from regularizers): the last operation of an adaptive update, w ← w - a·u/d, as
+# (u, a): with ``defer=True`` the update leaves it undone and hands over d~ = -d/a instead of d;
+# ``apply`` folds both into its proximal map (a pass less; see
+# :func:`paramwise.regularizers.prox_l1_scaled_`).
 #: Receives each updated batch: its pieces, the parameter slices, then per piece the
 #: denominator :math:`d` (:math:`\tilde d` with a tail), one scratch tensor, the number
 #: :math:`k` of the step scale :math:`s = k/d` and the deferred :data:`Tail` (SGD: four empty
@@ -92,9 +92,10 @@ Apply = Callable[[list[Piece], list[Tensor], list[Tensor], list[Tensor], list[fl
 Before = Callable[[list[Piece], list[Tensor], list[Tensor]], None]
 
 _DTYPES = (torch.float32, torch.float64)
-#: A deferred tail divides by its step size :math:`a`; below this (an lr of 1e-30 or less) the
-#: factor :math:`1/a` could overflow float32, so the update runs whole and the map after it.
-_TINY_A = 1e-30
+#: A deferred tail forms :math:`w d/a`, which overflows float32 once :math:`|w| d > 3.4\cdot
+#: 10^{38} a`; below this step size :math:`a` (:math:`|w| d > 3.4\cdot 10^{26}` would do) the
+#: update runs whole and the map after it.
+_TINY_A = 1e-12
 
 
 def fusable(opt: torch.optim.Optimizer, group: dict, params: Sequence[Tensor], *,

@@ -263,7 +263,8 @@ def prox_l1_scaled_(params: Sequence[Tensor], dens: Sequence[Tensor], ks: Sequen
 
     .. math:: w ← \frac{-a\, S(y,\ kλ/a)}{d + kλ_2} = \frac{S(y,\ kλ/a)}{\tilde d - kλ_2/a}
 
-    (one ``softshrink``, one division): the update followed by the map, up to rounding. Without
+    (one ``softshrink``, one division): the update followed by the map, up to rounding (its zeros
+    come out as ``-0.0``, the division being by a negative number). Without
     ``scratch`` (while ``torch.compile`` traces; ``tails`` required) the same map in functional
     ops on whole tensors, the threshold as :math:`y - \operatorname{clamp}(y, -t, t)`, for
     inductor to fuse with the update.
