@@ -415,6 +415,18 @@ def test_majorized_group_prox_is_a_majorize_minimize_step():
         assert (obj(x) <= obj(y) + 1e-12).all()
 
 
+def _majorized_both(y, s, lam, rho):
+    """(scaled, result) of the majorized group prox of ``y`` in both forms: s given, s = 1/d."""
+    for scaled in (False, True):
+        x = y.clone()
+        if scaled:
+            R.prox_group_lasso_scaled_([x], [1 / s], [1.0], lam, [0], 0.0, [rho],
+                                       [torch.empty_like(y)])
+        else:
+            R.prox_group_lasso_([x], [s], lam, [0], rho=[rho])
+        yield scaled, x
+
+
 def test_majorized_group_prox_wakes_zero_rows_and_keeps_nonfinite_ones():
     y, s, lam = _metric_setup(seed=9)
     y[4, 2] = float("nan")
@@ -423,13 +435,7 @@ def test_majorized_group_prox_wakes_zero_rows_and_keeps_nonfinite_ones():
     from paramwise._rows import inverse_radius
     assert inverse_radius(torch.zeros(2, 3, dtype=F64), 0).isinf().all()
     rho = torch.nan_to_num(rho, nan=0.0, posinf=math.inf)
-    for scaled in (False, True):
-        x = y.clone()
-        if scaled:
-            R.prox_group_lasso_scaled_([x], [1 / s], [1.0], lam, [0], 0.0, [rho],
-                                       [torch.empty_like(y)])
-        else:
-            R.prox_group_lasso_([x], [s], lam, [0], rho=[rho])
+    for scaled, x in _majorized_both(y, s, lam, rho):
         if torch.linalg.vector_norm(y[1] / s[1]) > lam * math.sqrt(20):
             assert (x[1] != 0).all()                 # woke up
         assert torch.isnan(x).sum() == 1 and torch.isnan(x[4, 2])
@@ -445,13 +451,7 @@ def test_a_waking_row_with_a_nan_keeps_the_nan_in_its_element():
     y[1, 5] = float("nan")
     rho = torch.nan_to_num(1 / R.group_norms(y, 0), nan=0.0, posinf=math.inf)
     rho[1] = math.inf                                # row 1 was 0 before the step
-    for scaled in (False, True):
-        x = y.clone()
-        if scaled:
-            R.prox_group_lasso_scaled_([x], [1 / s], [1.0], lam, [0], 0.0, [rho],
-                                       [torch.empty_like(y)])
-        else:
-            R.prox_group_lasso_([x], [s], lam, [0], rho=[rho])
+    for _, x in _majorized_both(y, s, lam, rho):
         assert torch.isnan(x).sum() == 1 and torch.isnan(x[1, 5])
         torch.testing.assert_close(x[1, :5], y[1, :5], rtol=2e-16, atol=0)
 
