@@ -516,17 +516,17 @@ def test_a_tail_with_an_overflowed_denominator_keeps_nan_in_its_element():
 
 
 def test_l1_term_traced_form_is_torch_sign_exactly(monkeypatch):
-    """Under torch.compile add_l1_grad_ writes where(|w| > 0, copysign(λ, w), 0) (inductor's
+    """Under torch.compile add_l1_grad_ writes where(|w| > 0, copysign(|λ|, w), 0) (inductor's
     sign is slow on CPU); it must give torch.sign's numbers: 0 at ±0 and at NaN, ±λ at
-    subnormals and infinities, in float32 and float64."""
-    for dtype in (torch.float32, torch.float64):
+    subnormals and infinities, in float32 and float64, for a negative λ too (maximize)."""
+    for dtype, lam in ((torch.float32, 0.1), (torch.float64, 0.1), (torch.float32, -0.1)):
         tiny = torch.finfo(dtype).tiny / 4                       # a subnormal
         w = torch.tensor([-2.0, -0.0, 0.0, 3.0, tiny, -tiny, math.nan, math.inf, -math.inf],
                          dtype=dtype)
         g = torch.linspace(-1, 1, len(w), dtype=dtype)
-        expected = g.clone().add_(w.sign(), alpha=0.1)
+        expected = g.clone().add_(w.sign(), alpha=lam)
         traced = g.clone()
         monkeypatch.setattr(torch.compiler, "is_compiling", lambda: True)
-        R.add_l1_grad_([traced], [w], 0.1)
+        R.add_l1_grad_([traced], [w], lam)
         monkeypatch.undo()
-        assert torch.equal(traced, expected), dtype
+        assert torch.equal(traced, expected), (dtype, lam)

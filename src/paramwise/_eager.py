@@ -141,9 +141,9 @@ def _prep(g: Tensor, w: Tensor, maximize: bool, wd: float, buf: Tensor | None) -
 def adam_update_(opt: torch.optim.Optimizer, group: dict, params: Sequence[Tensor],
                  dims: Sequence[int], apply: Apply, before: Before | None = None, *,
                  defer: bool = False) -> None:
-    r"""Run ``Adam.step``'s update for ``params`` (all :func:`fusable`), in batches of whole
-    slices along ``dims``; call ``before`` on each batch first and ``apply`` after, with its
-    denominators (:math:`k = \mathrm{lr}`).
+    r"""Run ``Adam.step``'s update for ``params`` (all :func:`~paramwise.fused.fusable`), in
+    batches of whole slices along ``dims``; call ``before`` on each batch first and ``apply``
+    after, with its denominators (:math:`k = \mathrm{lr}`).
 
     Each parameter's step count goes up by one first; the batch math is torch's
     ``_single_tensor_adam``, operation for operation (``grad.add(param)``, ``lerp_``,
@@ -201,9 +201,10 @@ def adam_update_(opt: torch.optim.Optimizer, group: dict, params: Sequence[Tenso
 def sgd_update_(opt: torch.optim.Optimizer, group: dict, params: Sequence[Tensor],
                 dims: Sequence[int], apply: Apply, before: Before | None = None, *,
                 defer: bool = False) -> None:
-    r"""Run ``SGD.step``'s update for ``params`` (all :func:`fusable`) like :func:`adam_update_`:
-    torch's ``_single_tensor_sgd`` operation for operation on slices, ``before`` first and
-    ``apply`` (the proximal maps, with one scale for the whole group) after each batch.
+    r"""Run ``SGD.step``'s update for ``params`` (all :func:`~paramwise.fused.fusable`) like
+    :func:`adam_update_`: torch's ``_single_tensor_sgd`` operation for operation on slices,
+    ``before`` first and ``apply`` (the proximal maps, with one scale for the whole group)
+    after each batch.
 
     .. math:: g ← -g \text{ (maximize)},\ g ← g + λ_w w;\quad
               b ← μ b + (1-d) g \ (b_1 = g);\quad w ← w - \mathrm{lr}\,(g + μ b
@@ -244,8 +245,8 @@ def rmsprop_update_(opt: torch.optim.Optimizer, group: dict, params: Sequence[Te
     r"""Run ``RMSprop.step``'s update (torch's ``_single_tensor_rmsprop``, operation for
     operation) like :func:`adam_update_`; ``apply`` gets :math:`d = \sqrt{v} + ε` (centered:
     :math:`\sqrt{v - \bar g^2} + ε`) and :math:`k = \mathrm{lr}/(1-μ)` (:math:`\mathrm{lr}`
-    without momentum). ``defer`` (see :func:`paramwise.fused.update_`) leaves :math:`(g, \mathrm{lr})` to
-    ``apply``, without momentum only.
+    without momentum). ``defer`` (see :func:`paramwise.fused.update_`) leaves
+    :math:`(g, \mathrm{lr})` to ``apply``, without momentum only.
 
     .. math:: v ← αv + (1-α)g^2,\quad \bar g ← \bar g + (1-α)(g - \bar g);\quad
               b ← μb + g/d,\ w ← w - \mathrm{lr}\,b \quad (μ = 0:\ w ← w - \mathrm{lr}\,g/d)
@@ -295,17 +296,18 @@ def adagrad_update_(opt: torch.optim.Optimizer, group: dict, params: Sequence[Te
                     defer: bool = False) -> None:
     r"""Run ``Adagrad.step``'s update (torch's ``_single_tensor_adagrad``, operation for
     operation, dense gradients) like :func:`adam_update_`; ``apply`` gets
-    :math:`d = \sqrt{G} + ε` and :math:`k = \mathrm{lr}_t`; ``defer`` (see :func:`paramwise.fused.update_`)
-    leaves :math:`(g, \mathrm{lr}_t)` to ``apply``.
+    :math:`d = \sqrt{G} + ε` and :math:`k = \mathrm{lr}_t`; ``defer`` (see
+    :func:`paramwise.fused.update_`) leaves :math:`(g, \mathrm{lr}_t)` to ``apply`` (traced:
+    only without ``lr_decay``, whose traced lr has no lower bound to check).
 
     .. math:: G ← G + g^2,\quad \mathrm{lr}_t = \frac{\mathrm{lr}}{1 + (t-1)\,
               \mathrm{lr\_decay}},\quad w ← w - \mathrm{lr}_t\, g/d
     """
     lr, eps, wd = float(group["lr"]), float(group["eps"]), float(group["weight_decay"])
     decay, maximize = float(group["lr_decay"]), bool(group["maximize"])
-    if torch.compiler.is_compiling():   # (traced: the decayed lr is a tensor; lr bounds it)
+    if torch.compiler.is_compiling():   # (traced, the decayed lr is a tensor: no tail with a
         _traced.adagrad(group, params, [opt.state[p] for p in params], apply, before,
-                        defer and lr > _TINY_A)
+                        defer and lr > _TINY_A and decay == 0)   # decay, it has no bound)
         return
     clr: dict[Tensor, float] = {}
     for p in params:

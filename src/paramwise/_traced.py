@@ -12,7 +12,9 @@ evaluates once per loop. Each computes what its eager twin computes, up to round
 the default dtype is float64 (as torch makes them), so bias corrections and Adagrad's decayed
 lr are rounded to float32 here, as in torch's own compiled step (float64 weights then differ
 from the eager step by about 1e-6 relative under Adam). Per parameter, with the optimizer's own
-denominator :math:`d` and step-scale number :math:`k` handed to ``apply`` (:math:`s = k/d`):
+denominator :math:`d` and step-scale number :math:`k` handed to ``apply`` (:math:`s = k/d`;
+with ``defer``, :math:`\tilde d = -d/a` and the tail :math:`(u, a)` of the last operation
+:math:`w ← w - a\,u/d` instead, as in :func:`paramwise.fused.update_`):
 
 .. math::
     \text{Adam: } d = \sqrt{\hat v}/\sqrt{1-β_2^t} + ε,\ k = \mathrm{lr};\quad
@@ -42,7 +44,8 @@ from ._chunks import Piece, power
 from .prox import decayed_lr, momentum_scale
 
 if TYPE_CHECKING:
-    from .fused import Apply, Before, Tail
+    from .fused import Apply, Before
+    from .regularizers import Tail
 
 __all__ = ["adam", "rmsprop", "adagrad"]
 
@@ -59,7 +62,7 @@ def _start(params: Sequence[Tensor], before: Before | None) -> tuple[list[Piece]
 def _finish(w: Tensor, u: Tensor, d: Tensor, a: Any, defer: bool, ds: list[Tensor],
             tails: list[Tail]) -> None:
     r"""The update's last operation :math:`w ← w - a\,u/d`, or with ``defer`` its
-    :data:`~paramwise.fused.Tail` and :math:`\tilde d = -d/a` for ``apply`` (one division per
+    :data:`~paramwise.regularizers.Tail` and :math:`\tilde d = -d/a` for ``apply`` (one division per
     element less in the fused kernel: the proximal map divides once)."""
     if defer:
         ds.append(d * (-1 / a))

@@ -10,15 +10,15 @@ torch runs its per-tensor loop anyway — plain CPU float32/float64 tensors with
 ``foreach``, ``fused``, ``capturable`` and ``differentiable`` off, a float ``lr`` (and betas),
 no closure — paramwise's step hooks run that update themselves (:mod:`paramwise._eager`), with
 torch's operations in torch's order (``_single_tensor_adam``, ``_sgd``, ``_rmsprop``,
-``_adagrad``), on chunks that stay in cache: per chunk the gradient terms and ``decoupled_decay``, the update, the proximal
-map (the adaptive ones with the update's own denominator) and the ``max_norm`` projection
-(unless group lasso cuts the chunks along another dim).
-Moments, momentum buffers and step counts are bit-for-bit what an eager ``step()`` gives, and
-so are the weights where no map follows (tested). Before an adaptive proximal map the update's
-last operation :math:`w ← w - a\,u/d` is folded into the map instead (a pass less per chunk, see
-:func:`update_`): the weights are then torch's step followed by the map, up to rounding (tested, with
-the same exact zeros). The state is torch's own, so ``state_dict()`` and schedulers see nothing
-different. The pre-hook sets these parameters' gradients aside (so
+``_adagrad``), on chunks that stay in cache: per chunk the gradient terms and
+``decoupled_decay``, the update, the proximal map (the adaptive ones with the update's own
+denominator) and the ``max_norm`` projection (unless group lasso cuts the chunks along another
+dim). Moments, momentum buffers and step counts are bit-for-bit what an eager ``step()``
+gives, and so are the weights where no map follows (tested). Before an adaptive proximal map
+the update's last operation :math:`w ← w - a\,u/d` is folded into the map instead (a pass less
+per chunk, see :func:`update_`): the weights are then torch's step followed by the map, up to
+rounding (tested, with the same exact zeros). The state is torch's own, so ``state_dict()``
+and schedulers see nothing different. The pre-hook sets these parameters' gradients aside (so
 ``step()`` skips them); the post-hook puts them back and runs the fused update, so a step that
 raises in between applies nothing to them. Under ``torch.compile`` the updates are traced whole
 (:mod:`paramwise._traced`), step counts kept tensors, so inductor puts the update and the
@@ -81,8 +81,8 @@ _KEYS = {torch.optim.Adam: ADAM_KEYS, torch.optim.AdamW: ADAM_KEYS, torch.optim.
 # paramwise.regularizers.prox_l1_scaled_).
 #: Receives each updated batch: its pieces, the parameter slices, then per piece the
 #: denominator :math:`d` (:math:`\tilde d` with a tail), one scratch tensor, the number
-#: :math:`k` of the step scale :math:`s = k/d` and the deferred :data:`Tail` (SGD: four empty
-#: lists; no tails unless deferred).
+#: :math:`k` of the step scale :math:`s = k/d` and the deferred tails
+#: (:data:`paramwise.regularizers.Tail`; SGD: four empty lists; no tails unless deferred).
 Apply = Callable[[list[Piece], list[Tensor], list[Tensor], list[Tensor], list[float],
                   list[Tail]], None]
 #: Receives each batch before its update: its pieces, the parameter and gradient slices (to add
@@ -126,7 +126,8 @@ def update_(opt: torch.optim.Optimizer, group: dict, params: Sequence[Tensor],
             dims: Sequence[int], apply: Apply, before: Before | None = None, *,
             defer: bool = False) -> None:
     r"""The update of ``opt``'s class (:func:`adam_update_`, :func:`sgd_update_`,
-    :func:`rmsprop_update_` or :func:`adagrad_update_`) for ``params``, all :func:`fusable`.
+    :func:`rmsprop_update_` or :func:`adagrad_update_`) for ``params``, all
+    :func:`fusable`.
     ``defer``: leave the last operation to ``apply`` where the update ends in
     :math:`w ← w - a\,u/d` with :math:`a > 0` (Adam, AdamW, Adagrad, RMSprop without
     momentum; eager and traced); ``apply`` then gets a tail ``(u, a)`` and :math:`\tilde d =
