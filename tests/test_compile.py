@@ -186,13 +186,14 @@ def test_compiled_step_runs_the_traced_fused_update(optim, name, kw, monkeypatch
 @pytest.mark.skipif(shutil.which("c++") is None and shutil.which("g++") is None,
                     reason="inductor's CPU backend needs a C++ compiler")
 @pytest.mark.parametrize("optim,kw", [("rmsprop", dict(lr=1e-2, momentum=0.5, centered=True)),
-                                      ("adam", dict(lr=1e-2, amsgrad=True))],
-                         ids=["rmsprop_momentum", "adam_folded_tail"])
+                                      ("adam", dict(lr=1e-2, amsgrad=True)),
+                                      ("adagrad", dict(lr=0.1, weight_decay=1e-3))],
+                         ids=["rmsprop_momentum", "adam_folded_tail", "adagrad_folded_tail"])
 def test_inductor_compiles_a_traced_fused_step_that_matches_eager(optim, kw):
     """Real inductor compiles (the tests above only capture graphs), adaptive l1 + l2 fused
-    into the update: RMSprop centered with momentum (update, then the map), Adam (the update's
-    last operation folded into the map, its step size a traced tensor); same weights and
-    exact zeros as eager."""
+    into the update: RMSprop centered with momentum (update, then the map), Adam and Adagrad
+    (the update's last operation folded into the map, its step size a traced tensor); same
+    weights and exact zeros as eager."""
     rules = [paramwise.Rule("weight", l1=3e-2, l2=1e-2)]
     model = net()
     opt = paramwise.optimizer(model, optim, rules, **kw)
