@@ -233,7 +233,7 @@ BASE = {"optimizer": "adamw", "lr": 1e-3}
      r"no_decay, layer_decay"),
     ({**BASE, "rules": {"nd": {"preset": "no_decay", "nrom": False}}},
      r"^config: rules\.nd \(no_decay\) has unknown key 'nrom' \(did you mean 'norm'\?\); "
-     r"no_decay takes bias, norm, embedding, key"),
+     r"no_decay takes bias, norm, embedding, gain, key"),
     ({**BASE, "rules": [{"layer_decay": 2.0}]},
      r"^config: rules\[0\] \(layer_decay\): layer_decay\(rate=2\.0\) must lie in \(0, 1\]"),
     ({**BASE, "rules": [{"layer_decay": {"rate": 0.5, "depth": 3}}]},
@@ -262,7 +262,7 @@ def test_tied_conflicts_name_config_rules():
     model.head.weight = model.embed.weight  # tied (10, 8)
     cfg = {**BASE, "rules": [{"preset": "no_decay"}, {"select": "module:head", "lr": 0.5}]}
     with pytest.raises(ParamwiseError, match=re.escape(
-            "weight_decay=0.0 vs unset (rules [rules[0]] vs [rules[1]]); a tensor has one set of "
+            "lr=0.001 vs 0.5 (rules [rules[0]] vs [rules[0], rules[1]]); a tensor has one set of "
             "options: make the rules that differ select both names (or neither), e.g. add "
             "'| head.weight' to their selectors, or set the option for both last with "
             "{select: 'embed.weight | head.weight', ...}")):

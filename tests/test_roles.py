@@ -1,4 +1,4 @@
-"""Roles come from the module tree: bias, norm, embedding, weight."""
+"""Roles come from the module tree: bias, norm, embedding, gain, weight; they belong to a tensor."""
 
 import pytest
 import torch
@@ -51,9 +51,11 @@ def test_roles_on_a_mixed_model():
         "myrms.scale": {"norm"},
         "attn.in_proj_weight": {"weight"}, "attn.in_proj_bias": {"bias"},
         "attn.out_proj.weight": {"weight"}, "attn.out_proj.bias": {"bias"},
-        "act.weight": set(),  # PReLU's 1-D slope: no role (select it with ndim<2)
+        "act.weight": {"gain"},  # PReLU's slope: a per-channel scale
         "fc.weight": {"weight"}, "fc.bias": {"bias"},
-        "head.weight": {"weight"},  # the tied alias, seen from the Linear that owns it there
+        # the tied alias: a Linear's weight there, but one tensor has one set of roles (the
+        # union over its names), so the head is an embedding too
+        "head.weight": {"embedding"},
     }
     assert roles == expected
     # the tied tensor is one tensor with two names, first name first
@@ -127,22 +129,22 @@ def test_rnn_biases_and_no_weight_decay_declarations():
 
 def test_no_decay_preset_selects_roles_and_tied_conflict_is_an_error():
     model = Zoo()
-    with pytest.raises(paramwise.ParamwiseError) as e:
-        paramwise.param_groups(model, [paramwise.no_decay()], weight_decay=0.1)
-    msg = str(e.value)
-    assert "'embed.weight' and 'head.weight' are the same (tied) tensor" in msg
-    assert "weight_decay=0.0 vs 0.1" in msg and "Rule('embed.weight | head.weight'" in msg
-    assert "add '| head.weight' to their selectors" in msg
-    # the fix the message suggests works, and the tied tensor lands in one group only
-    groups = paramwise.param_groups(
-        model, [paramwise.no_decay(), paramwise.Rule("embed.weight | head.weight",
-                                                     weight_decay=0.0)], weight_decay=0.1)
+    # the preset selects by role, and roles belong to the tensor: both names of the tied
+    # embedding/head get weight_decay=0 and it lands in one group only
+    groups = paramwise.param_groups(model, [paramwise.no_decay()], weight_decay=0.1)
     ids = [id(p) for g in groups for p in g["params"]]
     assert len(ids) == len(set(ids)) == len(list(model.parameters()))
     wd = {n: g["weight_decay"] for g in groups for n in g["param_names"]}
     assert "head.weight" not in wd and wd["embed.weight"] == 0.0
+    # a rule that names one alias and not the other is still an error, with the fix
+    with pytest.raises(paramwise.ParamwiseError) as e:
+        paramwise.param_groups(model, [paramwise.Rule("embed.*", lr_mult=0.1)], lr=1.0)
+    msg = str(e.value)
+    assert "'embed.weight' and 'head.weight' are the same (tied) tensor" in msg
+    assert "lr=0.1 vs 1.0" in msg and "Rule('embed.weight | head.weight'" in msg
+    assert "add '| head.weight' to their selectors" in msg
     for name in ("bn.weight", "ln.bias", "gn.weight", "rms.weight", "myrms.scale",
-                 "attn.in_proj_bias", "conv.bias"):
+                 "attn.in_proj_bias", "conv.bias", "act.weight"):
         assert wd[name] == 0.0, name
-    for name in ("conv.weight", "attn.in_proj_weight", "fc.weight", "act.weight"):
+    for name in ("conv.weight", "attn.in_proj_weight", "fc.weight"):
         assert wd[name] == 0.1, name

@@ -2,8 +2,12 @@
 
 For each parameter name (tied parameters have several) the inventory keeps the canonical name
 (wrapper segments removed), the owning module and attribute, the roles read from the module tree
-(``bias``, ``norm``, ``embedding``, ``weight``), the global shape and whether it is trainable.
-It knows nothing of rules or optimizers.
+(``bias``, ``norm``, ``embedding``, ``gain``, ``weight``), the global shape and whether it is
+trainable. It knows nothing of rules or optimizers.
+
+Roles belong to the *tensor*, not to one of its names: a tied tensor (GPT-2's ``transformer.wte``
+and ``lm_head``) has the union of what each of its names says, so a role selector gives every
+alias the same answer.
 
 Canonical names come from walking the tree, not from editing strings: the child edge of a
 wrapper module is skipped, so ``module._orig_mod.0.weight`` (DDP around a compiled model) and
@@ -40,7 +44,17 @@ __all__ = [
     "WRAPPER_ATTRS",
 ]
 
-ROLES = ("bias", "norm", "embedding", "weight")
+ROLES = ("bias", "norm", "embedding", "gain", "weight")
+
+# Layer classes whose ``weight*`` parameters are weight matrices/filters whatever their shape
+# (a ``Linear(d, 1).weight`` of shape (1, d) is a weight, not a gain). Other classes qualify by
+# name (``Conv1D`` of Hugging Face GPT-2, ``ScaledStdConv2d``, ``QuantLinear`` ...).
+_LAYER_CLASSES: tuple[type, ...] = (nn.Linear, nn.Bilinear, nn.modules.conv._ConvNd,
+                                    nn.MultiheadAttention, nn.RNNBase, nn.RNNCellBase)
+# Bare parameters (not a layer's weight or bias) that are learned positions or tokens: the
+# ``cls_token``/``pos_embed`` of ViTs, Swin's ``relative_position_bias_table``, CLIP's
+# ``class_embedding``. Matched on the attribute name, lower-cased.
+_EMBEDDING_WORDS = ("embed", "token", "position")
 
 _NORM_CLASSES: list[type] = [
     nn.modules.batchnorm._BatchNorm,  # BatchNorm1d/2d/3d, SyncBatchNorm, lazy variants
@@ -109,6 +123,63 @@ def is_norm_module(module: nn.Module) -> bool:
     return bool(own) and all(p is None or p.dim() <= 1 for p in own)
 
 
+def _is_layer_class(t: type) -> bool:
+    if issubclass(t, _LAYER_CLASSES):
+        return True
+    low = t.__name__.lower()
+    return "linear" in low or "conv" in low
+
+
+_BIAS, _NORM, _EMB, _LAYER_WEIGHT = 1, 2, 4, 8
+_FLAG_ROLES = ((_BIAS, "bias"), (_NORM, "norm"), (_EMB, "embedding"))
+
+
+def _attr_flags(attr: str, is_norm: bool, is_emb: bool, is_layer: bool) -> int:
+    """What one name says of its tensor, as bits: bias, norm, embedding, a layer's weight."""
+    bias = _is_bias_attr(attr)
+    weightish = attr.startswith("weight") or attr.endswith("_weight")
+    flags = _BIAS * bias | _NORM * is_norm | _EMB * is_emb
+    if is_layer and weightish:
+        flags |= _LAYER_WEIGHT
+    elif not (bias or is_norm or is_emb or weightish):
+        low = attr.lower()
+        if any(w in low for w in _EMBEDDING_WORDS):
+            flags |= _EMB
+    return flags
+
+
+def _tensor_roles(inv: Inventory, flags: list[int], emb_extra: set[int]) -> list[frozenset[str]]:
+    """Roles per entry, the same for every name of a tensor: the union of what its names say.
+
+    ``bias``/``norm``/``embedding`` come from the names; a tensor with none of them is a
+    ``gain`` when at most one of its dimensions is larger than 1 (0-d, (C,), (1, 1, C),
+    (C, 1, 1)) and it is no layer's weight, else a ``weight`` when it has 2 or more dimensions.
+    """
+    per_tensor = [0] * inv.num_tensors
+    unique = inv.unique
+    for i, f in enumerate(flags):
+        if i in emb_extra:
+            f |= _EMB
+        per_tensor[unique[i]] |= f
+    interned: dict[tuple[int, bool, int], frozenset[str]] = {}
+    out_t: list[frozenset[str]] = []
+    for u, f in enumerate(per_tensor):
+        e = inv.first[u]
+        shape = inv.shape(e)
+        key = (f, sum(1 for s in shape if s > 1) <= 1, len(shape))
+        fs = interned.get(key)
+        if fs is None:
+            got = {r for bit, r in _FLAG_ROLES if f & bit}
+            if not got:
+                if key[1] and not (f & _LAYER_WEIGHT and key[2] >= 2):
+                    got = {"gain"}
+                elif key[2] >= 2:
+                    got = {"weight"}
+            fs = interned[key] = frozenset(got)
+        out_t.append(fs)
+    return [out_t[u] for u in unique]
+
+
 def _is_bias_attr(attr: str) -> bool:
     # Linear/Conv ``bias``, MultiheadAttention ``in_proj_bias``/``bias_k``/``bias_v``,
     # RNN ``bias_ih_l0``/``bias_hh_l0``: read from the owning module's attribute, not the path.
@@ -155,6 +226,8 @@ class Inventory:
         self._aliases: list[list[int]] = []
         self._mask_cache: dict[object, int] = {}
         self._global: dict[int, tuple[int, ...]] = {}
+        # The model and the wrapped modules whose canonical path is the root (DDP's .module).
+        self.roots: list[nn.Module] = []
 
     # ----------------------------------------------------------------------------- building
     @classmethod
@@ -167,7 +240,7 @@ class Inventory:
         inv = cls()
         seen: dict[int, int] = {}
         declared: list[tuple[str, set[str]]] = []
-        facts: dict[type, tuple[bool, bool, frozenset[str], bool, bool]] = {}
+        facts: dict[type, tuple[bool, bool, frozenset[str], bool, bool, bool]] = {}
         fsdp1: list[nn.Module] = []
         names, raws, params, modules = inv.names, inv.raw_names, inv.params, inv.modules
         mod_names, attrs, roles, unique = inv.module_names, inv.attrs, inv.roles, inv.unique
@@ -184,8 +257,11 @@ class Inventory:
                     WRAPPER_ATTRS | _wrapper_attrs(t),
                     isinstance(mod, tuple(_NORM_CLASSES)) or "norm" in t.__name__.lower(),
                     t.__name__ == "FullyShardedDataParallel",
+                    _is_layer_class(t),
                 )
-            has_nwd, is_emb, skip_attrs, maybe_norm, is_fsdp1 = f
+            has_nwd, is_emb, skip_attrs, maybe_norm, is_fsdp1, is_layer = f
+            if not prefix:
+                inv.roots.append(mod)
             if is_fsdp1:
                 fsdp1.append(mod)
             if has_nwd:
@@ -224,7 +300,7 @@ class Inventory:
                     modules.append(mod)
                     mod_names.append(mod_name)
                     attrs.append(attr)
-                    roles.append((_is_bias_attr(attr), is_norm, is_emb))  # type: ignore[arg-type]
+                    roles.append(_attr_flags(attr, is_norm, is_emb, is_layer))  # type: ignore[arg-type]
             kids = mod._modules
             if kids:
                 for n, child in reversed(kids.items()):
@@ -237,17 +313,7 @@ class Inventory:
         inv._global = _fsdp1_shapes(fsdp1) if fsdp1 else {}
         inv.ndims = [len(inv._global[id(p)]) if id(p) in inv._global else p.dim()
                      for p in params]
-        interned: dict[tuple, frozenset[str]] = {}
-        final = []
-        for i, (key, nd) in enumerate(zip(roles, inv.ndims)):
-            b, nrm, emb = key  # type: ignore[misc]
-            key = (b, nrm, emb or i in emb_extra, nd >= 2)
-            fs = interned.get(key)
-            if fs is None:
-                got = {r for r, on in zip(("bias", "norm", "embedding"), key) if on}
-                fs = interned[key] = frozenset(got or ({"weight"} if key[3] else set()))
-            final.append(fs)
-        inv.roles = final
+        inv.roles = _tensor_roles(inv, roles, emb_extra)  # type: ignore[arg-type]
         return inv
 
     def _check_unique_names(self) -> None:

@@ -11,7 +11,7 @@ Example (the classic recipe: decay weights, not biases)::
 
     >>> rules = [Rule("bias", weight_decay=0.0)]
     >>> no_decay()
-    Rule('bias | norm | embedding', weight_decay=0.0)
+    Rule('bias | norm | embedding | gain', weight_decay=0.0)
 """
 
 from __future__ import annotations
@@ -201,16 +201,25 @@ def layer_decay(rate: float, *, depth: Callable[[str], int] | str | None = None)
 
 
 def no_decay(*, bias: bool = True, norm: bool = True, embedding: bool = True,
-             key: str = "weight_decay") -> Rule:
-    """The no-decay rule: ``key = 0`` for biases, norm-layer parameters and embeddings.
+             gain: bool = True, key: str = "weight_decay") -> Rule:
+    """The no-decay rule: ``key = 0`` for biases, norm-layer parameters, embeddings and gains.
 
-    Each role can be switched off; ``key`` picks the option zeroed (``"decoupled_decay"`` or
-    ``"l2"`` when decay comes from a paramwise regularizer).
+    The roles (see :mod:`paramwise.inventory`): ``bias``; ``norm`` (norm layers' scales and
+    shifts); ``embedding`` (``Embedding`` tables, learned positions and tokens, names a module's
+    ``no_weight_decay()`` lists); ``gain`` (layer scales, PReLU slopes, ``(C, 1, 1)`` scales,
+    CLIP's ``logit_scale``: at most one dimension larger than 1 and no layer's weight). Decay
+    pulls a gain towards 0, i.e. switches its branch off, which none of the recipes (timm,
+    DeiT III, ConvNeXt, DINOv2) want. Each role can be switched off; ``key`` picks the option
+    zeroed (``"decoupled_decay"`` or ``"l2"`` when decay comes from a paramwise regularizer).
+
+        >>> no_decay(gain=False)
+        Rule('bias | norm | embedding', weight_decay=0.0)
     """
-    roles = [r for r, on in (("bias", bias), ("norm", norm), ("embedding", embedding)) if on]
+    roles = [r for r, on in (("bias", bias), ("norm", norm), ("embedding", embedding),
+                             ("gain", gain)) if on]
     if not roles:
         raise ParamwiseError("no_decay() with every role switched off selects nothing",
-                             fix="keep at least one of bias, norm, embedding")
+                             fix="keep at least one of bias, norm, embedding, gain")
     return Rule(" | ".join(roles), **{key: 0.0})
 
 

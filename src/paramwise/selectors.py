@@ -6,7 +6,7 @@ One grammar, the same in Python and in config files::
     or    := and ('|' and)*
     and   := not ('&' not)*
     not   := '!' not | '(' expr ')' | term
-    term  := bias | norm | embedding | weight        roles read from the module tree
+    term  := bias | norm | embedding | gain | weight roles read from the module tree
            | type:Linear | type:torch.nn.Conv2d      owning module's class (subclasses too)
            | module:backbone | module:blocks.*       everything under a submodule
            | ndim<2 | ndim>=2 | ndim==1 ...          the parameter's (global) number of dims
