@@ -14,9 +14,10 @@ from .dcp import load_dcp
 from .errors import ParamwiseError
 from .hooks import attach
 from .inventory import register_norm, register_wrapper
+from .layerdecay import layer_decay
 from .prox import register_scaling
 from .report import Report, explain, report
-from .rules import Rule, layer_decay, no_decay
+from .rules import Rule, no_decay
 from .selectors import Selector, parse
 
 __all__ = [

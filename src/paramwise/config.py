@@ -43,9 +43,10 @@ import torch
 from torch import nn
 
 from .errors import ParamwiseError, closest
+from .layerdecay import LayerDecay, layer_decay
 from .options import REAL_KEYS, check_key, check_value, known_keys, resolve_optimizer
 from .regoptions import STRENGTH_KEYS
-from .rules import LayerDecay, Rule, layer_decay, no_decay
+from .rules import Rule, no_decay
 
 __all__ = ["from_config", "load_config", "PRESETS", "TOP_LEVEL_KEYS"]
 
@@ -216,8 +217,9 @@ def _preset(name: str, args: object, where: str, short: bool) -> Rule | LayerDec
             raise ParamwiseError(f"{where} (layer_decay) key 'depth' is {kwargs[k]!r}",
                                  fix=r"in a config, depth is a regex capturing the block "
                                  r"index, e.g. depth: 'blocks\.(\d+)\.'")
-    if "rate" in kwargs:
-        kwargs["rate"] = _number("rate", kwargs["rate"])
+    for k in ("rate", "min_scale"):
+        if k in kwargs:
+            kwargs[k] = _number(k, kwargs[k])
     try:
         return factory(**kwargs).with_origin(where)
     except TypeError as e:

@@ -228,6 +228,7 @@ class Inventory:
         self._global: dict[int, tuple[int, ...]] = {}
         # The model and the wrapped modules whose canonical path is the root (DDP's .module).
         self.roots: list[nn.Module] = []
+        self.module_at: dict[str, nn.Module] = {}  # canonical module path -> module
 
     # ----------------------------------------------------------------------------- building
     @classmethod
@@ -262,6 +263,7 @@ class Inventory:
             has_nwd, is_emb, skip_attrs, maybe_norm, is_fsdp1, is_layer = f
             if not prefix:
                 inv.roots.append(mod)
+            inv.module_at[prefix[:-1]] = mod
             if is_fsdp1:
                 fsdp1.append(mod)
             if has_nwd:

@@ -34,7 +34,7 @@ from . import regoptions as reg
 from .errors import ParamwiseError, user_stacklevel
 from .inventory import Inventory, mask_to_str
 from .options import MULTIPLIERS, check_key, check_value
-from .rules import Rule, RuleLike, expand_rules
+from .rules import Partition, Rule, RuleLike, expand_rules
 
 __all__ = ["Plan", "make_plan"]
 
@@ -45,7 +45,7 @@ class Plan:
 
     inv: Inventory
     rules: list[Rule]
-    masks: list[int]
+    masks: list[int | None]  # None: a level of a partition (layer_decay), matched by level
     defaults: dict[str, object]
     optim_cls: type | None
     include_frozen: bool
@@ -131,7 +131,8 @@ def make_plan(
     if inv.num_tensors == 0:
         raise ParamwiseError("the model has no parameters", fix="build the model before the "
                              "optimizer (lazy modules need one forward pass first)")
-    rule_list = expand_rules(rules, inv)
+    columns = expand_rules(rules, inv)
+    rule_list = [r for c in columns for r in (c.rules if isinstance(c, Partition) else (c,))]
     for k, v in defaults.items():
         check_key(k, optimizer, where="the defaults")
         check_value(k, v, where="the defaults")
@@ -155,22 +156,34 @@ def make_plan(
     from .inventory import bools_to_mask
 
     live = bools_to_mask(considered)
-    masks = [r.select.mask(inv) for r in rule_list]
+    masks: list[int | None] = []
+    cols: list[object] = []  # per column, a value per entry: '0'/'1', or a rule index / -1
+    col_rule: list[int | None] = []  # a mask column's rule index; None for a partition
+    for c in columns:
+        if isinstance(c, Partition):
+            base = len(masks)
+            masks.extend(None for _ in c.rules)
+            cols.append([base + lv if lv >= 0 else -1 for lv in c.level])
+            col_rule.append(None)
+        else:
+            masks.append(c.select.mask(inv))
+            cols.append(mask_to_str(masks[-1], n))
+            col_rule.append(len(masks) - 1)
     _check_matches(inv, rule_list, masks, live, strict)
 
     # One resolution per distinct pattern of matching rules.
-    cols = [mask_to_str(m, n) for m in masks]
     entry_sig: list[int] = []
-    sig_index: dict[tuple[str, ...], int] = {}
+    sig_index: dict[tuple, int] = {}
     resolved: list[dict[str, object]] = []
     sig_rules: list[tuple[int, ...]] = []
-    for key in (zip(*cols) if cols else (() for _ in range(n))):
+    for key in (zip(*cols) if cols else (() for _ in range(n))):  # type: ignore[call-overload]
         s = sig_index.get(key)
         if s is None:
             s = sig_index[key] = len(resolved)
-            hit = tuple(j for j, c in enumerate(key) if c == "1")
-            sig_rules.append(hit)
-            resolved.append(_resolve(defaults, rule_list, hit))
+            hit = tuple(j if c == "1" else c for j, c in zip(col_rule, key)
+                        if c == "1" or (j is None and c >= 0))
+            sig_rules.append(hit)  # type: ignore[arg-type]
+            resolved.append(_resolve(defaults, rule_list, hit))  # type: ignore[arg-type]
         entry_sig.append(s)
 
     plan = Plan(inv, rule_list, masks, dict(defaults), optimizer, include_frozen, entry_sig,
@@ -180,10 +193,10 @@ def make_plan(
     return plan
 
 
-def _check_matches(inv: Inventory, rules: list[Rule], masks: list[int], live: int,
+def _check_matches(inv: Inventory, rules: list[Rule], masks: list[int | None], live: int,
                    strict: bool) -> None:
     for i, (r, m) in enumerate(zip(rules, masks)):
-        if m & live:
+        if m is None or m & live:
             continue
         if m:
             frozen = [inv.names[j] for j, c in enumerate(mask_to_str(m, len(inv))) if c == "1"]
