@@ -12,7 +12,9 @@ from .checkpoint import LoadReport, load_state_dict, state_dict
 from .config import from_config
 from .dcp import load_dcp
 from .errors import ParamwiseError
+from .hidden import hidden_matrices
 from .hooks import attach
+from .hybrid import Hybrid
 from .inventory import register_norm, register_wrapper
 from .layerdecay import layer_decay
 from .prox import register_scaling
@@ -21,6 +23,7 @@ from .rules import Rule, no_decay
 from .selectors import Selector, parse
 
 __all__ = [
+    "Hybrid",
     "LoadReport",
     "ParamwiseError",
     "Report",
@@ -29,6 +32,7 @@ __all__ = [
     "attach",
     "explain",
     "from_config",
+    "hidden_matrices",
     "layer_decay",
     "load_dcp",
     "load_state_dict",

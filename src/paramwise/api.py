@@ -7,7 +7,9 @@
     >>> [g["param_names"] for g in opt.param_groups]
     [['0.weight', '2.weight'], ['0.bias', '2.bias']]
 
-``optimizer()`` returns the real ``torch.optim`` instance (never a wrapper). When a group carries
+``optimizer()`` returns the real ``torch.optim`` instance (never a wrapper) when one optimizer is
+in play; when rules send parameters to several (``Rule(..., optimizer="muon")``), a
+:class:`~paramwise.hybrid.Hybrid` built from one plain instance per class. When a group carries
 regularization options it lowers them to the optimizer's native equivalent where one exists and
 attaches step hooks for the rest (:func:`paramwise.attach`).
 """
@@ -21,12 +23,14 @@ import torch
 from torch import nn
 
 from .errors import ParamwiseError
-from .groups import build_groups
+from .groups import groups_by_class
 from .hooks import attach
+from .hybrid import Hybrid
 from .lowering import lower
 from .monitor import penalty as _penalty
 from .monitor import stats as _stats
 from .options import optimizer_keys, paramwise_keys, resolve_optimizer
+from .perclass import class_name
 from .plan import Plan, make_plan
 from .regoptions import REG_KEYS
 from .rules import RuleLike
@@ -73,7 +77,14 @@ def param_groups(
     cls = resolve_optimizer(optimizer) if optimizer is not None else None
     plan = make_plan(model, rules, optimizer=cls, strict=strict, include_frozen=include_frozen,
                      **defaults)
-    return build_groups(plan)
+    parts = groups_by_class(plan)
+    if len(parts) > 1:
+        raise ParamwiseError(
+            f"the rules send parameters to {len(parts)} optimizers ("
+            f"{', '.join(class_name(c) for c, _ in parts)}), and param_groups() returns the "
+            "groups of one", fix="build them with paramwise.optimizer(model, default, rules, "
+            "...), which returns one torch.optim.Optimizer over all of them")
+    return parts[0][1] if parts else []
 
 
 def optimizer(
@@ -94,7 +105,28 @@ def optimizer(
     cls = resolve_optimizer(optim)
     plan = make_plan(model, rules, optimizer=cls, strict=strict, include_frozen=include_frozen,
                      **defaults)
-    groups = build_groups(plan)
+    parts = groups_by_class(plan)
+    parts.sort(key=lambda cg: cg[0] is not cls)  # the default optimizer's part first
+    built = [_construct(c, gs, defaults) for c, gs in parts]  # type: ignore[arg-type]
+    handles = []
+    try:
+        for o, has_reg in built:
+            if has_reg:
+                handles.append(attach(o))
+    except ParamwiseError:
+        for h in handles:
+            h.remove()
+        raise
+    opt = built[0][0] if len(built) == 1 else Hybrid([o for o, _ in built])
+    _PLANS[opt] = plan
+    _LAST[model] = weakref.ref(opt)
+    return opt
+
+
+def _construct(cls: type, groups: list[dict], defaults: dict[str, object]
+               ) -> tuple[torch.optim.Optimizer, bool]:
+    """One plain instance of ``cls`` over ``groups``; the defaults it takes become its own
+    ``defaults`` (so ``add_param_group`` inherits them)."""
     accepted = optimizer_keys(cls)
     own_keys = paramwise_keys()
     ctor = {k: v for k, v in defaults.items()
@@ -103,18 +135,13 @@ def optimizer(
     if has_reg:
         groups = lower(groups, cls, ctor)
     try:
-        opt = cls(groups, **ctor)
+        return cls(groups, **ctor), has_reg
     except (TypeError, ValueError) as e:
         if isinstance(e, ParamwiseError):
             raise
         raise ParamwiseError(f"{cls.__name__} rejected the options: {e}",
                              fix="check the values passed to paramwise.optimizer() and set by "
                              "the rules (paramwise.report() shows them per group)") from e
-    if has_reg:
-        attach(opt)
-    _PLANS[opt] = plan
-    _LAST[model] = weakref.ref(opt)
-    return opt
 
 
 def optimizer_of(obj: nn.Module | torch.optim.Optimizer, *, what: str) -> torch.optim.Optimizer:

@@ -43,6 +43,7 @@ import torch
 from torch import nn
 
 from .errors import ParamwiseError, closest
+from .hidden import HiddenMatrices, hidden_matrices
 from .layerdecay import LayerDecay, layer_decay
 from .options import REAL_KEYS, check_key, check_value, known_keys, resolve_optimizer
 from .regoptions import STRENGTH_KEYS
@@ -54,9 +55,10 @@ __all__ = ["from_config", "load_config", "PRESETS", "TOP_LEVEL_KEYS"]
 TOP_LEVEL_KEYS = ("optimizer", "rules", "strict", "include_frozen")
 
 #: Preset name -> (factory, name of the argument a short form ``{name: value}`` fills).
-PRESETS: dict[str, tuple[Callable[..., Rule | LayerDecay], str | None]] = {
+PRESETS: dict[str, tuple[Callable[..., Rule | LayerDecay | HiddenMatrices], str | None]] = {
     "no_decay": (no_decay, None),
     "layer_decay": (layer_decay, "rate"),
+    "hidden_matrices": (hidden_matrices, "optimizer"),
 }
 
 # Real-valued options: YAML integers (``weight_decay: 0``) become floats, as in Python rules.
@@ -193,7 +195,7 @@ def _rule_entries(rules: object, src: str) -> list[tuple[str, object]]:
                          "rules: [{select: bias, weight_decay: 0.0}]")
 
 
-def _preset(name: str, args: object, where: str, short: bool) -> Rule | LayerDecay:
+def _preset(name: str, args: object, where: str, short: bool) -> Rule | LayerDecay | HiddenMatrices:
     factory, first = PRESETS[name]
     params = inspect.signature(factory).parameters
     if isinstance(args, dict):
@@ -206,8 +208,9 @@ def _preset(name: str, args: object, where: str, short: bool) -> Rule | LayerDec
         form = (f"{{{name}: {{{first}: ...}}}} or {{{name}: <{first}>}}" if first
                 else f"{{preset: {name}}} or {{{name}: {{bias: true, norm: false}}}}")
         raise ParamwiseError(f"{where} ({name}) has the value {args!r}", fix=f"write {form}")
+    open_ended = any(p.kind is p.VAR_KEYWORD for p in params.values())
     for k in kwargs:
-        if k not in params:
+        if k not in params and not open_ended:
             hit = closest(k, params)
             raise ParamwiseError(
                 f"{where} ({name}) has unknown key {k!r}"
@@ -229,7 +232,7 @@ def _preset(name: str, args: object, where: str, short: bool) -> Rule | LayerDec
         raise ParamwiseError(f"{where} ({name}): {e}") from None
 
 
-def _rule(entry: object, where: str, cls: type | None) -> Rule | LayerDecay:
+def _rule(entry: object, where: str, cls: type | None) -> Rule | LayerDecay | HiddenMatrices:
     if not isinstance(entry, dict):
         fix = "write a mapping: {select: '<selector>', <option>: <value>}"
         if isinstance(entry, str) and entry in PRESETS:

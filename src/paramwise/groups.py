@@ -15,9 +15,9 @@ from numbers import Real
 
 import torch
 
-from .plan import Plan, gc_paused
+from .plan import Plan, gc_paused, rule_ref
 
-__all__ = ["build_groups", "freeze"]
+__all__ = ["build_groups", "groups_by_class", "freeze"]
 
 
 def freeze(value: object) -> object:
@@ -42,15 +42,26 @@ def freeze(value: object) -> object:
 
 def build_groups(plan: Plan) -> list[dict]:
     """One group per distinct resolved option set, in order of first appearance."""
+    return [g for _, gs in groups_by_class(plan) for g in gs]
+
+
+def groups_by_class(plan: Plan) -> list[tuple[type | None, list[dict]]]:
+    """The groups per optimizer class (``optimizer`` rules), classes in order of first
+    appearance; one entry when a single optimizer is in play. Checks each class's constraints
+    (Muon 2-D, LBFGS one group, SparseAdam sparse) before anything is built."""
     with gc_paused():
-        return _build_groups(plan)
+        parts = _build_groups(plan)
+    if len(plan.in_play) > 1 or plan.optim_cls is not None:
+        _constraints(plan, parts)
+    return parts
 
 
-def _build_groups(plan: Plan) -> list[dict]:
+def _build_groups(plan: Plan) -> list[tuple[type | None, list[dict]]]:
     inv = plan.inv
-    key_of_sig = [tuple(sorted((k, freeze(v)) for k, v in o.items())) for o in plan.resolved]
+    key_of_sig = [(plan.classes[s], tuple(sorted((k, freeze(v)) for k, v in o.items())))
+                  for s, o in enumerate(plan.resolved)]
     by_key: dict[tuple, dict] = {}
-    groups: list[dict] = []
+    per_class: dict[type | None, list[dict]] = {}
     trainable_only = not plan.include_frozen
     params, names, entry_sig = inv.params, inv.names, plan.entry_sig
     for e in inv.first:
@@ -62,7 +73,25 @@ def _build_groups(plan: Plan) -> list[dict]:
         g = by_key.get(key)
         if g is None:
             g = by_key[key] = {"params": [], "param_names": [], **plan.resolved[s]}
-            groups.append(g)
+            per_class.setdefault(key[0], []).append(g)
         g["params"].append(p)
         g["param_names"].append(names[e])
-    return groups
+    return list(per_class.items())
+
+
+def _constraints(plan: Plan, parts: list[tuple[type | None, list[dict]]]) -> None:
+    from .perclass import check_constraints
+
+    inv = plan.inv
+    index = {id(inv.params[e]): e for e in inv.first}
+    members = {}
+    for cls, gs in parts:
+        members[cls] = [(n, inv.shape(index[id(p)]), inv.modules[index[id(p)]])
+                        for g in gs for n, p in zip(g["param_names"], g["params"])]
+    who = {}
+    for cls, _ in parts:
+        setters = [f"{rule_ref(i, r)} ({r.label!r})" for i, r in enumerate(plan.rules)
+                   if r.options.get("optimizer") is cls]
+        who[cls] = ", ".join(setters) if setters else f"the default optimizer ({cls.__name__})" \
+            if cls is not None else "the default"
+    check_constraints(members, {cls: len(gs) for cls, gs in parts}, who)

@@ -79,7 +79,9 @@ class LayerDecay(Preset):
             per_name = _from_keys(inv, _regex_keys(self.depth, inv.names), self.depth)
         else:
             ids = group_matcher_ids(inv)
-            per_name = _from_depths(ids) if ids is not None else detect(inv)
+            layout = detect(inv) if ids is None else None
+            per_name = _from_depths(ids) if ids is not None else \
+                (layout.exps if layout is not None else None)
             if per_name is None:
                 raise ParamwiseError(
                     "layer_decay found no blocks (no ModuleList/Sequential of blocks)",

@@ -17,7 +17,7 @@ entries: the cost is linear in the number of tensors and independent of the dept
 
     >>> import torch.nn as nn
     >>> net = nn.Sequential(nn.Linear(2, 2), nn.Linear(2, 2))
-    >>> detect(Inventory.build(net))
+    >>> detect(Inventory.build(net)).exps
     [1, 1, 0, 0]
 """
 
@@ -29,7 +29,7 @@ from dataclasses import dataclass, field
 from .errors import ParamwiseError
 from .inventory import Inventory
 
-__all__ = ["detect", "group_matcher_ids"]
+__all__ = ["Layout", "detect", "group_matcher_ids"]
 
 _PREV = 99999.0  # timm's MATCH_PREV_GROUP: "the same layer as the group before"
 
@@ -65,7 +65,16 @@ def _parse(path: str) -> _Path:
     return out
 
 
-def detect(inv: Inventory) -> list[int] | None:
+@dataclass
+class Layout:
+    """What :func:`detect` found: per entry the steps below the top, and whether the entry lies
+    inside a block (a stage's own downsampling counts as inside)."""
+
+    exps: list[int]
+    in_block: list[bool]
+
+
+def detect(inv: Inventory) -> Layout | None:
     """Per entry the steps below the top, from the module tree; None without blocks."""
     paths: dict[str, _Path] = {}
     per_entry: list[_Path] = []
@@ -135,7 +144,7 @@ def _stages(inv: Inventory, container: str, entries: dict[str, None],
     return found
 
 
-def _assign(inv: Inventory, towers: list[_Tower], per_entry: list[_Path]) -> list[int]:
+def _assign(inv: Inventory, towers: list[_Tower], per_entry: list[_Path]) -> Layout:
     n = len(per_entry)
     tower_of: list[int] = [-1] * n
     key: list[tuple[int, ...] | None] = [None] * n
@@ -200,7 +209,8 @@ def _assign(inv: Inventory, towers: list[_Tower], per_entry: list[_Path]) -> lis
         for w in waiting:
             exps[w] = 0
     low = min(exps)  # no head: the last block is the top
-    return [x - low for x in exps] if low else exps
+    inside = [k is not None or s is not None for k, s in zip(key, stage_of)]
+    return Layout([x - low for x in exps] if low else exps, inside)
 
 
 def group_matcher_ids(inv: Inventory) -> list[int] | None:

@@ -49,8 +49,8 @@ def _reg_keys() -> frozenset[str]:
 
 
 def paramwise_keys() -> frozenset[str]:
-    """Keys paramwise itself understands (multipliers and regularizers)."""
-    return frozenset(MULTIPLIERS) | _reg_keys()
+    """Keys paramwise itself understands (multipliers, regularizers, ``optimizer``)."""
+    return frozenset(MULTIPLIERS) | _reg_keys() | {"optimizer"}
 
 
 @cache
@@ -178,7 +178,13 @@ def _is_real(value: object) -> bool:
 
 def check_value(key: str, value: object, *, where: str) -> None:
     """Reject wrong types, negative or non-finite values for numeric core options."""
-    if key in REAL_KEYS:
+    if key == "optimizer":
+        try:
+            resolve_optimizer(value)  # type: ignore[arg-type]
+        except ParamwiseError as e:
+            raise ParamwiseError(f"{where} sets optimizer={value!r}: {e.problem}", fix=e.fix
+                                 ) from None
+    elif key in REAL_KEYS:
         if not _is_real(value):
             raise ParamwiseError(f"{where} sets {key}={value!r} ({type(value).__name__})",
                                  fix=f"{key} must be a real number, e.g. {key}=0.01")

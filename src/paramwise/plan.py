@@ -34,6 +34,7 @@ from . import regoptions as reg
 from .errors import ParamwiseError, user_stacklevel
 from .inventory import Inventory, mask_to_str
 from .options import MULTIPLIERS, check_key, check_value
+from .perclass import accepts, check_key_any, class_name, wrong_class_fix
 from .rules import Partition, Rule, RuleLike, expand_rules
 
 __all__ = ["Plan", "make_plan"]
@@ -52,6 +53,12 @@ class Plan:
     entry_sig: list[int]  # entry -> index into ``resolved``
     resolved: list[dict[str, object]]
     sig_rules: list[tuple[int, ...]]  # resolution -> indices of its matching rules
+    classes: list[type | None]  # resolution -> its optimizer class (``optimizer`` option)
+    in_play: list[type | None]  # the default class, then those rules name, in order
+
+    def class_of(self, entry: int) -> type | None:
+        """The optimizer class entry ``entry`` goes to."""
+        return self.classes[self.entry_sig[entry]]
 
     def options_of(self, entry: int) -> dict[str, object]:
         """Resolved options of entry ``entry`` (a parameter name)."""
@@ -133,17 +140,34 @@ def make_plan(
                              "optimizer (lazy modules need one forward pass first)")
     columns = expand_rules(rules, inv)
     rule_list = [r for c in columns for r in (c.rules if isinstance(c, Partition) else (c,))]
+    in_play = list(dict.fromkeys([optimizer, *(r.options["optimizer"] for r in rule_list
+                                               if "optimizer" in r.options)]))
+    multi = len(in_play) > 1
+
+    def check(k: str, where: str) -> None:
+        if multi:
+            check_key_any(k, in_play, where=where)
+        else:
+            check_key(k, optimizer, where=where)
+
     for k, v in defaults.items():
-        check_key(k, optimizer, where="the defaults")
+        check(k, "the defaults")
         check_value(k, v, where="the defaults")
         if k in MULTIPLIERS:
             raise ParamwiseError(
                 f"the defaults set {k}={v}, but a multiplier only scales what rules select",
                 fix=f"pass {MULTIPLIERS[k]}=<value> directly, or use "
                 f"Rule('all', {k}={v})")
+        if k == "optimizer":
+            raise ParamwiseError("the defaults set 'optimizer'",
+                                 fix="pass the default optimizer as paramwise.optimizer()'s "
+                                 "second argument, and per-parameter ones in rules")
     for i, r in enumerate(rule_list):
         for k in r.options:
-            check_key(k, optimizer, where=_where(i, r))
+            check(k, _where(i, r))
+    # Defaults go to every class in play that takes them.
+    per_class = {c: ({k: v for k, v in defaults.items() if accepts(c, k)} if multi else defaults)
+                 for c in in_play}
 
     n = len(inv)
     considered = [include_frozen or inv.trainable(i) for i in range(n)]
@@ -176,6 +200,7 @@ def make_plan(
     sig_index: dict[tuple, int] = {}
     resolved: list[dict[str, object]] = []
     sig_rules: list[tuple[int, ...]] = []
+    classes: list[type | None] = []
     for key in (zip(*cols) if cols else (() for _ in range(n))):  # type: ignore[call-overload]
         s = sig_index.get(key)
         if s is None:
@@ -183,11 +208,19 @@ def make_plan(
             hit = tuple(j if c == "1" else c for j, c in zip(col_rule, key)
                         if c == "1" or (j is None and c >= 0))
             sig_rules.append(hit)  # type: ignore[arg-type]
-            resolved.append(_resolve(defaults, rule_list, hit))  # type: ignore[arg-type]
+            cls = optimizer
+            for j in hit:
+                cls = rule_list[j].options.get("optimizer", cls)  # type: ignore[arg-type, assignment]
+            classes.append(cls)
+            opts = _resolve(per_class[cls], rule_list, hit)  # type: ignore[arg-type]
+            opts.pop("optimizer", None)
+            resolved.append(opts)
         entry_sig.append(s)
 
     plan = Plan(inv, rule_list, masks, dict(defaults), optimizer, include_frozen, entry_sig,
-                resolved, sig_rules)
+                resolved, sig_rules, classes, in_play)
+    if multi:
+        _check_per_class(plan)
     _check_tied(plan)
     _check_regularizers(plan)
     return plan
@@ -220,6 +253,20 @@ def _diff(a: Mapping[str, object], b: Mapping[str, object]) -> str:
     return ", ".join(f"{k}={show(a, k)} vs {show(b, k)}" for k in keys)
 
 
+def _check_per_class(plan: Plan) -> None:
+    """Every option a rule set must be taken by the class of the parameters it reached."""
+    for s, (opts, cls) in enumerate(zip(plan.resolved, plan.classes)):
+        for k in opts:
+            if accepts(cls, k):
+                continue
+            i = next(j for j in reversed(plan.sig_rules[s]) if k in plan.rules[j].options)
+            names = [plan.inv.names[e] for e, t in enumerate(plan.entry_sig) if t == s]
+            raise ParamwiseError(
+                f"{_where(i, plan.rules[i])} sets {k}, which {class_name(cls)} does not take, for "
+                f"{len(names)} parameters that go to {class_name(cls)} (e.g. {names[0]!r})",
+                fix=wrong_class_fix(k, cls, plan.in_play))  # type: ignore[arg-type]
+
+
 def _check_tied(plan: Plan) -> None:
     inv = plan.inv
 
@@ -235,8 +282,11 @@ def _check_tied(plan: Plan) -> None:
             if plan.entry_sig[other] == plan.entry_sig[first]:
                 continue
             a, b = plan.options_of(first), plan.options_of(other)
-            if a == b:
+            ca, cb = plan.class_of(first), plan.class_of(other)
+            if a == b and ca is cb:
                 continue
+            if ca is not cb:
+                a, b = {**a, "optimizer": class_name(ca)}, {**b, "optimizer": class_name(cb)}
             n1, n2 = inv.names[first], inv.names[other]
             raise ParamwiseError(
                 f"{n1!r} and {n2!r} are the same (tied) tensor, but the rules give them different "

@@ -20,17 +20,21 @@ from torch import nn
 
 from .api import resolve_target
 from .hooks import runs_fused
+from .hybrid import Hybrid
 from .inventory import Inventory
 from .options import MULTIPLIERS
+from .perclass import class_name
 from .plan import Plan, rule_ref
 
 __all__ = ["Report", "report", "explain"]
 
 _HIDDEN = {"params", "param_names"}
-_ALWAYS = ("lr", "weight_decay")
+_ALWAYS = ("optimizer", "lr", "weight_decay")
 
 
 def _fmt(v: object) -> str:
+    if isinstance(v, type):
+        return v.__name__
     if isinstance(v, float):
         return f"{v:.6g}" if v != 0 else "0.0"
     if isinstance(v, torch.Tensor) and v.numel() == 1:
@@ -122,21 +126,29 @@ def report(obj: nn.Module | torch.optim.Optimizer, rules=None, *, sample: int = 
     counted apart. Options equal in every group are listed once below the table.
     """
     plan, opt = resolve_target(obj, rules, dict(defaults), what="report")
+    owner: list[str] | None = None  # the optimizer class of each group, when several
     if opt is not None:
         groups = opt.param_groups
+        if isinstance(opt, Hybrid):
+            of = {id(g): type(o).__name__ for o in opt.optimizers for g in o.param_groups}
+            owner = [of.get(id(g), "?") for g in groups]
     else:
-        from .groups import build_groups
+        from .groups import groups_by_class
 
-        groups = build_groups(plan)  # type: ignore[arg-type]
+        parts = groups_by_class(plan)  # type: ignore[arg-type]
+        groups = [g for _, gs in parts for g in gs]
+        if len(parts) > 1:
+            owner = [class_name(c) for c, gs in parts for _ in gs]
     numel = plan.inv.numel_of if plan is not None else torch.Tensor.numel
     rows = []
     for i, g in enumerate(groups):
         names = g.get("param_names") or [f"<param {j}>" for j in range(len(g["params"]))]
+        opts = {k: v for k, v in g.items() if k not in _HIDDEN}
         rows.append({
             "index": i,
             "tensors": len(g["params"]),
             "elements": sum(numel(p) for p in g["params"]),
-            "options": {k: v for k, v in g.items() if k not in _HIDDEN},
+            "options": {"optimizer": owner[i], **opts} if owner else opts,
             "names": list(names),
         })
     keys = list(dict.fromkeys(k for r in rows for k in r["options"]))
@@ -204,6 +216,12 @@ def explain(obj: nn.Module | torch.optim.Optimizer, name: str, rules=None,
     if not hit:
         entries.append(("rules", f"none of {len(plan.rules)} matched"))
     resolved = plan.options_of(e)
+    if len(plan.in_play) > 1:
+        cls = plan.class_of(e)
+        setter = [i for i in hit if "optimizer" in plan.rules[i].options]
+        entries.append(("optimizer", class_name(cls) + (
+            f" (set by {rule_ref(setter[-1], plan.rules[setter[-1]])})" if setter
+            else " (the default: no rule sets optimizer)")))
     mult_lines = _multipliers(plan, hit)
     entries.extend(mult_lines)
     entries.append(("resolved", _kv(resolved) or "(optimizer defaults)"))

@@ -23,7 +23,7 @@ from torch import nn
 
 from .errors import ParamwiseError
 from .inventory import Inventory
-from .options import check_value
+from .options import check_value, resolve_optimizer
 from .selectors import Selector, SelectorLike, as_selector
 
 __all__ = ["Rule", "no_decay", "Preset", "Partition", "RuleLike", "expand_rules"]
@@ -58,6 +58,8 @@ class Rule:
                                  fix=f"add what it should set, e.g. Rule({text!r}, weight_decay=0.0)")
         for k, v in options.items():
             check_value(k, v, where=f"Rule({text!r})")
+        if "optimizer" in options:  # a name or path becomes the class, checked once
+            options["optimizer"] = resolve_optimizer(options["optimizer"])  # type: ignore[arg-type]
         object.__setattr__(self, "select", sel)
         object.__setattr__(self, "options", dict(options))
         object.__setattr__(self, "label", text)
@@ -68,7 +70,8 @@ class Rule:
         return Rule(self.select, label=self.label, origin=origin, **self.options)
 
     def __repr__(self) -> str:
-        opts = ", ".join(f"{k}={v!r}" for k, v in self.options.items())
+        opts = ", ".join(f"{k}={v.__name__ if isinstance(v, type) else repr(v)}"
+                         for k, v in self.options.items())
         return f"Rule({self.label!r}, {opts})"
 
 
