@@ -46,6 +46,7 @@ from .errors import ParamwiseError, closest
 from .hidden import HiddenMatrices, hidden_matrices
 from .layerdecay import LayerDecay, layer_decay
 from .options import REAL_KEYS, check_key, check_value, known_keys, resolve_optimizer
+from .perclass import check_key_any
 from .regoptions import STRENGTH_KEYS
 from .rules import Rule, no_decay
 
@@ -161,11 +162,15 @@ def _number(key: str, value: object) -> object:
     return value
 
 
-def _options(raw: Mapping[str, object], cls: type | None, where: str) -> dict[str, object]:
+def _options(raw: Mapping[str, object], cls: type | None | list[type | None], where: str
+             ) -> dict[str, object]:
     out = {}
     for k, v in raw.items():
         v = _number(k, v)
-        check_key(k, cls, where=where)
+        if isinstance(cls, list):  # several optimizers in play: some class must take it
+            check_key_any(k, cls, where=where)
+        else:
+            check_key(k, cls, where=where)
         check_value(k, v, where=where)
         out[k] = v
     return out
@@ -232,7 +237,7 @@ def _preset(name: str, args: object, where: str, short: bool) -> Rule | LayerDec
         raise ParamwiseError(f"{where} ({name}): {e}") from None
 
 
-def _rule(entry: object, where: str, cls: type | None) -> Rule | LayerDecay | HiddenMatrices:
+def _rule(entry: object, where: str, cls: type | None | list[type | None]) -> Rule | LayerDecay | HiddenMatrices:
     if not isinstance(entry, dict):
         fix = "write a mapping: {select: '<selector>', <option>: <value>}"
         if isinstance(entry, str) and entry in PRESETS:
@@ -282,6 +287,34 @@ def _rule(entry: object, where: str, cls: type | None) -> Rule | LayerDecay | Hi
         raise
 
 
+def _in_play(cls: type, rules: object, src: str) -> list[type | None]:
+    """The default class, then those the rule entries name (``optimizer:`` in a rule, the
+    ``hidden_matrices`` preset), so options are checked against every class in play."""
+    out: list[type | None] = [cls]
+    entries = rules if isinstance(rules, list) else \
+        list(rules.values()) if isinstance(rules, dict) else []
+    for entry in entries:
+        if not isinstance(entry, dict):
+            continue
+        name = None
+        if isinstance(entry.get("optimizer"), str) and "select" in entry:
+            name = entry["optimizer"]
+        elif entry.get("preset") == "hidden_matrices":
+            name = entry.get("optimizer", "muon")
+        elif "hidden_matrices" in entry and len(entry) == 1:
+            args = entry["hidden_matrices"]
+            name = args.get("optimizer", "muon") if isinstance(args, dict) else \
+                args if isinstance(args, str) else "muon"
+        if isinstance(name, str):
+            try:
+                found = resolve_optimizer(name)
+            except ParamwiseError:
+                continue  # reported where the rule is read, with its location
+            if found not in out:
+                out.append(found)
+    return out
+
+
 def _in_config_words(err: ParamwiseError | str, src: str) -> str:
     """The core's message (rules already named by their ``origin``), with the fixes it gives
     Python callers said the config's way."""
@@ -318,8 +351,12 @@ def from_config(model: nn.Module, cfg: Mapping | str | os.PathLike,
                              fix="add e.g. 'optimizer: adamw' (any torch.optim name or an "
                              "import path)")
     cls = _resolve_optimizer(data["optimizer"], src)
+    in_play = _in_play(cls, data.get("rules"), src)
+    check_as: type | None | list[type | None] = in_play if len(in_play) > 1 else cls
 
-    valid = known_keys(cls)
+    valids = [known_keys(c) for c in in_play]
+    valid = None if any(v is None for v in valids) else frozenset().union(*valids)
+    owners = " / ".join(c.__name__ for c in in_play if c is not None)
     for key in data:
         if key in TOP_LEVEL_KEYS or valid is None or key in valid:
             continue
@@ -327,7 +364,7 @@ def from_config(model: nn.Module, cfg: Mapping | str | os.PathLike,
         some = ", ".join(sorted(k for k in valid if k not in ("param_names",)))
         raise ParamwiseError(
             f"{src}: unknown top-level key {key!r}" + (f" (did you mean {hit[0]!r}?)" if hit else ""),
-            fix=f"top-level keys are {', '.join(TOP_LEVEL_KEYS)} and {cls.__name__}'s options "
+            fix=f"top-level keys are {', '.join(TOP_LEVEL_KEYS)} and {owners}'s options "
             f"({some})")
     flags = {}
     for flag in ("strict", "include_frozen"):
@@ -337,12 +374,12 @@ def from_config(model: nn.Module, cfg: Mapping | str | os.PathLike,
                                      fix=f"write {flag}: true or {flag}: false")
             flags[flag] = data[flag]
     defaults = {k: v for k, v in data.items() if k not in TOP_LEVEL_KEYS}
-    defaults = _options(defaults, cls, where=f"{src}: the top level")
+    defaults = _options(defaults, check_as, where=f"{src}: the top level")
 
     rules = []
     for where, entry in _rule_entries(data.get("rules"), src):
         try:
-            rules.append(_rule(entry, where, cls))
+            rules.append(_rule(entry, where, check_as))
         except ParamwiseError as e:
             raise ParamwiseError(f"{src}: {e}") from None
     with warnings.catch_warnings(record=True) as caught:

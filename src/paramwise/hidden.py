@@ -7,7 +7,8 @@ embeddings, the output head, norms, biases and gains to AdamW. The preset select
 - with blocks found (the ``ModuleList``/``Sequential`` of blocks :func:`paramwise.layer_decay`
   finds, stages and towers included): every ``weight``-role tensor with exactly 2 dimensions
   inside a block (a stage's downsampling projection included);
-- without blocks (a plain MLP or ConvNet): the ``weight``-role tensors in registration order,
+- without blocks, or when the "blocks" are single layers (a ``Sequential`` MLP or ConvNet): the
+  ``weight``-role tensors in registration order,
   minus the first (the input layer) and the last (the head), those with 2 dimensions.
 
 Embeddings (tied heads included: roles belong to the tensor), norms, biases and gains have other
@@ -50,7 +51,7 @@ def hidden_mask(inv: Inventory) -> list[bool]:
     """Per entry: a hidden 2-D matrix (see the module docstring); every alias of a tensor alike."""
     layout = detect(inv)
     per_tensor = []
-    if layout is not None:
+    if layout is not None and not layout.leaf_blocks:
         for e in inv.first:
             per_tensor.append(layout.in_block[e] and "weight" in inv.roles[e]
                               and len(inv.shape(e)) == 2)

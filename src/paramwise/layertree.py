@@ -72,6 +72,7 @@ class Layout:
 
     exps: list[int]
     in_block: list[bool]
+    leaf_blocks: bool = False  # every block is a single layer (a Sequential of Linear layers)
 
 
 def detect(inv: Inventory) -> Layout | None:
@@ -210,7 +211,9 @@ def _assign(inv: Inventory, towers: list[_Tower], per_entry: list[_Path]) -> Lay
             exps[w] = 0
     low = min(exps)  # no head: the last block is the top
     inside = [k is not None or s is not None for k, s in zip(key, stage_of)]
-    return Layout([x - low for x in exps] if low else exps, inside)
+    leaf = all(mods[e] == ".".join(x for x in (per_entry[e].outer, per_entry[e].i) if x)
+               for e in range(n) if key[e] is not None)
+    return Layout([x - low for x in exps] if low else exps, inside, leaf)
 
 
 def group_matcher_ids(inv: Inventory) -> list[int] | None:
