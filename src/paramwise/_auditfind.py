@@ -1,0 +1,418 @@
+"""The findings of :func:`paramwise.audit`: one pass over the groups' tensors against the model's
+inventory, then one finding per kind (per key for unread keys), in the model's canonical names.
+
+Each finding names the paramwise rule (or call) that fixes it; :meth:`Finder.selector` writes
+the shortest selector it can prove picks exactly the tensors concerned (``all``, a union of
+roles, ``module:<prefix>``, else the names themselves)::
+
+    >>> import torch.nn as nn
+    >>> net = nn.Sequential(nn.Linear(2, 2), nn.LayerNorm(2))
+    >>> f = Finder(Inventory.build(net), [], torch.optim.SGD(net.parameters(), lr=0.1), [], "Net")
+    >>> f.selector([1, 2, 3]), f.selector([0]), f.selector([0, 1])
+    ('bias | norm', '0.weight', 'module:0')
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Iterable
+from dataclasses import dataclass, field
+from typing import Any
+
+import torch
+
+from ._auditscan import FRAMEWORK_KEYS, GroupView, active_regularizers, as_number
+from .errors import closest
+from .inventory import ROLES, Inventory
+from .options import MULTIPLIERS
+from .regoptions import REG_KEYS
+
+__all__ = ["Finding", "Finder", "ROLE_KINDS"]
+
+#: Role -> (finding kind, plural label); a tensor with several roles goes to the first.
+ROLE_KINDS: dict[str, tuple[str, str]] = {
+    "bias": ("decayed_bias", "biases"),
+    "norm": ("decayed_norm", "norm-layer scales"),
+    "embedding": ("decayed_embedding", "embeddings"),
+    "gain": ("decayed_gain", "gains (layer scales)"),
+}
+
+
+@dataclass(frozen=True)
+class Finding:
+    """One problem: ``kind`` (a key of :data:`paramwise.audit.KINDS`), the canonical parameter
+    ``names``, a ``message``, a one-line ``fix``, the paramwise ``rule`` (or call) that fixes it
+    (None when the fix is to delete something), the ``groups`` concerned, the ``elements``
+    affected and their ``share`` of the model's trainable elements, and kind-specific
+    ``detail``."""
+
+    kind: str
+    names: tuple[str, ...]
+    message: str
+    fix: str
+    rule: str | None = None
+    groups: tuple[int, ...] = ()
+    elements: int = 0
+    share: float | None = None
+    detail: dict[str, Any] = field(default_factory=dict, compare=False)
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"kind": self.kind, "names": list(self.names), "message": self.message,
+                "fix": self.fix, "rule": self.rule, "groups": list(self.groups),
+                "elements": self.elements, "share": self.share, "detail": dict(self.detail)}
+
+
+def fmt(v: object) -> str:
+    """A group value as Python would write it (a one-element tensor as its number)."""
+    if isinstance(v, torch.Tensor) and v.numel() == 1:
+        v = v.item()
+    return repr(v)
+
+
+def _verb(gis: Iterable[int], one: str, many: str) -> str:
+    return one if len(set(gis)) == 1 else many
+
+
+def groups_text(gis: Iterable[int]) -> str:
+    """``group 3`` / ``groups 0, 2`` / ``groups 0-11, 14``."""
+    gs = sorted(set(gis))
+    runs: list[str] = []
+    i = 0
+    while i < len(gs):
+        j = i
+        while j + 1 < len(gs) and gs[j + 1] == gs[j] + 1:
+            j += 1
+        runs.append(str(gs[i]) if j == i else f"{gs[i]}-{gs[j]}")
+        i = j + 1
+    return ("group " if len(gs) == 1 else "groups ") + ", ".join(runs)
+
+
+def _sample(names: list[str], n: int = 3) -> str:
+    shown = ", ".join(map(repr, names[:n]))
+    return shown + (f" and {len(names) - n} more" if len(names) > n else "")
+
+
+class Finder:
+    """Collects the findings for one (inventory, groups) pair; :meth:`run` returns them."""
+
+    def __init__(self, inv: Inventory, views: list[GroupView], opt: torch.optim.Optimizer,
+                 schedulers: list[Any], model_name: str) -> None:
+        self.inv, self.views, self.opt = inv, views, opt
+        self.schedulers, self.model_name = schedulers, model_name
+        params = [inv.params[e] for e in inv.first]
+        self.name = [inv.names[e] for e in inv.first]
+        self.roles = [inv.roles[e] for e in inv.first]
+        self.numel = [inv.numel_of(p) for p in params]
+        self.trainable = [bool(p.requires_grad) for p in params]
+        self.trainable_tensors = sum(self.trainable)
+        self.trainable_elements = sum(n for n, t in zip(self.numel, self.trainable) if t)
+        self.tensor_of = {id(p): u for u, p in enumerate(params)}
+        self._by_role: dict[str, set[int]] | None = None
+
+    # ------------------------------------------------------------------ helpers
+    def elements(self, us: Iterable[int]) -> int:
+        return sum(self.numel[u] for u in us)
+
+    def share(self, elements: int) -> float:
+        return elements / self.trainable_elements if self.trainable_elements else 0.0
+
+    def names(self, us: Iterable[int]) -> tuple[str, ...]:
+        return tuple(self.name[u] for u in us)
+
+    def selector(self, us: list[int]) -> str:
+        """A selector that picks exactly the trainable tensors ``us`` (and their aliases)."""
+        s = {u for u in us if self.trainable[u]} or set(us)
+        if len(s) == 1:
+            (u,) = s
+            return self.name[u] if "." in self.name[u] else f"name:{self.name[u]}"
+        if s and len(s) == self.trainable_tensors and all(self.trainable[u] for u in s):
+            return "all"
+        if self._by_role is None:
+            self._by_role = {r: {u for u, rs in enumerate(self.roles)
+                                 if r in rs and self.trainable[u]} for r in ROLES}
+        picked = [r for r in ROLES if self._by_role[r] and self._by_role[r] <= s]
+        if picked and all(self.roles[u] & set(picked) for u in s):
+            return " | ".join(picked)
+        mods = [self.name[u].rpartition(".")[0].split(".") for u in s]
+        prefix: list[str] = []
+        for parts in zip(*mods):
+            if len(set(parts)) != 1:
+                break
+            prefix.append(parts[0])
+        if prefix and prefix != [""]:
+            p = ".".join(prefix)
+            inside = {u for u in range(len(self.name))
+                      if self.trainable[u] and self.name[u].startswith(p + ".")}
+            if inside == s:
+                return f"module:{p}"
+        return " | ".join(n if "." in n else f"name:{n}" for n in self.names(sorted(s)))
+
+    def _tied(self, us: Iterable[int]) -> str:
+        out = []
+        for u in us:
+            aliases = self.inv.aliases(u)
+            if len(aliases) > 1:
+                out.append(" = ".join(repr(self.inv.names[e]) for e in aliases))
+        return f"; tied: {', '.join(out[:2])}" if out else ""
+
+    # ------------------------------------------------------------------ the pass
+    def run(self) -> list[Finding]:
+        kind_of: dict[frozenset[str], str | None] = {}
+        decayed: dict[str, dict[int, list[int]]] = {k: {} for k, _ in ROLE_KINDS.values()}
+        seen: dict[int, list[tuple[int, str | None]]] = {}
+        frozen: dict[int, list[int]] = {}
+        zero: dict[int, list[int]] = {}
+        foreign: list[tuple[int, int, torch.Tensor, str | None]] = []
+        for v in self.views:
+            labels = v.group.get("param_names")
+            if not isinstance(labels, list) or len(labels) != len(v.group["params"]):
+                labels = None
+            acts = v.live and bool(v.decay)
+            for k, p in enumerate(v.group["params"]):
+                label = labels[k] if labels else None
+                u = self.tensor_of.get(id(p))
+                if u is None:
+                    foreign.append((v.index, k, p, label))
+                    continue
+                seen.setdefault(u, []).append((v.index, label))
+                if not p.requires_grad:
+                    frozen.setdefault(u, []).append(v.index)
+                elif not v.live:
+                    zero.setdefault(v.index, []).append(u)
+                elif acts:
+                    roles = self.roles[u]
+                    kind = kind_of.get(roles, "")
+                    if kind == "":
+                        kind = kind_of[roles] = next(
+                            (ROLE_KINDS[r][0] for r in ROLE_KINDS if r in roles), None)
+                    if kind is not None:
+                        decayed[kind].setdefault(u, []).append(v.index)
+        out: list[Finding] = []
+        for role, (kind, label) in ROLE_KINDS.items():
+            if decayed[kind]:
+                out.append(self._decayed(role, kind, label, decayed[kind]))
+        out += self._unread_keys()
+        out += self._regularizers()
+        missing = [u for u in range(len(self.name)) if self.trainable[u] and u not in seen]
+        if missing:
+            out.append(self._missing(missing))
+        if frozen:
+            out.append(self._frozen(frozen))
+        out += self._repeated({u: occ for u, occ in seen.items() if len(occ) > 1})
+        if foreign:
+            out.append(self._foreign(foreign))
+        if zero:
+            out.append(self._zero_lr(zero))
+        return out
+
+    # ------------------------------------------------------------------ one per kind
+    def _decayed(self, role: str, kind: str, label: str, hits: dict[int, list[int]]) -> Finding:
+        us = list(hits)
+        gis = sorted({g for gs in hits.values() for g in gs})
+        sources = [{"group": g, "optimizer": self.views[g].cls_name, "key": key, "value": val,
+                    "form": form} for g in gis for key, val, form in self.views[g].decay]
+        forms = sorted({s["form"] for s in sources})
+        form = forms[0] if len(forms) == 1 else "mixed"
+        form_text = {"unknown": "weight decay of a form this audit does not know",
+                     "mixed": f"{' and '.join(forms)} weight decay"}.get(form,
+                                                                     f"{form} weight decay")
+        src = "; ".join(f"{s['optimizer']} {s['key']}={fmt(s['value'])} in group {s['group']}"
+                        for s in sources[:3]) + ("; ..." if len(sources) > 3 else "")
+        total = sum(1 for u, rs in enumerate(self.roles) if self.trainable[u] and
+                    next((r for r in ROLE_KINDS if r in rs), None) == role)
+        el = self.elements(us)
+        keys = dict.fromkeys(s["key"] for s in sources)
+        rule = f"paramwise.Rule({role!r}, " + ", ".join(f"{k}=0.0" for k in keys) + ")"
+        return Finding(
+            kind, self.names(us),
+            f"{len(us)} of {total} {label} get {form_text} ({src}): {el:,} elements, "
+            f"{self.share(el):.1%} of the trainable ones{self._tied(us)}",
+            f"exclude them from decay: {rule}, or paramwise.no_decay() for biases, norms, "
+            "embeddings and gains at once",
+            rule, tuple(gis), el, self.share(el), {"form": form, "sources": sources, "of": total})
+
+    def _group_tensors(self, gis: Iterable[int]) -> list[int]:
+        us: dict[int, None] = {}
+        for g in gis:
+            for p in self.views[g].group["params"]:
+                u = self.tensor_of.get(id(p))
+                if u is not None:
+                    us[u] = None
+        return list(us)
+
+    def _unread_keys(self) -> list[Finding]:
+        by_key: dict[str, list[GroupView]] = {}
+        for v in self.views:
+            for k in v.unread():
+                by_key.setdefault(k, []).append(v)
+        out = []
+        modules = [type(s).__module__ + "." + type(s).__name__ for s in self.schedulers]
+        for key, vs in by_key.items():
+            framework = FRAMEWORK_KEYS.get(key)
+            if framework and any(m.startswith(framework[1]) for m in modules if framework[1]):
+                continue
+            gis = [v.index for v in vs]
+            us = self._group_tensors(gis)
+            el = self.elements(us)
+            classes = ", ".join(dict.fromkeys(v.cls_name for v in vs))
+            values = [v.group[key] for v in vs]
+            shown = sorted({fmt(x) for x in values}, key=lambda s: (len(s), s))
+            vals = shown[0] if len(shown) == 1 else f"{len(shown)} values: {', '.join(shown[:4])}" \
+                + (", ..." if len(shown) > 4 else "")
+            sel = self.selector(us) if us else "<selector>"
+            where = (f"{groups_text(gis)} {_verb(gis, 'sets', 'set')} {key!r} ({vals}), "
+                     f"which {classes} never reads")
+            detail: dict[str, Any] = {"key": key, "values": [fmt(x) for x in values]}
+            if framework:
+                detail["read_by"] = framework[0]
+                sched = (f"; the scheduler given, {', '.join(type(s).__name__ for s in self.schedulers)}"
+                         ", does not either" if self.schedulers else
+                         "; if one of those steps this optimizer, pass it: audit(..., scheduler=s)")
+                msg = f"{where}; it is read by {framework[0]}{sched}"
+                if key == "lr_scale":
+                    fix = ("step a timm scheduler, or fold the scale into each group's lr "
+                           "before the scheduler is built; with paramwise: ")
+                    rule = _layer_decay_rule(values) or \
+                        f"paramwise.Rule({sel!r}, lr_mult={shown[0] if len(shown) == 1 else '...'})"
+                else:
+                    base = MULTIPLIERS.get(key, "weight_decay")
+                    fix = f"multiply it into the group's {base} yourself, or let paramwise do: "
+                    rule = f"paramwise.Rule({sel!r}, {key if key in MULTIPLIERS else base + '_mult'}=...)"
+                fix += rule
+            else:
+                reads = set().union(*(v.reads for v in vs))
+                hit = closest(key, reads | REG_KEYS)
+                if hit:
+                    real = hit[0]
+                    now = {fmt(v.group[real]) for v in vs if real in v.group}
+                    runs = (f" {_verb(gis, 'It runs', 'They run')} with "
+                            f"{real}={' / '.join(sorted(now))}" if now else "")
+                    msg = f"{where} (did you mean {real!r}?{runs})"
+                    rule = f"paramwise.Rule({sel!r}, {real}={shown[0]})"
+                    fix = f"rename it to {real!r}: {rule} sets it, checked"
+                    detail["closest"] = real
+                else:
+                    msg = f"{where}; {classes} reads {', '.join(sorted(reads)[:8])}, ..."
+                    fix = "remove it (paramwise rules refuse keys their optimizer does not take)"
+                    rule = None
+            out.append(Finding("unread_key", self.names(us), msg, fix, rule, tuple(gis), el,
+                               self.share(el), detail))
+        return out
+
+    def _regularizers(self) -> list[Finding]:
+        hits = [(v, active_regularizers(v.group)) for v in self.views if not v.attached]
+        hits = [(v, r) for v, r in hits if r]
+        if not hits:
+            return []
+        gis = [v.index for v, _ in hits]
+        us = self._group_tensors(gis)
+        el = self.elements(us)
+        keys = dict.fromkeys(f"{k}={fmt(x)}" for _, r in hits for k, x in r.items())
+        inner = {v.cls_name for v, _ in hits if v.owner is not self.opt}
+        target = f"the inner {', '.join(sorted(inner))}" if inner else type(self.opt).__name__
+        return [Finding(
+            "regularizer_not_attached", self.names(us),
+            f"{groups_text(gis)} {_verb(gis, 'sets', 'set')} paramwise regularizer options ({', '.join(list(keys)[:4])}"
+            f"{', ...' if len(keys) > 4 else ''}) but paramwise is not attached to {target}: "
+            "nothing applies them", "attach paramwise once after building the optimizer "
+            "(paramwise.optimizer() does it itself)", "paramwise.attach(optimizer)", tuple(gis),
+            el, self.share(el), {"keys": sorted({k for _, r in hits for k in r})})]
+
+    def _missing(self, us: list[int]) -> Finding:
+        el = self.elements(us)
+        return Finding(
+            "not_in_optimizer", self.names(us),
+            f"{len(us)} trainable parameter(s) of {self.model_name} are in no group "
+            f"({_sample(list(self.names(us)))}; {el:,} elements, {self.share(el):.1%}): they "
+            "never update", "add them to a group (optimizer.add_param_group), or freeze them "
+            "(requires_grad_(False)); paramwise puts every trainable parameter in one group",
+            "paramwise.optimizer(model, ...)", (), el, self.share(el))
+
+    def _frozen(self, frozen: dict[int, list[int]]) -> Finding:
+        us = list(frozen)
+        gis = sorted({g for gs in frozen.values() for g in gs})
+        el = self.elements(us)
+        return Finding(
+            "frozen_in_optimizer", self.names(us),
+            f"{len(us)} requires_grad=False parameter(s) sit in {groups_text(gis)} "
+            f"({_sample(list(self.names(us)))}): they get no gradient and never move; if they "
+            "are unfrozen later they train with these groups' options",
+            "leave frozen parameters out of the optimizer (paramwise does, unless "
+            "include_frozen=True for gradual unfreezing)", "paramwise.optimizer(model, ...)",
+            tuple(gis), el, None)
+
+    def _repeated(self, rep: dict[int, list[tuple[int, str | None]]]) -> list[Finding]:
+        out = []
+        for kind in ("tied_split", "duplicate"):
+            us = [u for u in rep if (len(self.inv.aliases(u)) > 1) == (kind == "tied_split")]
+            if not us:
+                continue
+            parts = []
+            for u in us[:3]:
+                where = ", ".join(
+                    f"group {g} ({self.views[g].cls_name}{', as ' + repr(lab) if lab else ''}"
+                    f"{_options_diff(self.views[g], [self.views[h] for h, _ in rep[u]])})"
+                    for g, lab in rep[u])
+                also = self._tied([u]).removeprefix("; tied: ")
+                parts.append(f"{also or repr(self.name[u])} appears in {where}")
+            gis = sorted({g for u in us for g, _ in rep[u]})
+            el = self.elements(us)
+            out.append(Finding(
+                kind, self.names(us),
+                "; ".join(parts) + ("; ..." if len(us) > 3 else "") + ": each appearance is "
+                "stepped with its own group's options, so the tensor moves several times per "
+                "step", "give each tensor one entry in one group (a tied tensor: one entry for "
+                "all its aliases)", "paramwise.optimizer(model, ...)", tuple(gis), el,
+                self.share(el), {"appearances": {self.name[u]: [g for g, _ in rep[u]]
+                                                 for u in us}}))
+        return out
+
+    def _foreign(self, foreign: list[tuple[int, int, torch.Tensor, str | None]]) -> Finding:
+        names = tuple(lab if lab else f"<group {g} tensor {k}, shape {tuple(p.shape)}>"
+                      for g, k, p, lab in foreign)
+        gis = sorted({g for g, _, _, _ in foreign})
+        el = sum(p.numel() for _, _, p, _ in foreign)
+        return Finding(
+            "not_in_model", names,
+            f"{len(names)} tensor(s) in {groups_text(gis)} are no parameter of "
+            f"{self.model_name} ({_sample(list(names))}): the optimizer was built from "
+            "another model or another copy of it", "build the optimizer from this model's "
+            "own parameters (after any deepcopy or reload)", "paramwise.optimizer(model, ...)",
+            tuple(gis), el, None)
+
+    def _zero_lr(self, zero: dict[int, list[int]]) -> Finding:
+        gis = sorted(zero)
+        us = list(dict.fromkeys(u for g in gis for u in zero[g]))
+        el = self.elements(us)
+        decays = [f"{key}={fmt(val)}" for g in gis for key, val, _ in self.views[g].decay]
+        lr = as_number(self.opt.defaults.get("lr")) if isinstance(self.opt.defaults, dict) \
+            else None
+        rule = (f"paramwise.Rule({self.selector(us)!r}, lr={lr:g})"
+                if lr and lr > 0 and math.isfinite(lr) else None)
+        return Finding(
+            "zero_lr", self.names(us),
+            f"{groups_text(gis)} {_verb(gis, 'has', 'have')} lr=0 (and no scheduler's "
+            "initial_lr above 0): their "
+            f"{len(us)} trainable tensor(s) never change"
+            + (f"; their {', '.join(dict.fromkeys(decays))} does nothing at lr 0 either"
+               if decays else ""),
+            "freeze them (requires_grad_(False)) and leave them out, or give them an lr",
+            rule, tuple(gis), el, self.share(el))
+
+
+def _options_diff(v: GroupView, others: list[GroupView]) -> str:
+    """``, weight_decay=0.1`` for the options where ``v``'s group differs from the others'."""
+    keys = ("lr", "weight_decay")
+    diff = [k for k in keys if len({fmt(o.group.get(k)) for o in others}) > 1]
+    return "".join(f", {k}={fmt(v.group.get(k))}" for k in diff)
+
+
+def _layer_decay_rule(values: list[object]) -> str | None:
+    """``paramwise.layer_decay(r)`` when the distinct ``lr_scale`` values are 1, r, r², ..."""
+    xs = sorted({x for x in map(as_number, values) if x is not None and x > 0}, reverse=True)
+    if len(xs) < 3 or abs(xs[0] - 1) > 1e-6:
+        return None
+    r = xs[1] / xs[0]
+    if all(abs(b / a - r) <= 1e-6 * r for a, b in zip(xs, xs[1:])):
+        return f"paramwise.layer_decay({r:.6g})"
+    return None
