@@ -8,6 +8,7 @@
 """
 
 from .api import optimizer, param_groups, penalty, stats
+from .audit import AuditReport, audit
 from .checkpoint import LoadReport, load_state_dict, state_dict
 from .config import from_config
 from .dcp import load_dcp
@@ -23,6 +24,7 @@ from .rules import Rule, no_decay
 from .selectors import Selector, parse
 
 __all__ = [
+    "AuditReport",
     "Hybrid",
     "LoadReport",
     "ParamwiseError",
@@ -30,6 +32,7 @@ __all__ = [
     "Rule",
     "Selector",
     "attach",
+    "audit",
     "explain",
     "from_config",
     "hidden_matrices",
