@@ -272,8 +272,11 @@ def test_wrapped_names_match_by_wrapper_free_name():
     train(model, plain, batches(2))
     assert plain.param_groups[0]["param_names"][0] == "_orig_mod.0.weight"
     opt2 = adamw(clone_model(model), RULES_A)
-    report = load_state_dict(opt2, roundtrip(plain.state_dict()))
+    with pytest.warns(UserWarning, match=r"8 saved names load under another name .*: "
+                      r"_orig_mod\.0\.weight -> 0\.weight, _orig_mod\.0\.bias -> 0\.bias"):
+        report = load_state_dict(opt2, roundtrip(plain.state_dict()))
     assert report.renamed["_orig_mod.0.weight"] == "0.weight" and report.exact
+    assert "8 renamed (wrapper segments dropped): _orig_mod.0.weight -> 0.weight" in str(report)
     got = {n: opt2.state[p] for g in opt2.param_groups for n, p in zip(g["param_names"], g["params"])}
     for n, p in model.named_parameters():
         assert_same_state(got[n], plain.state[p])

@@ -51,16 +51,14 @@ from dataclasses import dataclass, field
 
 import torch
 
-from .errors import ParamwiseError
+from .ckptcheck import ANCHORS_KEY, Saved, _what, check_state, keep_keys, parse
+from .ckptcheck import NOT_OPTIONS as _NOT_OPTIONS
+from .errors import ParamwiseError, user_stacklevel
 from .groups import freeze
 from .inventory import WRAPPER_ATTRS
 
 __all__ = ["LoadReport", "state_dict", "load_state_dict", "ANCHORS_KEY"]
 
-_NOT_OPTIONS = ("params", "param_names")
-#: Top-level key of the ``l2_to_init`` anchors (``{name: w0}``), beside ``state``/``param_groups``;
-#: the same key under which :mod:`paramwise.hooks` puts them (by index) in ``opt.state_dict()``.
-ANCHORS_KEY = "paramwise_anchors"
 # Wrapper segments dropped when an exact name does not match (names saved from a wrapped
 # model by code that did not canonicalise them, e.g. a plain optimizer's ``param_names``).
 def _loose(name: str) -> str:
@@ -119,6 +117,9 @@ class LoadReport:
             out.append(f"{len(self.vanished)} vanished (state dropped): {few(self.vanished)}")
         if self.reshaped:
             out.append(f"{len(self.reshaped)} reshaped (fresh state): {few(self.reshaped)}")
+        if self.renamed:
+            out.append(f"{len(self.renamed)} renamed (wrapper segments dropped): "
+                       + few([f"{s} -> {n}" for s, n in self.renamed.items()]))
         if self.changed:
             out.append(f"{len(self.changed)} with options changed since the checkpoint: "
                        + few([f"{n} ({', '.join(c)})" for n, c in self.changed.items()]))
@@ -131,6 +132,12 @@ class LoadReport:
 def _group_names(optimizer: torch.optim.Optimizer, model: torch.nn.Module | None
                  ) -> list[list[str]]:
     """Canonical names of every group's parameters, from the module tree or ``param_names``."""
+    if not isinstance(getattr(optimizer, "param_groups", None), list):
+        raise ParamwiseError(f"expected a torch.optim.Optimizer, got {_what(optimizer)}",
+                             fix="pass the optimizer first, e.g. load_state_dict(opt, state)")
+    if model is not None and not isinstance(model, torch.nn.Module):
+        raise ParamwiseError(f"model= expects the nn.Module the optimizer was built for, got "
+                             f"{_what(model)}", fix="pass model=the_model, or leave it out")
     by_id: dict[int, str] | None = None
     if model is not None:
         from .inventory import Inventory
@@ -157,12 +164,15 @@ def _group_names(optimizer: torch.optim.Optimizer, model: torch.nn.Module | None
                 "its parameters cannot be keyed by name",
                 fix="build the optimizer with paramwise.optimizer()/param_groups(), or pass "
                 "model=the_model so names come from the module tree")
-    flat = [n for names in out for n in names]
-    if len(set(flat)) != len(flat):
-        dup = next(n for n in flat if flat.count(n) > 1)
-        raise ParamwiseError(f"the name {dup!r} appears twice in the optimizer's param_names",
-                             fix="every parameter needs its own name; rebuild the groups with "
-                             "paramwise.param_groups()")
+    seen: dict[str, int] = {}
+    for gi, names in enumerate(out):
+        for n in names:
+            if n in seen:
+                raise ParamwiseError(
+                    f"the name {n!r} appears twice in the optimizer's param_names (param "
+                    f"groups {seen[n]} and {gi})", fix="every parameter needs its own name; "
+                    "rebuild the groups with paramwise.param_groups()")
+            seen[n] = gi
     return out
 
 
@@ -201,59 +211,29 @@ def state_dict(optimizer: torch.optim.Optimizer, *, model: torch.nn.Module | Non
 
 
 # ------------------------------------------------------------------------------- loading
-def _parse(state: Mapping) -> tuple[list[tuple[dict, list[str]]], dict[str, object], dict]:
-    """(saved groups as (options, names), state by name, anchors by name) from any layout."""
-    if not isinstance(state, Mapping) or "state" not in state or "param_groups" not in state:
-        keys = list(state)[:3] if isinstance(state, Mapping) else type(state).__name__
-        raise ParamwiseError(
-            f"expected an optimizer state dict with 'state' and 'param_groups', got {keys}",
-            fix="pass paramwise.state_dict(opt), optimizer.state_dict() of a paramwise "
-            "optimizer, or get_optimizer_state_dict(...) without flatten_optimizer_state_dict")
-    groups: list[tuple[dict, list[str]]] = []
-    id_to_name: dict[object, str] = {}
-    for gi, g in enumerate(state["param_groups"]):
-        params = list(g.get("params", []))
-        if all(isinstance(p, str) for p in params):
-            names = params
+def _match(current: Mapping[str, object], saved_names: list[str], report: LoadReport
+           ) -> dict[str, str]:
+    """Current name -> saved name: exact names, then names equal without wrapper segments
+    (``report.renamed``); saved names matching nothing go to ``report.vanished``."""
+    match = {s: s for s in saved_names if s in current}
+    loose_current: dict[str, list[str]] = {}
+    for n in current:
+        loose_current.setdefault(_loose(n), []).append(n)
+    for s in (s for s in saved_names if s not in current):
+        hits = [n for n in loose_current.get(_loose(s), []) if n not in match
+                or n in report.renamed.values()]
+        if len(hits) == 1 and hits[0] in match:
+            raise ParamwiseError(
+                f"the saved names {match[hits[0]]!r} and {s!r} both load as parameter "
+                f"{hits[0]!r} once wrapper segments are dropped",
+                fix="keep one of the two in the checkpoint (paramwise.state_dict(opt) saves "
+                "canonical names)")
+        if len(hits) == 1:
+            match[hits[0]] = s
+            report.renamed[s] = hits[0]
         else:
-            names = [str(n) for n in g.get("param_names", [])]
-            if len(names) != len(params):
-                raise ParamwiseError(
-                    f"saved param group {gi} lists parameters by position without "
-                    "'param_names', so they cannot be matched by name",
-                    fix="save with paramwise.state_dict(opt) (or from an optimizer whose groups "
-                    "carry param_names); to load it positionally use optimizer.load_state_dict()")
-            id_to_name.update(zip(params, names))
-        groups.append(({k: v for k, v in g.items() if k not in _NOT_OPTIONS}, names))
-    by_name = {str(id_to_name.get(k, k)): v for k, v in state["state"].items()}
-    anchors = {str(id_to_name.get(k, k)): v for k, v in (state.get(ANCHORS_KEY) or {}).items()}
-    return groups, by_name, anchors  # type: ignore[return-value]
-
-
-def _fits(optimizer: torch.optim.Optimizer, param: torch.Tensor, saved: object) -> bool:
-    """Whether saved per-parameter state can be ``param``'s: one of its tensors (above 0-d) has
-    the parameter's global shape, or it has none. Factored optimizers (Adafactor) keep no
-    parameter-shaped state for matrices and are not checked."""
-    if not isinstance(saved, Mapping) or any(c.__name__ == "Adafactor"
-                                             for c in type(optimizer).__mro__):
-        return True
-    shapes = [tuple(v.shape) for v in saved.values() if isinstance(v, torch.Tensor) and v.dim()]
-    return not shapes or tuple(param.shape) in shapes
-
-
-def _keep_keys(keep: bool | Iterable[str]) -> frozenset[str] | None:
-    """``keep_saved_options`` as keys: None (none), {"*"} (all) or the given names."""
-    if keep is False or keep is None:
-        return None
-    if keep is True:
-        return frozenset({"*"})
-    if isinstance(keep, str):
-        keep = (keep,)
-    keys = frozenset(keep)
-    if not keys or not all(isinstance(k, str) for k in keys):
-        raise ParamwiseError(f"keep_saved_options={keep!r}",
-                             fix="pass True, False, or option names such as ('lr', 'initial_lr')")
-    return keys
+            report.vanished.append(s)
+    return match
 
 
 def load_state_dict(optimizer: torch.optim.Optimizer, state: Mapping, *,
@@ -266,37 +246,33 @@ def load_state_dict(optimizer: torch.optim.Optimizer, state: Mapping, *,
     a warning. Options: the current groups' (i.e. the current rules'), unless
     ``keep_saved_options`` is True (all saved options, per parameter) or a collection of
     keys (only those). ``strict=True`` raises instead when any parameter is new or vanished.
+    The checkpoint is validated whole first (:mod:`paramwise.ckptcheck`: structure, duplicate
+    names, state shapes and keys): when it raises, nothing was loaded.
 
         >>> report = load_state_dict(opt, torch.load("optim.pt"))  # doctest: +SKIP
         >>> report.new, report.vanished                            # doctest: +SKIP
         (['head.weight', 'head.bias'], [])
     """
-    keep = _keep_keys(keep_saved_options)
-    saved_groups, saved_state, saved_anchors = _parse(state)
+    if not isinstance(strict, bool):
+        raise ParamwiseError(f"strict={strict!r}", fix="pass strict=True or strict=False")
+    saved = parse(state)
+    keep = keep_keys(keep_saved_options, saved)
     names = _group_names(optimizer, model)
     current = {n: (gi, p) for gi, (g, gn) in enumerate(zip(optimizer.param_groups, names))
                for n, p in zip(gn, g["params"])}
-    saved_group_of = {n: gi for gi, (_, gn) in enumerate(saved_groups) for n in gn}
-    saved_names = list(dict.fromkeys([*saved_group_of, *saved_state]))
-
     report = LoadReport()
-    match = {s: s for s in saved_names if s in current}  # current name -> saved name
-    unmatched = [s for s in saved_names if s not in current]
-    if unmatched:  # second chance: names that differ only by wrapper segments
-        loose_current: dict[str, list[str]] = {}
-        for n in current:
-            loose_current.setdefault(_loose(n), []).append(n)
-        for s in unmatched:
-            hits = [n for n in loose_current.get(_loose(s), []) if n not in match]
-            if len(hits) == 1:
-                match[hits[0]] = s
-                report.renamed[s] = hits[0]
-            else:
-                report.vanished.append(s)
-    for n in list(match):
-        if not _fits(optimizer, current[n][1], saved_state.get(match[n])):
-            report.reshaped.append(n)
-            del match[n]
+    match = _match(current, list(dict.fromkeys([*saved.group_of, *saved.state])), report)
+
+    def option(n: str, key: str) -> object:  # the group option in effect after loading
+        sg = saved.group_of.get(match[n])
+        opts = saved.groups[sg][0] if sg is not None else {}
+        if keep is not None and key in opts and ("*" in keep or key in keep):
+            return opts[key]
+        return optimizer.param_groups[current[n][0]].get(key)
+
+    report.reshaped = check_state(optimizer, current, match, saved, option)
+    for n in report.reshaped:
+        del match[n]
     report.new = [n for n in current if n not in match and n not in report.reshaped]
     report.loaded = [n for n in current if n in match]
     if strict and not report.exact:
@@ -305,40 +281,70 @@ def load_state_dict(optimizer: torch.optim.Optimizer, state: Mapping, *,
             f"{len(report.new)} new (e.g. {report.new[:3]}), {len(report.vanished)} vanished "
             f"(e.g. {report.vanished[:3]}), {len(report.reshaped)} reshaped "
             f"(e.g. {report.reshaped[:3]})", fix="pass strict=False to load what matches")
-
-    # Options: compare, and restore saved ones if asked.
-    for n in report.loaded:
-        sg = saved_group_of.get(match[n])
+    for n in report.loaded:  # options: compare with the saved ones
+        sg = saved.group_of.get(match[n])
         if sg is None:
             continue
-        saved_opts = saved_groups[sg][0]
+        saved_opts = saved.groups[sg][0]
         now = optimizer.param_groups[current[n][0]]
         diff = {k: (saved_opts.get(k, "<unset>"), now.get(k, "<unset>"))
                 for k in dict.fromkeys([*saved_opts, *(k for k in now if k not in _NOT_OPTIONS)])
                 if not _same(saved_opts.get(k, "<unset>"), now.get(k, "<unset>"))}
         if diff:
             report.changed[n] = diff
-    if keep is not None:
-        report.options = ("saved checkpoint" if keep == {"*"} else
-                          f"current rules, with {', '.join(sorted(keep))} from the checkpoint")
-        report.regrouped = _restore_options(optimizer, names, match, saved_groups,
-                                            saved_group_of, keep)
-        names = _group_names(optimizer, model) if report.regrouped else names
 
-    # State: a positional torch state dict built for the current groups, so torch's own
-    # casting rules (dtype/device, the ``step`` exception) and load hooks apply.
+    # Everything is checked; the state laid out like the parameters, then the optimizer changes
+    # (its groups are put back if torch's own load still raises).
     from .dcp import match_layout
 
+    laid = {n: match_layout(p, saved.state[match[n]]) for n, (_, p) in current.items()
+            if n in match and match[n] in saved.state}
+    anchors = {n: match_layout(p, saved.anchors[match[n]]) for n, (_, p) in current.items()
+               if n in match and match[n] in saved.anchors}
+    first_list, first_dicts = optimizer.param_groups, list(optimizer.param_groups)
+    backup = [dict(g) for g in first_dicts]
+    try:
+        if keep is not None:
+            report.options = ("saved checkpoint" if keep == {"*"} else
+                              f"current rules, with {', '.join(sorted(keep))} from the checkpoint")
+            report.regrouped = _restore_options(optimizer, names, match, saved, keep)
+            names = _group_names(optimizer, model) if report.regrouped else names
+        _load_packed(optimizer, names, laid, anchors)
+    except BaseException:
+        for g, b in zip(first_dicts, backup):
+            g.clear()
+            g.update(b)
+        first_list[:] = first_dicts
+        optimizer.param_groups = first_list
+        raise
+
+    for names_, what in ((report.renamed, "saved names load under another name (wrapper "
+                          "segments dropped; see report.renamed)"),
+                         (report.vanished, "parameters in the checkpoint have no parameter of "
+                          "that name in the optimizer; their state was dropped"),
+                         (report.reshaped, "parameters changed shape since the checkpoint; "
+                          "they start with fresh state")):
+        if names_:
+            shown = [f"{s} -> {n}" for s, n in names_.items()] if isinstance(names_, dict) \
+                else names_
+            warnings.warn(f"{len(names_)} {what}: {', '.join(shown[:5])}"
+                          + (" ..." if len(names_) > 5 else ""), stacklevel=user_stacklevel())
+    return report
+
+
+def _load_packed(optimizer: torch.optim.Optimizer, names: list[list[str]], laid: dict,
+                 anchors: dict) -> None:
+    """Load by name through a positional torch state dict built for the current groups, so
+    torch's own casting rules (dtype/device, the ``step`` exception) and load hooks apply."""
     pid = 0
     packed_groups, packed_state, packed_anchors = [], {}, {}
     for g, gn in zip(optimizer.param_groups, names):
         ids = []
-        for n, p in zip(gn, g["params"]):
-            if n in match and match[n] in saved_state:
-                packed_state[pid] = match_layout(p, saved_state[match[n]])
-            a = saved_anchors.get(match.get(n, ""))
-            if isinstance(a, torch.Tensor) and tuple(a.shape) == tuple(p.shape):
-                packed_anchors[pid] = match_layout(p, a)
+        for n in gn:
+            if n in laid:
+                packed_state[pid] = laid[n]
+            if n in anchors:
+                packed_anchors[pid] = anchors[n]
             ids.append(pid)
             pid += 1
         packed_groups.append({**{k: v for k, v in g.items() if k != "params"}, "params": ids})
@@ -353,17 +359,8 @@ def load_state_dict(optimizer: torch.optim.Optimizer, state: Mapping, *,
     groups_list[:] = group_dicts
     optimizer.param_groups = groups_list
 
-    for names_, what in ((report.vanished, "parameters in the checkpoint have no parameter of "
-                          "that name in the optimizer; their state was dropped"),
-                         (report.reshaped, "parameters changed shape since the checkpoint; "
-                          "they start with fresh state")):
-        if names_:
-            warnings.warn(f"{len(names_)} {what}: {', '.join(names_[:5])}"
-                          + (" ..." if len(names_) > 5 else ""), stacklevel=2)
-    return report
 
-
-def _restore_options(optimizer, names, match, saved_groups, saved_group_of, keep) -> bool:
+def _restore_options(optimizer, names, match, saved: Saved, keep) -> bool:
     """Put saved options back per parameter; rebuild the groups if they no longer agree."""
     from .options import paramwise_keys
 
@@ -375,12 +372,12 @@ def _restore_options(optimizer, names, match, saved_groups, saved_group_of, keep
         keys = set()
         for n, p in zip(gn, g["params"]):
             opts = dict(base)
-            sg = saved_group_of.get(match.get(n, ""))
+            sg = saved.group_of.get(match.get(n, ""))
             if sg is not None:
-                saved = saved_groups[sg][0]
+                so = saved.groups[sg][0]
                 if "*" in keep:  # paramwise options the checkpoint lacks are off, as saved
-                    opts = {k: v for k, v in opts.items() if k in saved or k not in own}
-                opts.update({k: v for k, v in saved.items() if "*" in keep or k in keep})
+                    opts = {k: v for k, v in opts.items() if k in so or k not in own}
+                opts.update({k: v for k, v in so.items() if "*" in keep or k in keep})
             key = tuple(sorted((k, freeze(v)) for k, v in opts.items()))
             keys.add(key)
             piece = pieces.setdefault(key, {"params": [], "param_names": [], **opts})

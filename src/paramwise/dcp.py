@@ -76,6 +76,10 @@ def load_dcp(optimizer: torch.optim.Optimizer, checkpoint_id: object, *, key: st
     import torch.distributed.checkpoint as dcp
     from torch.distributed.checkpoint.metadata import TensorStorageMetadata
 
+    if not isinstance(key, str):
+        raise ParamwiseError(f"key={key!r} is not a string",
+                             fix="pass key= the name used in dcp.save({key: ...}), or '' when "
+                             "the optimizer's dict was saved at the top level")
     reader = storage_reader if storage_reader is not None else dcp.FileSystemReader(
         checkpoint_id)  # type: ignore[arg-type]
     entries = reader.read_metadata().state_dict_metadata  # type: ignore[attr-defined]
@@ -85,16 +89,30 @@ def load_dcp(optimizer: torch.optim.Optimizer, checkpoint_id: object, *, key: st
     for n in params:
         by_loose.setdefault(_loose(n), n)
     head = f"{key}." if key else ""
-    groups: dict[int, dict[str, None]] = {}
-    tstate: dict[str, dict[str, object]] = {}
+    groups: dict[int, dict[str, None] | None] = {}
+    tstate: dict[str, object] = {}
     anchors: dict[str, object] = {}
+    whole: dict[str, None] = {}  # a section saved as one object (not a mapping): read as is
     for fqn, md in entries.items():
         if not fqn.startswith(head):
             continue
         rest = fqn[len(head):]
+        if rest in ("state", "param_groups", ANCHORS_KEY):
+            whole[rest] = None
+            continue
         if rest.startswith("param_groups."):
             idx, _, opt_key = rest[len("param_groups."):].partition(".")
-            groups.setdefault(int(idx), {})[opt_key] = None
+            if not idx.isdigit():
+                raise ParamwiseError(f"checkpoint {checkpoint_id!r} has the entry {fqn!r}; "
+                                     "param groups are numbered (param_groups.0.lr, ...)",
+                                     fix="save the optimizer with dcp.save({key: "
+                                     "paramwise.state_dict(opt)}, checkpoint_id=...)")
+            if opt_key:
+                g = groups.setdefault(int(idx), {})
+                if g is not None:
+                    g[opt_key] = None
+            else:
+                groups[int(idx)] = None  # not a dict: read whole, parse() says what it is
             continue
         section = next((s for s in ("state.", f"{ANCHORS_KEY}.") if rest.startswith(s)), None)
         if section is None:
@@ -106,6 +124,9 @@ def load_dcp(optimizer: torch.optim.Optimizer, checkpoint_id: object, *, key: st
         p = params.get(saved_name)
         if p is None:
             p = params.get(by_loose.get(_loose(saved_name), ""))
+        if p is None and section == "state." and (body in params or _loose(body) in by_loose):
+            saved_name, skey = body, ""  # a parameter's state that is not a dict
+            p = torch.empty(0)
         if p is None:
             continue  # vanished: never read
         if isinstance(md, TensorStorageMetadata):
@@ -116,17 +137,22 @@ def load_dcp(optimizer: torch.optim.Optimizer, checkpoint_id: object, *, key: st
                 value = torch.empty(tuple(md.size), dtype=dtype)
         else:
             value = None
-        if section == "state.":
-            tstate.setdefault(saved_name, {})[skey] = value
+        if section == "state." and not skey:
+            tstate[saved_name] = value  # read as saved; parse() says what it is
+        elif section == "state.":
+            st = tstate.setdefault(saved_name, {})
+            if isinstance(st, dict):
+                st[skey] = value
         else:
             anchors[saved_name] = value
-    if not groups:
+    if not groups and "param_groups" not in whole:
         raise ParamwiseError(f"checkpoint {checkpoint_id!r} has no optimizer under key {key!r}",
                              fix="pass key= the name used in dcp.save({key: ...})")
-    template: dict = {"state": tstate,
-                      "param_groups": [groups.get(i, {}) for i in range(max(groups) + 1)]}
+    template: dict = {"state": tstate, "param_groups": [
+        groups.get(i, {}) for i in range(max(groups) + 1)] if groups else None}
     if anchors:
         template[ANCHORS_KEY] = anchors
+    template.update(whole)
     dcp.load({key: template} if key else template, checkpoint_id=checkpoint_id,
              storage_reader=reader)  # type: ignore[arg-type]
     return load_state_dict(optimizer, template, keep_saved_options=keep_saved_options,
