@@ -135,13 +135,32 @@ def _construct(cls: type, groups: list[dict], defaults: dict[str, object]
     if has_reg:
         groups = lower(groups, cls, ctor)
     try:
-        return cls(groups, **ctor), has_reg
+        opt = cls(groups, **ctor)
     except (TypeError, ValueError) as e:
         if isinstance(e, ParamwiseError):
             raise
         raise ParamwiseError(f"{cls.__name__} rejected the options: {e}",
                              fix="check the values passed to paramwise.optimizer() and set by "
                              "the rules (paramwise.report() shows them per group)") from e
+    if accepted is None:  # **kwargs in __init__: the built optimizer's defaults say what it reads
+        _check_open_keys(opt, groups)
+    return opt, has_reg
+
+
+def _check_open_keys(opt: torch.optim.Optimizer, groups: list[dict]) -> None:
+    from .errors import closest
+    from .lowering import LOWERED_KEY
+
+    valid = set(opt.defaults) | paramwise_keys() | {"params", "param_names", LOWERED_KEY}
+    for g in groups:
+        for k in g:
+            if k not in valid:
+                hit = closest(k, [v for v in valid if v in opt.defaults])
+                raise ParamwiseError(
+                    f"{type(opt).__name__} takes **kwargs, and its defaults have no {k!r}, so it "
+                    "would keep the option without reading it"
+                    + (f" (did you mean {hit[0]!r}?)" if hit else ""),
+                    fix=f"its options are {', '.join(sorted(opt.defaults))}")
 
 
 def optimizer_of(obj: nn.Module | torch.optim.Optimizer, *, what: str) -> torch.optim.Optimizer:

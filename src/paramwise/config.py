@@ -32,11 +32,13 @@ config builds exactly the groups the equivalent Python rules build.
 
 from __future__ import annotations
 
+import contextvars
 import inspect
 import os
 import re
+import reprlib
 import warnings
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from pathlib import Path
 
 import torch
@@ -87,10 +89,8 @@ def load_config(cfg: Mapping | str | os.PathLike) -> tuple[dict, str]:
     """
     if isinstance(cfg, (str, os.PathLike)):
         return _load_yaml(Path(cfg)), str(cfg)
-    if _is_omegaconf(cfg):
-        from omegaconf import OmegaConf  # only reached when the object came from omegaconf
-
-        cfg = OmegaConf.to_container(cfg, resolve=True)
+    if _is_omegaconf(cfg):  # only reached when the object came from omegaconf
+        cfg = _omega_container(cfg, "config")  # type: ignore[assignment]
     if not isinstance(cfg, Mapping):
         raise ParamwiseError(
             f"a config must be a mapping or a path to a YAML file, got {type(cfg).__name__}",
@@ -103,22 +103,88 @@ def _is_omegaconf(obj: object) -> bool:
     return type(obj).__module__.split(".")[0] == "omegaconf"
 
 
-def _plain(obj: object, where: str) -> object:
-    if _is_omegaconf(obj):
-        from omegaconf import OmegaConf
+#: A config nested deeper than this is refused (YAML has no use for it; Python would recurse).
+MAX_DEPTH = 32
+#: At most this many values in one config, aliases counted once (an alias bomb is refused).
+MAX_NODES = 100_000
 
-        obj = OmegaConf.to_container(obj, resolve=True)  # type: ignore[arg-type]
-    if isinstance(obj, Mapping):
-        out = {}
-        for k, v in obj.items():
-            if not isinstance(k, str):
-                raise ParamwiseError(f"{where} has a non-string key {k!r}",
-                                     fix="config keys are option names, e.g. lr or select")
-            out[k] = _plain(v, f"{where}.{k}")
+
+def _plain(obj: object, where: str) -> object:
+    """A plain copy of ``obj``: dicts, lists and scalars. A YAML alias (one object reached twice)
+    is copied once and shared, never expanded; nesting deeper than :data:`MAX_DEPTH` or more
+    than :data:`MAX_NODES` values is an error."""
+    memo: dict[int, object] = {}
+    count = [0]
+
+    def copy(o: object, at: str, depth: int) -> object:
+        if _is_omegaconf(o):
+            o = _omega_container(o, at)
+        if not isinstance(o, (Mapping, list, tuple)):
+            return o
+        if id(o) in memo:
+            return memo[id(o)]
+        if depth > MAX_DEPTH:
+            raise ParamwiseError(f"{at} is nested more than {MAX_DEPTH} levels deep",
+                                 fix="a paramwise config is a flat mapping of options and a list "
+                                 "of rules; remove the nesting")
+        count[0] += 1
+        if count[0] > MAX_NODES:
+            raise ParamwiseError(f"the config holds more than {MAX_NODES:,} values (at {at})",
+                                 fix="a paramwise config is small; check for aliases that "
+                                 "multiply (a YAML alias bomb)")
+        if isinstance(o, Mapping):
+            out: dict | list = {}
+            memo[id(o)] = out
+            for k, v in o.items():
+                if not isinstance(k, str):
+                    raise ParamwiseError(f"{at} has a non-string key {k!r}",
+                                         fix="config keys are option names, e.g. lr or select")
+                out[k] = copy(v, f"{at}.{k}", depth + 1)  # type: ignore[index]
+            return out
+        out = []
+        memo[id(o)] = out
+        out.extend(copy(v, f"{at}[{i}]", depth + 1) for i, v in enumerate(o))
         return out
-    if isinstance(obj, (list, tuple)):
-        return [_plain(v, f"{where}[{i}]") for i, v in enumerate(obj)]
-    return obj
+
+    return copy(obj, where, 0)
+
+
+def _omega_container(obj: object, where: str) -> object:
+    from omegaconf import OmegaConf
+    from omegaconf.errors import OmegaConfBaseException
+
+    try:
+        return OmegaConf.to_container(obj, resolve=True)  # type: ignore[arg-type]
+    except OmegaConfBaseException as e:
+        key = getattr(e, "full_key", None) or getattr(e, "key", None)
+        raise ParamwiseError(f"{where}: OmegaConf cannot resolve the config"
+                             + (f" at key {key!r}" if key else "")
+                             + f" ({type(e).__name__}: {str(e).splitlines()[0]})",
+                             fix="fix the interpolation (${...}) or add the key it refers to"
+                             ) from None
+
+
+def _strict_loader(yaml):  # type: ignore[no-untyped-def]
+    """``yaml.SafeLoader`` that refuses a key written twice in one mapping (YAML keeps the last,
+    so ``lr: 0.1`` then ``lr: 100.0`` would silently train at 100)."""
+
+    class Strict(yaml.SafeLoader):
+        def construct_mapping(self, node, deep=False):  # type: ignore[no-untyped-def]
+            seen = {}
+            for key_node, _ in node.value:
+                key = self.construct_object(key_node, deep=deep)
+                try:
+                    first = seen.setdefault(key, key_node)
+                except TypeError:
+                    continue  # unhashable keys are refused later, with their location
+                if first is not key_node:
+                    raise ParamwiseError(
+                        f"key {key!r} is written twice in one mapping (line "
+                        f"{first.start_mark.line + 1} and line {key_node.start_mark.line + 1})",
+                        fix="keep one of them; YAML would silently keep the last")
+            return super().construct_mapping(node, deep=deep)
+
+    return Strict
 
 
 def _load_yaml(path: Path) -> dict:
@@ -133,7 +199,18 @@ def _load_yaml(path: Path) -> dict:
         raise ParamwiseError(f"config file {str(path)!r} {what}",
                              fix="pass the path of a YAML file, or a dict")
     try:
-        data = yaml.safe_load(path.read_text(encoding="utf-8"))
+        text = path.read_text(encoding="utf-8")
+    except UnicodeDecodeError as e:
+        raise ParamwiseError(f"config file {str(path)!r} is not UTF-8 text (byte {e.start})",
+                             fix="pass a YAML text file") from None
+    try:
+        data = yaml.load(text, Loader=_strict_loader(yaml))  # noqa: S506 - a SafeLoader subclass
+    except ParamwiseError as e:  # a duplicate key
+        raise ParamwiseError(f"config file {str(path)!r}: {e.problem}", fix=e.fix) from None
+    except RecursionError:
+        raise ParamwiseError(f"config file {str(path)!r} is nested too deeply to read",
+                             fix="a paramwise config is a flat mapping and a list of rules"
+                             ) from None
     except yaml.YAMLError as e:
         mark = getattr(e, "problem_mark", None)
         at = f" at line {mark.line + 1}, column {mark.column + 1}" if mark else ""
@@ -151,15 +228,29 @@ def _load_yaml(path: Path) -> dict:
 
 
 # --------------------------------------------------------------------------------- values
-def _number(key: str, value: object) -> object:
-    """YAML leftovers → Python values: '1e-5' → 1e-05, 0 → 0.0 for real keys, lists → tuples."""
+def _number(key: str, value: object, depth: int = 0, name: str = "") -> object:
+    """YAML leftovers → Python values: '1e-5' → 1e-05, 0 → 0.0 for real keys, lists → tuples
+    (option values are short: a list of more than 64 values, or lists nested 3 deep, is an
+    error rather than a copy)."""
     if isinstance(value, str) and _NUMBER.fullmatch(value.strip()):
         value = float(value)
     if key in _REAL_KEYS and isinstance(value, int) and not isinstance(value, bool):
         value = float(value)
     if isinstance(value, list):
-        value = tuple(_number("", v) for v in value)
+        if len(value) > 64 or depth >= 3:
+            raise ParamwiseError(f"option {name or key or 'value'} is a list too long or too deeply "
+                                 f"nested to be an option value: {_short(value)}",
+                                 fix="option values are numbers, bools, strings or short "
+                                 "tuples such as betas: [0.9, 0.999]")
+        value = tuple(_number("", v, depth + 1, name or key) for v in value)
     return value
+
+
+def _short(value: object) -> str:
+    """``repr`` cut short (a shared YAML structure must never be expanded in a message)."""
+    r = reprlib.Repr()
+    r.maxlevel, r.maxlist, r.maxdict, r.maxstring, r.maxother = 3, 6, 6, 80, 80
+    return r.repr(value)
 
 
 def _options(raw: Mapping[str, object], cls: type | None | list[type | None], where: str
@@ -167,6 +258,8 @@ def _options(raw: Mapping[str, object], cls: type | None | list[type | None], wh
     out = {}
     for k, v in raw.items():
         v = _number(k, v)
+        if k == "optimizer" and isinstance(v, str):  # resolved here: a config never imports
+            v = _resolve_optimizer(v, where)
         if isinstance(cls, list):  # several optimizers in play: some class must take it
             check_key_any(k, cls, where=where)
         else:
@@ -176,12 +269,20 @@ def _options(raw: Mapping[str, object], cls: type | None | list[type | None], wh
     return out
 
 
+#: The modules a config being read may import (``from_config(..., allow_imports=...)``).
+_ALLOWED: contextvars.ContextVar[tuple[str, ...]] = contextvars.ContextVar("allowed", default=())
+
+
+def _may_import(module: str) -> bool:
+    return any(module == a or module.startswith(a + ".") for a in _ALLOWED.get())
+
+
 def _resolve_optimizer(name: object, src: str) -> type:
     if not isinstance(name, (str, type)):
-        raise ParamwiseError(f"{src}: 'optimizer' is {name!r} ({type(name).__name__})",
+        raise ParamwiseError(f"{src}: 'optimizer' is {_short(name)} ({type(name).__name__})",
                              fix="write e.g. optimizer: adamw")
     try:
-        return resolve_optimizer(name)
+        return resolve_optimizer(name, allow_import=_may_import)
     except ParamwiseError as e:
         raise ParamwiseError(f"{src}: {e}") from None
 
@@ -212,7 +313,7 @@ def _preset(name: str, args: object, where: str, short: bool) -> Rule | LayerDec
     else:
         form = (f"{{{name}: {{{first}: ...}}}} or {{{name}: <{first}>}}" if first
                 else f"{{preset: {name}}} or {{{name}: {{bias: true, norm: false}}}}")
-        raise ParamwiseError(f"{where} ({name}) has the value {args!r}", fix=f"write {form}")
+        raise ParamwiseError(f"{where} ({name}) has the value {_short(args)}", fix=f"write {form}")
     open_ended = any(p.kind is p.VAR_KEYWORD for p in params.values())
     for k in kwargs:
         if k not in params and not open_ended:
@@ -222,12 +323,16 @@ def _preset(name: str, args: object, where: str, short: bool) -> Rule | LayerDec
                 + (f" (did you mean {hit[0]!r}?)" if hit else ""),
                 fix=f"{name} takes {', '.join(params)}")
         if k == "depth" and not isinstance(kwargs[k], str):
-            raise ParamwiseError(f"{where} (layer_decay) key 'depth' is {kwargs[k]!r}",
+            raise ParamwiseError(f"{where} (layer_decay) key 'depth' is {_short(kwargs[k])}",
                                  fix=r"in a config, depth is a regex capturing the block "
                                  r"index, e.g. depth: 'blocks\.(\d+)\.'")
     for k in ("rate", "min_scale"):
         if k in kwargs:
             kwargs[k] = _number(k, kwargs[k])
+    if name == "hidden_matrices":
+        kwargs = {k: _number(k, v) for k, v in kwargs.items()}
+        if isinstance(kwargs.get("optimizer"), str):
+            kwargs["optimizer"] = _resolve_optimizer(kwargs["optimizer"], where)
     try:
         return factory(**kwargs).with_origin(where)
     except TypeError as e:
@@ -242,7 +347,7 @@ def _rule(entry: object, where: str, cls: type | None | list[type | None]) -> Ru
         fix = "write a mapping: {select: '<selector>', <option>: <value>}"
         if isinstance(entry, str) and entry in PRESETS:
             fix = f"write {{preset: {entry}}}"
-        raise ParamwiseError(f"{where} is {entry!r}, not a rule", fix=fix)
+        raise ParamwiseError(f"{where} is {_short(entry)}, not a rule", fix=fix)
     if "preset" in entry:
         name, args = entry["preset"], {k: v for k, v in entry.items() if k != "preset"}
         if name not in PRESETS:
@@ -266,12 +371,12 @@ def _rule(entry: object, where: str, cls: type | None | list[type | None]) -> Ru
     if isinstance(select, list) and select and all(isinstance(s, str) for s in select):
         select = " | ".join(f"({s})" for s in select)
     if not isinstance(select, str):
-        raise ParamwiseError(f"{where} key 'select' is {select!r} ({type(select).__name__})",
+        raise ParamwiseError(f"{where} key 'select' is {_short(select)} ({type(select).__name__})",
                              fix="write a selector string such as 'bias | norm', or a list "
                              "of them")
     label = entry.get("label")
     if label is not None and not isinstance(label, str):
-        raise ParamwiseError(f"{where} key 'label' is {label!r}", fix="a label is a string")
+        raise ParamwiseError(f"{where} key 'label' is {_short(label)}", fix="a label is a string")
     raw = {k: v for k, v in entry.items() if k not in ("select", "label")}
     text = label or select
     if not raw:
@@ -307,7 +412,7 @@ def _in_play(cls: type, rules: object, src: str) -> list[type | None]:
                 args if isinstance(args, str) else "muon"
         if isinstance(name, str):
             try:
-                found = resolve_optimizer(name)
+                found = resolve_optimizer(name, allow_import=_may_import)
             except ParamwiseError:
                 continue  # reported where the rule is read, with its location
             if found not in out:
@@ -325,22 +430,40 @@ def _in_config_words(err: ParamwiseError | str, src: str) -> str:
 
 
 # --------------------------------------------------------------------------------- face
-def from_config(model: nn.Module, cfg: Mapping | str | os.PathLike,
-                **overrides: object) -> torch.optim.Optimizer:
+def from_config(model: nn.Module, cfg: Mapping | str | os.PathLike, *,
+                allow_imports: Iterable[str] = (), **overrides: object) -> torch.optim.Optimizer:
     """Build the optimizer a config describes (see the module docstring for the shape).
 
     ``cfg`` is a dict, any Mapping (an OmegaConf ``DictConfig`` included) or a path to a YAML
     file. ``overrides`` replace top-level keys (``from_config(model, "optim.yaml", lr=1e-3)``).
     Returns the plain ``torch.optim`` optimizer, exactly as :func:`paramwise.optimizer` would.
 
+    Nothing in a config runs code: an optimizer given as an import path (``mypkg.optim:Lion``)
+    is looked up among the modules already imported, and a module that is not is imported only
+    when ``allow_imports`` names it (or a package above it); ``type:`` selectors match the
+    classes in the model, never by importing. YAML is read with a safe loader that refuses
+    duplicate keys; aliases are shared, never expanded.
+
         >>> opt = from_config(model, {"optimizer": "adamw", "lr": 3e-4, "weight_decay": 0.05,
         ...                           "rules": [{"preset": "no_decay"}]})  # doctest: +SKIP
     """
-    from .api import optimizer as build  # the face imports the core, never the reverse
-
     if not isinstance(model, nn.Module):
         raise ParamwiseError(f"from_config(model, cfg) takes the model first, got "
                              f"{type(model).__name__}", fix="call from_config(model, cfg)")
+    if isinstance(allow_imports, str) or not all(isinstance(a, str) for a in allow_imports):
+        raise ParamwiseError(f"allow_imports={allow_imports!r}",
+                             fix="pass a list of module names, e.g. allow_imports=['mypkg']")
+    token = _ALLOWED.set(tuple(allow_imports))
+    try:
+        return _from_config(model, cfg, overrides)
+    finally:
+        _ALLOWED.reset(token)
+
+
+def _from_config(model: nn.Module, cfg: Mapping | str | os.PathLike,
+                 overrides: dict[str, object]) -> torch.optim.Optimizer:
+    from .api import optimizer as build  # the face imports the core, never the reverse
+
     data, src = load_config(cfg)
     data.update(_plain(overrides, "overrides"))  # type: ignore[arg-type]
     if "optimizer" not in data:
@@ -370,7 +493,7 @@ def from_config(model: nn.Module, cfg: Mapping | str | os.PathLike,
     for flag in ("strict", "include_frozen"):
         if flag in data:
             if not isinstance(data[flag], bool):
-                raise ParamwiseError(f"{src}: {flag!r} is {data[flag]!r}",
+                raise ParamwiseError(f"{src}: {flag!r} is {_short(data[flag])}",
                                      fix=f"write {flag}: true or {flag}: false")
             flags[flag] = data[flag]
     defaults = {k: v for k, v in data.items() if k not in TOP_LEVEL_KEYS}

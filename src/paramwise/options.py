@@ -18,6 +18,8 @@ from __future__ import annotations
 import importlib
 import inspect
 import math
+import sys
+from collections.abc import Callable
 from functools import cache
 from numbers import Real
 
@@ -64,21 +66,35 @@ def _torch_optimizers() -> dict[str, type]:
     return out
 
 
-def _import(path: str) -> object:
+#: Who may be imported to resolve an optimizer path: ``True`` (Python callers), or a
+#: predicate on the module name (config files: only what the caller allowed).
+ImportPolicy = bool | Callable[[str], bool]
+
+
+def _import(path: str, allow: ImportPolicy = True) -> object:
     mod_name, _, attr = path.partition(":") if ":" in path else path.rpartition(".")
+    if mod_name not in sys.modules and not (allow is True or (callable(allow) and allow(mod_name))):
+        top = mod_name.split(".")[0]
+        raise ParamwiseError(
+            f"optimizer {path!r} lives in module {mod_name!r}, which is not imported, and a "
+            "config file never imports a module (its import-time code would run)",
+            fix=f"import {mod_name} in your script before building, or allow it: "
+            f"from_config(..., allow_imports=['{top}']) / paramwise inspect --allow-import {top}")
     try:
-        return getattr(importlib.import_module(mod_name), attr)
+        mod = sys.modules.get(mod_name) or importlib.import_module(mod_name)
+        return getattr(mod, attr)
     except (ImportError, AttributeError, ValueError) as e:
         raise ParamwiseError(f"optimizer {path!r} cannot be imported ({type(e).__name__}: {e})",
                              fix="use a torch.optim name (adamw, sgd, ...) or an import path "
                              "such as torch.optim.AdamW or mypkg.optim:Lion") from None
 
 
-def resolve_optimizer(optim: str | type) -> type:
+def resolve_optimizer(optim: str | type, *, allow_import: ImportPolicy = True) -> type:
     """A ``torch.optim.Optimizer`` subclass from itself, a case-insensitive name (``"adamw"``) or
-    an import path (``"torch.optim.AdamW"``, ``"mypkg.optim:Lion"``)."""
+    an import path (``"torch.optim.AdamW"``, ``"mypkg.optim:Lion"``). ``allow_import`` (a bool
+    or a predicate on the module name) says whether a module not yet imported may be."""
     if isinstance(optim, str) and (":" in optim or "." in optim):
-        optim = _import(optim)  # type: ignore[assignment]
+        optim = _import(optim, allow_import)  # type: ignore[assignment]
     if isinstance(optim, type):
         if issubclass(optim, torch.optim.Optimizer):
             return optim
@@ -154,7 +170,14 @@ def check_key(key: str, cls: type | None, *, where: str) -> None:
     valid = known_keys(cls)
     if valid is None or key in valid:
         return
-    hit = closest(key, valid)
+    # a multiplier is no fix when its base key is what the optimizer lacks (LBFGS, Rprop)
+    hit = closest(key, [k for k in valid if MULTIPLIERS.get(k) not in (key,)
+                        and (k not in MULTIPLIERS or MULTIPLIERS[k] in valid)])
+    if key == "weight_decay" and cls is not None:
+        raise ParamwiseError(
+            f"{where} sets weight_decay, but {cls.__name__} has no weight decay",
+            fix="use paramwise's own: l2=... (coupled) or decoupled_decay=..., e.g. "
+            "no_decay(key='l2') with l2=... as a default")
     owner = cls.__name__ if cls is not None else "any torch.optim optimizer"
     fix = (f"valid options for {owner} include {', '.join(sorted(valid - paramwise_keys())[:8])}"
            if not hit else f"use {hit[0]!r}")
@@ -168,6 +191,28 @@ def check_key(key: str, cls: type | None, *, where: str) -> None:
     )
 
 
+@cache
+def bool_keys() -> frozenset[str]:
+    """Options whose default is a bool in some ``torch.optim`` optimizer (``maximize``,
+    ``amsgrad``, ``nesterov``, ``foreach`` ...), plus paramwise's ``prox``: their values must be
+    real bools (``None`` too where torch's default is ``None``), never strings such as
+    ``"False"`` (which Python takes as true)."""
+    keys = {"prox", "foreach", "fused"}
+    for cls in _torch_optimizers().values():
+        keys |= {k for k, v in optimizer_defaults(cls).items() if isinstance(v, bool)}
+    return frozenset(keys)
+
+
+def bool_problem(key: str, value: object) -> str | None:
+    if isinstance(value, bool) or value is None:
+        return None
+    if isinstance(value, torch.Tensor) and value.dtype == torch.bool and value.numel() == 1:
+        return None
+    shown = f"the string {value!r}" if isinstance(value, str) else \
+        f"{value!r} ({type(value).__name__})"
+    return f"{key} must be True or False, not {shown}"
+
+
 def _is_real(value: object) -> bool:
     if isinstance(value, bool):
         return False
@@ -178,6 +223,12 @@ def _is_real(value: object) -> bool:
 
 def check_value(key: str, value: object, *, where: str) -> None:
     """Reject wrong types, negative or non-finite values for numeric core options."""
+    if key in bool_keys():
+        problem = bool_problem(key, value)
+        if problem:
+            raise ParamwiseError(f"{where} sets {key}={value!r}: {problem}",
+                                 fix=f"write {key}=True or {key}=False (in YAML: {key}: true, "
+                                 "unquoted)")
     if key == "optimizer":
         try:
             resolve_optimizer(value)  # type: ignore[arg-type]

@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import contextlib
 import gc
+import math
 import warnings
 from collections.abc import Iterable, Iterator, Mapping
 from dataclasses import dataclass
@@ -33,7 +34,7 @@ from torch import nn
 from . import regoptions as reg
 from .errors import ParamwiseError, user_stacklevel
 from .inventory import Inventory, mask_to_str
-from .options import MULTIPLIERS, check_key, check_value
+from .options import MULTIPLIERS, bool_problem, check_key, check_value, optimizer_defaults
 from .perclass import accepts, check_key_any, class_name, wrong_class_fix
 from .rules import Partition, Rule, RuleLike, expand_rules
 
@@ -106,7 +107,21 @@ def _resolve(defaults: Mapping[str, object], rules: list[Rule], hit: tuple[int, 
             )
         base = opts[base_key]
         # A tensor lr (capturable/compiled optimizers) stays a tensor, a new one per group.
-        opts[base_key] = base * m if isinstance(base, torch.Tensor) else float(base) * m  # type: ignore[arg-type]
+        if isinstance(base, torch.Tensor):
+            opts[base_key] = base * m
+            continue
+        value = float(base) * m  # type: ignore[arg-type]
+        factors = [rules[i].options[k] for i in hit if k in rules[i].options]
+        if not math.isfinite(value) or (value == 0 and float(base) != 0  # type: ignore[arg-type]
+                                        and all(float(f) != 0 for f in factors)):  # type: ignore[arg-type]
+            what = "overflows to inf" if not math.isfinite(value) else "underflows to 0.0"
+            who = ", ".join(_where(i, rules[i]) for i in hit if k in rules[i].options)
+            raise ParamwiseError(
+                f"{base_key} = {base} * {' * '.join(str(f) for f in factors)} {what} "
+                f"(multipliers from {who})",
+                fix=f"use multipliers whose product with {base_key} is a finite, nonzero float; "
+                f"set {base_key}=0.0 directly if that is what you mean")
+        opts[base_key] = value
     return opts
 
 
@@ -219,8 +234,7 @@ def make_plan(
 
     plan = Plan(inv, rule_list, masks, dict(defaults), optimizer, include_frozen, entry_sig,
                 resolved, sig_rules, classes, in_play)
-    if multi:
-        _check_per_class(plan)
+    _check_per_class(plan)
     _check_tied(plan)
     _check_regularizers(plan)
     return plan
@@ -254,9 +268,20 @@ def _diff(a: Mapping[str, object], b: Mapping[str, object]) -> str:
 
 
 def _check_per_class(plan: Plan) -> None:
-    """Every option a rule set must be taken by the class of the parameters it reached."""
+    """Every option a rule set must be taken by the class of the parameters it reached, and a
+    bool option of that class's signature must be a bool."""
     for s, (opts, cls) in enumerate(zip(plan.resolved, plan.classes)):
-        for k in opts:
+        bools = {k for k, v in optimizer_defaults(cls).items() if isinstance(v, bool)} \
+            if cls is not None else set()
+        for k, v in opts.items():
+            problem = bool_problem(k, v) if k in bools else None
+            if problem:
+                i = next((j for j in reversed(plan.sig_rules[s]) if k in plan.rules[j].options),
+                         None)
+                raise ParamwiseError(
+                    f"{'the defaults' if i is None else _where(i, plan.rules[i])} set "
+                    f"{k}={v!r} for {class_name(cls)}: {problem}",
+                    fix=f"write {k}=True or {k}=False")
             if accepts(cls, k):
                 continue
             i = next(j for j in reversed(plan.sig_rules[s]) if k in plan.rules[j].options)

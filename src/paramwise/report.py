@@ -19,6 +19,7 @@ import torch
 from torch import nn
 
 from .api import resolve_target
+from .errors import ParamwiseError
 from .hooks import runs_fused
 from .hybrid import Hybrid
 from .inventory import Inventory
@@ -183,6 +184,11 @@ def explain(obj: nn.Module | torch.optim.Optimizer, name: str, rules=None,
           rule 0 ('bias')    weight_decay=0.0
           resolved           lr=0.01, momentum=0.9, weight_decay=0.0
     """
+    if not isinstance(name, str):
+        raise ParamwiseError(f"explain(..., name) takes a parameter name, got {name!r} "
+                             f"({type(name).__name__})",
+                             fix="pass the canonical name, e.g. explain(opt, '0.weight'); "
+                             "paramwise.report(opt) lists them")
     plan, opt = resolve_target(obj, rules, dict(defaults), what="explain")
     if plan is None:
         return _explain_plain(opt, name)  # type: ignore[arg-type]
@@ -262,7 +268,5 @@ def _explain_plain(opt: torch.optim.Optimizer, name: str) -> str:
             opts = {k: v for k, v in g.items() if k not in _HIDDEN}
             return (f"{name}: group {gi} of {len(opt.param_groups)} (optimizer not built by "
                     f"paramwise: no rule history)\n  options  {_kv(opts)}")
-    from .errors import ParamwiseError
-
     raise ParamwiseError(f"no group of this {type(opt).__name__} holds a parameter named {name!r}",
                          fix="pass the model with its rules: explain(model, name, rules=...)")
