@@ -20,7 +20,8 @@ fails with "a parameter group that doesn't match the size". paramwise groups car
   restores the saved options per parameter instead (regrouping if parameters moved), and a
   tuple of keys restores only those (e.g. ``("lr", "initial_lr")``).
 
-Like torch's, loading shares tensors with the dict it was given (no copy).
+Like torch's, loading shares tensors with the dict it was given (no copy). The checkpoint is
+validated whole first (:mod:`paramwise.ckptcheck`); when that raises, nothing was loaded.
 
 Example::
 
@@ -219,10 +220,10 @@ def _match(current: Mapping[str, object], saved_names: list[str], report: LoadRe
     loose_current: dict[str, list[str]] = {}
     for n in current:
         loose_current.setdefault(_loose(n), []).append(n)
+    renamed_to: set[str] = set()
     for s in (s for s in saved_names if s not in current):
-        hits = [n for n in loose_current.get(_loose(s), []) if n not in match
-                or n in report.renamed.values()]
-        if len(hits) == 1 and hits[0] in match:
+        hits = [n for n in loose_current.get(_loose(s), []) if n not in match or n in renamed_to]
+        if len(hits) == 1 and hits[0] in renamed_to:
             raise ParamwiseError(
                 f"the saved names {match[hits[0]]!r} and {s!r} both load as parameter "
                 f"{hits[0]!r} once wrapper segments are dropped",
@@ -231,6 +232,7 @@ def _match(current: Mapping[str, object], saved_names: list[str], report: LoadRe
         if len(hits) == 1:
             match[hits[0]] = s
             report.renamed[s] = hits[0]
+            renamed_to.add(hits[0])
         else:
             report.vanished.append(s)
     return match

@@ -327,10 +327,11 @@ def check_state(optimizer: torch.optim.Optimizer, params: Mapping[str, tuple[int
     name; ``option(name, key)``: the group option ``key`` in effect for ``name`` after loading.
     """
     classes = _group_classes(optimizer)
+    kinds = [layout_name(c) for c in classes]
     reshaped: list[str] = []
     for n, s in match.items():
         gi, p = params[n]
-        st, anchor, kind = saved.state.get(s), saved.anchors.get(s), layout_name(classes[gi])
+        st, anchor, kind = saved.state.get(s), saved.anchors.get(s), kinds[gi]
         resized = bool(st) and (not _fits_any(classes[gi], p, st) if kind is None else
                                 _check_known(kind, n, tuple(p.shape), st, saved.key[s], option))
         if not resized and anchor is not None and anchor.shape != p.shape:
