@@ -92,7 +92,6 @@ BAD = [
     ("role:nrom", 5, "unknown role 'nrom' (did you mean 'norm'?)"),
     ("tpye:Linear", 0, "unknown prefix 'tpye:' (did you mean 'type'?)"),
     ("blocks.[0-5.*", 7, "unbalanced '['"),
-    ("type:torch.nn.Nope", 5, "cannot import class"),
 ]
 
 

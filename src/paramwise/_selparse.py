@@ -1,7 +1,9 @@
 """The parser of the selector language (the grammar is in :mod:`paramwise.selectors`; use
-:func:`paramwise.selectors.parse`, which caches): a recursive descent over the string, one
-method per grammar rule, building the selector classes; every syntax error names the
-position, shows it with a caret and says how to fix it::
+:func:`paramwise.selectors.parse`, which caches): one left-to-right pass over the string with an
+explicit stack of open parentheses, so neither thousands of ``|``-ed terms nor thousands of
+nested ``(`` or ``!`` meet Python's recursion limit. ``a | b | c`` becomes one n-ary node and
+``!!x`` is ``x``. Every syntax error names the position, shows it with a caret and says how to
+fix it::
 
     >>> Parser("bias | !type:Linear").parse()
     Selector('(bias) | (!(type:Linear))')
@@ -17,27 +19,36 @@ from __future__ import annotations
 
 import re
 
+from ._selnodes import Selector, _And, _Not, _Or, _syntax
+from ._selterms import All, Glob, Module, Ndim, Regex, Role
+from ._seltype import TypeTerm
 from .errors import did_you_mean
 from .inventory import ROLES
-from .selectors import (
-    Selector,
-    _All,
-    _And,
-    _Glob,
-    _Module,
-    _Ndim,
-    _Not,
-    _Or,
-    _Regex,
-    _Role,
-    _syntax,
-    _Type,
-)
 
 __all__ = ["Parser"]
 
 _NDIM = re.compile(r"ndim\s*(<=|>=|==|!=|<|>|=)\s*(\d+)")
 _STOP = set(" \t\n|&()")
+
+
+class _Group:
+    """An open parenthesis (or the whole string): its or-ed and-groups so far."""
+
+    __slots__ = ("start", "negate", "ors", "ands")
+
+    def __init__(self, start: int, negate: bool) -> None:
+        self.start, self.negate = start, negate
+        self.ors: list[Selector] = []
+        self.ands: list[Selector] = []
+
+    def close_and(self) -> None:
+        self.ors.append(self.ands[0] if len(self.ands) == 1 else _And(tuple(self.ands)))
+        self.ands = []
+
+    def close(self) -> Selector:
+        self.close_and()
+        node = self.ors[0] if len(self.ors) == 1 else _Or(tuple(self.ors))
+        return _Not((node,)) if self.negate else node
 
 
 class Parser:
@@ -58,41 +69,41 @@ class Parser:
         if not self.s.strip():
             raise _syntax(self.s, 0, "the selector is empty",
                           "write e.g. 'bias | norm', '*.weight' or 'all'")
-        tree = self.or_()
-        if self.peek():
+        groups = [_Group(0, False)]
+        negate = False  # the parity of the '!'s before the next operand
+        operand = True  # an operand comes next (else an operator, ')' or the end)
+        while True:
             c = self.peek()
-            what = "unbalanced ')'" if c == ")" else f"unexpected {c!r}"
-            raise _syntax(self.s, self.i, what, "join terms with '|' (or), '&' (and), '!' (not)")
-        return tree
-
-    def or_(self) -> Selector:
-        node = self.and_()
-        while self.peek() == "|":
-            self.i += 1
-            node = _Or(node, self.and_())
-        return node
-
-    def and_(self) -> Selector:
-        node = self.not_()
-        while self.peek() == "&":
-            self.i += 1
-            node = _And(node, self.not_())
-        return node
-
-    def not_(self) -> Selector:
-        c = self.peek()
-        if c == "!":
-            self.i += 1
-            return _Not(self.not_())
-        if c == "(":
-            start = self.i
-            self.i += 1
-            node = self.or_()
-            if self.peek() != ")":
-                raise _syntax(self.s, start, "this '(' is never closed", "add the missing ')'")
-            self.i += 1
-            return node
-        return self.term()
+            if operand:
+                if c == "!":
+                    negate, self.i = not negate, self.i + 1
+                elif c == "(":
+                    groups.append(_Group(self.i, negate))
+                    negate, self.i = False, self.i + 1
+                else:
+                    node = self.term()
+                    groups[-1].ands.append(_Not((node,)) if negate else node)
+                    negate, operand = False, False
+            elif c in ("&", "|"):
+                if c == "|":
+                    groups[-1].close_and()
+                self.i += 1
+                operand = True
+            elif c == ")":
+                if len(groups) == 1:
+                    raise _syntax(self.s, self.i, "unbalanced ')'",
+                                  "remove it, or add the matching '(' before")
+                node = groups.pop().close()
+                groups[-1].ands.append(node)
+                self.i += 1
+            elif not c:
+                if len(groups) > 1:
+                    raise _syntax(self.s, groups[-1].start, "this '(' is never closed",
+                                  "add the missing ')'")
+                return groups[0].close()
+            else:
+                raise _syntax(self.s, self.i, f"unexpected {c!r}",
+                              "join terms with '|' (or), '&' (and), '!' (not)")
 
     def term(self) -> Selector:
         s, start = self.s, self.i
@@ -103,7 +114,7 @@ class Parser:
         m = _NDIM.match(s, start)
         if m:
             self.i = m.end()
-            return _Ndim(m.group(1), int(m.group(2)), m.group(0))
+            return Ndim(m.group(1), int(m.group(2)), m.group(0))
         if s.startswith("re:", start):
             return self.regex(start)
         j = start
@@ -118,24 +129,24 @@ class Parser:
                               {"type": "e.g. type:Linear", "module": "e.g. module:backbone",
                                "name": "e.g. name:*.bias", "role": "e.g. role:norm"}[kind])
             if kind == "type":
-                return _Type(arg, word, start, s)
+                return TypeTerm(arg, word, start, s)
             if kind == "module":
-                return _Module(arg, word)
+                return Module(arg, word)
             if kind == "name":
-                return _Glob(arg, word)
+                return Glob(arg, word)
             if arg not in ROLES:
                 raise _syntax(s, start + 5, f"unknown role {arg!r}{did_you_mean(arg, ROLES)}",
                               f"roles are {', '.join(ROLES)}")
-            return _Role(arg)
+            return Role(arg)
         if sep and kind in ("ndim",):
             raise _syntax(s, start, "ndim needs a comparison", "write ndim<2, ndim>=2, ndim==1")
         if word.startswith("ndim"):
             raise _syntax(s, start, "ndim needs a comparison and a number",
                           "write ndim<2, ndim>=2 or ndim==1")
         if word in ROLES:
-            return _Role(word)
+            return Role(word)
         if word in ("all", "*"):
-            return _All()
+            return All()
         if sep and not any(ch in kind for ch in "*?[."):
             raise _syntax(s, start, f"unknown prefix {kind + ':'!r}"
                           f"{did_you_mean(kind, ['type', 'module', 'name', 'role', 're'])}",
@@ -143,7 +154,7 @@ class Parser:
         if word.count("[") != word.count("]"):
             raise _syntax(s, start + word.index("[") if "[" in word else j,
                           "unbalanced '[' in glob", "close the character class, e.g. blocks.[0-5].*")
-        return _Glob(word, word)
+        return Glob(word, word)
 
     def regex(self, start: int) -> Selector:
         s = self.s
@@ -154,7 +165,7 @@ class Parser:
             if end < 0:
                 raise _syntax(s, j, "unterminated quoted regex", f"close it with {q}")
             self.i = end + 1
-            return _Regex(s[j + 1:end], s[start:end + 1], start + 1, s)
+            return Regex(s[j + 1:end], s[start:end + 1], start + 1, s)
         depth, k = 0, j
         while k < len(s):
             ch = s[k]
@@ -173,4 +184,4 @@ class Parser:
         if k == j:
             raise _syntax(s, j, "'re:' needs a regular expression", "e.g. re:.*\\.bias")
         self.i = k
-        return _Regex(s[j:k], s[start:k], start, s)
+        return Regex(s[j:k], s[start:k], start, s)
