@@ -15,8 +15,10 @@ roles, ``module:<prefix>``, else the names themselves)::
 from __future__ import annotations
 
 import math
+from collections import Counter
 from collections.abc import Iterable
 from dataclasses import dataclass, field
+from itertools import compress
 from typing import Any
 
 import torch
@@ -102,22 +104,31 @@ class Finder:
         params = [inv.params[e] for e in inv.first]
         self.name = [inv.names[e] for e in inv.first]
         self.roles = [inv.roles[e] for e in inv.first]
-        self.numel = [inv.numel_of(p) for p in params]
-        self.trainable = [bool(p.requires_grad) for p in params]
+        # FSDP1 views are flat slices: their global size comes from the inventory
+        self.numel = ([inv.numel_of(p) for p in params] if inv._global
+                      else [p.numel() for p in params])
+        self.trainable = [p.requires_grad for p in params]
         self.trainable_tensors = sum(self.trainable)
-        self.trainable_elements = sum(n for n, t in zip(self.numel, self.trainable) if t)
-        self.tensor_of = {id(p): u for u, p in enumerate(params)}
+        self.trainable_elements = sum(compress(self.numel, self.trainable))
+        self.tensor_of = dict(zip(map(id, params), range(len(params))))
+        interned: dict[frozenset[str], str | None] = {}
+        for rs in set(self.roles):
+            interned[rs] = next((ROLE_KINDS[r][0] for r in ROLE_KINDS if r in rs), None)
+        self.kind = [interned[rs] for rs in self.roles]
+        self.kind_count = Counter(compress(self.kind, self.trainable))
+        self.any_tied = len(inv.names) != len(params)
         self._by_role: dict[str, set[int]] | None = None
 
     # ------------------------------------------------------------------ helpers
     def elements(self, us: Iterable[int]) -> int:
-        return sum(self.numel[u] for u in us)
+        return sum(map(self.numel.__getitem__, us))
 
     def share(self, elements: int) -> float:
         return elements / self.trainable_elements if self.trainable_elements else 0.0
 
     def names(self, us: Iterable[int]) -> tuple[str, ...]:
-        return tuple(self.name[u] for u in us)
+        name = self.name
+        return tuple([name[u] for u in us])
 
     def selector(self, us: list[int]) -> str:
         """A selector that picks exactly the trainable tensors ``us`` (and their aliases)."""
@@ -148,6 +159,8 @@ class Finder:
         return " | ".join(n if "." in n else f"name:{n}" for n in self.names(sorted(s)))
 
     def _tied(self, us: Iterable[int]) -> str:
+        if not self.any_tied:
+            return ""
         out = []
         for u in us:
             aliases = self.inv.aliases(u)
@@ -157,69 +170,91 @@ class Finder:
 
     # ------------------------------------------------------------------ the pass
     def run(self) -> list[Finding]:
-        kind_of: dict[frozenset[str], str | None] = {}
-        decayed: dict[str, dict[int, list[int]]] = {k: {} for k, _ in ROLE_KINDS.values()}
-        seen: dict[int, list[tuple[int, str | None]]] = {}
+        trainable, kind, tensor_of = self.trainable, self.kind, self.tensor_of
+        decayed: dict[str, list[int]] = {k: [] for k, _ in ROLE_KINDS.values()}
+        decayed_in: dict[str, set[int]] = {k: set() for k in decayed}
+        placed: list[int] = []  # tensor of every entry of every group, in order
         frozen: dict[int, list[int]] = {}
         zero: dict[int, list[int]] = {}
         foreign: list[tuple[int, int, torch.Tensor, str | None]] = []
         for v in self.views:
-            labels = v.group.get("param_names")
-            if not isinstance(labels, list) or len(labels) != len(v.group["params"]):
-                labels = None
-            acts = v.live and bool(v.decay)
-            for k, p in enumerate(v.group["params"]):
-                label = labels[k] if labels else None
-                u = self.tensor_of.get(id(p))
-                if u is None:
-                    foreign.append((v.index, k, p, label))
-                    continue
-                seen.setdefault(u, []).append((v.index, label))
-                if not p.requires_grad:
-                    frozen.setdefault(u, []).append(v.index)
-                elif not v.live:
-                    zero.setdefault(v.index, []).append(u)
-                elif acts:
-                    roles = self.roles[u]
-                    kind = kind_of.get(roles, "")
-                    if kind == "":
-                        kind = kind_of[roles] = next(
-                            (ROLE_KINDS[r][0] for r in ROLE_KINDS if r in roles), None)
-                    if kind is not None:
-                        decayed[kind].setdefault(u, []).append(v.index)
+            params, gi = v.group["params"], v.index
+            us = [tensor_of.get(id(p)) for p in params]
+            if None in us:
+                labels = _labels(v)
+                foreign += [(gi, k, p, labels[k] if labels else None)
+                            for k, (u, p) in enumerate(zip(us, params)) if u is None]
+                us = [u for u in us if u is not None]
+            placed += us
+            for u in [u for u in us if not trainable[u]]:
+                frozen.setdefault(u, []).append(gi)
+            if not v.live:
+                zero[gi] = [u for u in us if trainable[u]]
+            elif v.decay:
+                kinds = set()
+                for u, k in zip(us, map(kind.__getitem__, us)):
+                    if k is not None and trainable[u]:
+                        decayed[k].append(u)
+                        kinds.add(k)
+                for k in kinds:
+                    decayed_in[k].add(gi)
         out: list[Finding] = []
-        for role, (kind, label) in ROLE_KINDS.items():
-            if decayed[kind]:
-                out.append(self._decayed(role, kind, label, decayed[kind]))
+        for role, (k, label) in ROLE_KINDS.items():
+            if decayed[k]:
+                out.append(self._decayed(role, k, label, list(dict.fromkeys(decayed[k])),
+                                         sorted(decayed_in[k])))
         out += self._unread_keys()
         out += self._regularizers()
-        missing = [u for u in range(len(self.name)) if self.trainable[u] and u not in seen]
+        seen = set(placed)
+        missing = sorted(set(compress(range(len(trainable)), trainable)) - seen)
         if missing:
             out.append(self._missing(missing))
         if frozen:
             out.append(self._frozen(frozen))
-        out += self._repeated({u: occ for u, occ in seen.items() if len(occ) > 1})
+        if len(seen) != len(placed):
+            out += self._repeated(self._appearances(seen, placed))
         if foreign:
             out.append(self._foreign(foreign))
+        zero = {g: us for g, us in zero.items() if us}
         if zero:
             out.append(self._zero_lr(zero))
         return out
 
+    def _appearances(self, seen: set[int], placed: list[int]
+                     ) -> dict[int, list[tuple[int, str | None]]]:
+        """Where each tensor placed more than once appears: (group, its param_names label)."""
+        count: dict[int, int] = {}
+        for u in placed:
+            count[u] = count.get(u, 0) + 1
+        many = {u for u, c in count.items() if c > 1}
+        rep: dict[int, list[tuple[int, str | None]]] = {}
+        for v in self.views:
+            labels = _labels(v)
+            for k, p in enumerate(v.group["params"]):
+                u = self.tensor_of.get(id(p))
+                if u in many:
+                    rep.setdefault(u, []).append((v.index, labels[k] if labels else None))
+        return rep
+
     # ------------------------------------------------------------------ one per kind
-    def _decayed(self, role: str, kind: str, label: str, hits: dict[int, list[int]]) -> Finding:
-        us = list(hits)
-        gis = sorted({g for gs in hits.values() for g in gs})
-        sources = [{"group": g, "optimizer": self.views[g].cls_name, "key": key, "value": val,
-                    "form": form} for g in gis for key, val, form in self.views[g].decay]
+    def _decayed(self, role: str, kind: str, label: str, us: list[int], gis: list[int]
+                 ) -> Finding:
+        by_source: dict[tuple[str, str, float, str], list[int]] = {}
+        for g in gis:
+            v = self.views[g]
+            for key, val, form in v.decay:
+                by_source.setdefault((v.cls_name, key, val, form), []).append(g)
+        sources = [{"optimizer": o, "key": key, "value": val, "form": form, "groups": gs}
+                   for (o, key, val, form), gs in by_source.items()]
         forms = sorted({s["form"] for s in sources})
         form = forms[0] if len(forms) == 1 else "mixed"
         form_text = {"unknown": "weight decay of a form this audit does not know",
                      "mixed": f"{' and '.join(forms)} weight decay"}.get(form,
                                                                      f"{form} weight decay")
-        src = "; ".join(f"{s['optimizer']} {s['key']}={fmt(s['value'])} in group {s['group']}"
-                        for s in sources[:3]) + ("; ..." if len(sources) > 3 else "")
-        total = sum(1 for u, rs in enumerate(self.roles) if self.trainable[u] and
-                    next((r for r in ROLE_KINDS if r in rs), None) == role)
+        src = "; ".join(f"{s['optimizer']} {s['key']}={fmt(s['value'])} in "
+                        f"{groups_text(s['groups'])}" for s in sources[:3]) \
+            + ("; ..." if len(sources) > 3 else "")
+        total = self.kind_count[kind]
         el = self.elements(us)
         keys = dict.fromkeys(s["key"] for s in sources)
         rule = f"paramwise.Rule({role!r}, " + ", ".join(f"{k}=0.0" for k in keys) + ")"
@@ -398,6 +433,13 @@ class Finder:
                if decays else ""),
             "freeze them (requires_grad_(False)) and leave them out, or give them an lr",
             rule, tuple(gis), el, self.share(el))
+
+
+def _labels(v: GroupView) -> list | None:
+    """The group's ``param_names`` when they line up with its ``params``."""
+    labels = v.group.get("param_names")
+    ok = isinstance(labels, list) and len(labels) == len(v.group["params"])
+    return labels if ok else None
 
 
 def _options_diff(v: GroupView, others: list[GroupView]) -> str:

@@ -109,6 +109,8 @@ def decay_form(owner: torch.optim.Optimizer, group: Mapping[str, Any]) -> str:
 
 def as_number(v: object) -> float | None:
     """A real number from a float, int or one-element tensor; None otherwise (bools too)."""
+    if type(v) is float:
+        return v
     if isinstance(v, bool):
         return None
     if isinstance(v, torch.Tensor):
@@ -116,6 +118,9 @@ def as_number(v: object) -> float | None:
     if isinstance(v, (int, float)):
         return float(v)
     return None
+
+
+_STRENGTHS = frozenset(STRENGTH_KEYS)
 
 
 def _lowered(group: Mapping[str, Any], key: str) -> bool:
@@ -126,8 +131,8 @@ def active_regularizers(group: Mapping[str, Any]) -> dict[str, object]:
     """The paramwise regularizer options that would act (a strength > 0, a ``max_norm``) and
     were not lowered into the optimizer's own options."""
     out: dict[str, object] = {}
-    for k in STRENGTH_KEYS:
-        v = as_number(group.get(k))
+    for k in _STRENGTHS & group.keys():
+        v = as_number(group[k])
         if v is not None and v > 0 and not _lowered(group, k):
             out[k] = group[k]
     if group.get("max_norm") is not None:
@@ -154,18 +159,23 @@ class GroupView:
 
     @classmethod
     def read(cls, index: int, group: Mapping[str, Any], owner: torch.optim.Optimizer,
-             attached: bool) -> GroupView:
-        reads = read_keys(owner)
+             attached: bool, reads: frozenset[str] | None = None) -> GroupView:
+        """``reads``: :func:`read_keys` of ``owner``, when the caller has it already."""
+        reads = read_keys(owner) if reads is None else reads
         lr = as_number(group.get("lr"))
-        initial = as_number(group.get("initial_lr"))
-        live = lr is None or lr != 0 or (initial is not None and initial > 0)
+        live = lr is None or lr != 0
+        if not live:
+            initial = as_number(group.get("initial_lr"))
+            live = initial is not None and initial > 0
         decay: list[tuple[str, float, str]] = []
         wd = as_number(group.get("weight_decay")) if "weight_decay" in reads else None
         if wd is not None and wd > 0 and math.isfinite(wd):
             decay.append(("weight_decay", wd, decay_form(owner, group)))
         if attached:
             for key, form in (("l2", "coupled"), ("decoupled_decay", "decoupled")):
-                v = as_number(group.get(key))
+                if key not in group:
+                    continue
+                v = as_number(group[key])
                 if v is not None and v > 0 and not _lowered(group, key):
                     decay.append((key, v, form))
         return cls(index, group, owner, attached, reads, lr, live, decay)
@@ -174,11 +184,13 @@ class GroupView:
         """Keys of this group that its owner never reads (paramwise's regularizer keys aside:
         they are checked against :func:`paramwise.attach`; labels, i.e. string values, aside)."""
         out = []
-        for k, v in self.group.items():
-            if k in self.reads or k in ALWAYS_READ or k in REG_KEYS or not isinstance(k, str):
-                continue
-            if isinstance(v, str) or (isinstance(v, Sequence) and v
+        for k in self.group.keys() - self.reads - _KNOWN:
+            v = self.group[k]
+            if not isinstance(k, str) or isinstance(v, str) or (isinstance(v, Sequence) and v
                                       and all(isinstance(x, str) for x in v)):
                 continue  # a label ("name" for Lightning's LearningRateMonitor, group names)
             out.append(k)
-        return out
+        return sorted(out)
+
+
+_KNOWN = ALWAYS_READ | REG_KEYS

@@ -33,7 +33,7 @@ import torch
 from torch import nn
 
 from ._auditfind import Finder, Finding
-from ._auditscan import GroupView, owners, unwrap_optimizer, unwrap_scheduler
+from ._auditscan import GroupView, owners, read_keys, unwrap_optimizer, unwrap_scheduler
 from .errors import ParamwiseError, did_you_mean
 from .hooks import handle_of
 from .inventory import Inventory
@@ -189,8 +189,13 @@ def audit(model: nn.Module, optimizer: torch.optim.Optimizer, *, scheduler: Any 
     inv = Inventory.build(model)
     scheds = _schedulers(scheduler, opt)
     outer = handle_of(opt) is not None
-    views = [GroupView.read(i, g, o, attached=outer or handle_of(o) is not None)
-             for i, (g, o) in enumerate(zip(opt.param_groups, owners(opt)))]
+    per_owner: dict[int, tuple[bool, frozenset[str]]] = {}
+    views = []
+    for i, (g, o) in enumerate(zip(opt.param_groups, owners(opt))):
+        known = per_owner.get(id(o))
+        if known is None:
+            known = per_owner[id(o)] = (outer or handle_of(o) is not None, read_keys(o))
+        views.append(GroupView.read(i, g, o, attached=known[0], reads=known[1]))
     finder = Finder(inv, views, opt, scheds, type(model).__name__)
     found = [f for f in finder.run() if f.kind not in skip]
     order = list(KINDS)
