@@ -322,3 +322,40 @@ def test_hidden_matrices_without_blocks_skips_the_input_layer_and_the_head():
     opt = paramwise.optimizer(net, "adamw", [paramwise.hidden_matrices()], lr=0.01)
     names = [n for g in opt.part("muon").param_groups for n in g["param_names"]]
     assert names == ["2.weight", "4.weight"]  # conv filter (4-D) and head stay with AdamW
+
+
+def test_a_mismatched_state_dict_loads_no_part_and_saved_options_regroup_within_parts():
+    torch.manual_seed(0)
+    model = TinyLM()
+    opt = build(model)
+    train(model, opt, [], steps=2)
+    sd = opt.state_dict()
+    sd["param_groups"][-1]["params"] = sd["param_groups"][-1]["params"][:-1]  # the Muon part's
+    fresh = build(TinyLM())
+    before = [dict(g) for g in fresh.param_groups]
+    with pytest.raises(ParamwiseError, match=r"saved param group \d+ does not fit group 0 of the "
+                       r"Muon part"):
+        fresh.load_state_dict(sd)
+    assert all(len(o.state) == 0 for o in fresh.optimizers)  # no part was loaded
+    assert [g["lr"] for g in fresh.param_groups] == [g["lr"] for g in before]
+    # keep_saved_options that splits groups keeps every part's groups its own and shared
+    saved = paramwise.state_dict(opt)
+    groups = []
+    for g in saved["param_groups"]:  # the Muon group saved as two, one at another lr
+        if "blocks.0.fc.weight" in g["param_names"]:
+            half = [n for n in g["params"] if n.startswith("blocks.0.")]
+            rest = [n for n in g["params"] if n not in half]
+            groups += [{**g, "params": half, "param_names": half, "lr": 0.5},
+                       {**g, "params": rest, "param_names": rest}]
+        else:
+            groups.append(g)
+    report = paramwise.load_state_dict(fresh, {**saved, "param_groups": groups},
+                                       keep_saved_options=("lr",))
+    assert report.regrouped and len(fresh.part("muon").param_groups) == 2
+    assert all(g is h for g, h in zip(fresh.param_groups,
+                                      [g for o in fresh.optimizers for g in o.param_groups]))
+    muon = fresh.part("muon")
+    assert all(type(p) is nn.Parameter and p.ndim == 2 for g in muon.param_groups
+               for p in g["params"])
+    assert {n for g in muon.param_groups for n in g["param_names"]} == \
+        {f"blocks.{i}.{m}.weight" for i in range(2) for m in ("attn", "proj", "fc", "out")}

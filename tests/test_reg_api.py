@@ -83,13 +83,16 @@ def test_group_lasso_rule_prunes_whole_input_features():
 
 
 @pytest.mark.parametrize("rule, pattern", [
-    (paramwise.Rule("bias", group_lasso=1e-2), r"rule 0 \('bias'\).*'0\.bias'.*group_lasso needs"),
-    (paramwise.Rule("weight", max_norm=0.0), r"'0\.weight'.*max_norm=0\.0 must be a finite number > 0"),
-    (paramwise.Rule("weight", l1=1e-3, prox="yes"), r"prox='yes' must be True or False"),
+    (lambda: paramwise.Rule("bias", group_lasso=1e-2),
+     r"rule 0 \('bias'\).*'0\.bias'.*group_lasso needs"),
+    (lambda: paramwise.Rule("weight", max_norm=0.0),
+     r"'0\.weight'.*max_norm=0\.0 must be a finite number > 0"),
+    # a bool option is typed when the rule is made, before any optimizer
+    (lambda: paramwise.Rule("weight", l1=1e-3, prox="yes"), r"prox must be True or False"),
 ])
 def test_bad_regularizer_options_fail_when_the_optimizer_is_built(rule, pattern):
     with pytest.raises(paramwise.ParamwiseError, match=pattern):
-        paramwise.optimizer(mlp(), "adam", [rule], lr=1e-3)
+        paramwise.optimizer(mlp(), "adam", [rule()], lr=1e-3)
 
 
 def test_penalty_in_the_loss_equals_the_subgradient_hooks():

@@ -369,6 +369,8 @@ def _restore_options(optimizer, names, match, saved: Saved, keep) -> bool:
     own = paramwise_keys() | {"paramwise_lowered"}
     pieces: dict[object, dict] = {}
     per_group_keys: list[set] = []
+    parts = getattr(optimizer, "optimizers", None)  # a Hybrid: regroup within each part
+    part_of = {id(g): i for i, o in enumerate(parts) for g in o.param_groups} if parts else {}
     for g, gn in zip(optimizer.param_groups, names):
         base = {k: v for k, v in g.items() if k not in _NOT_OPTIONS}
         keys = set()
@@ -380,7 +382,7 @@ def _restore_options(optimizer, names, match, saved: Saved, keep) -> bool:
                 if "*" in keep:  # paramwise options the checkpoint lacks are off, as saved
                     opts = {k: v for k, v in opts.items() if k in so or k not in own}
                 opts.update({k: v for k, v in so.items() if "*" in keep or k in keep})
-            key = tuple(sorted((k, freeze(v)) for k, v in opts.items()))
+            key = (part_of.get(id(g), 0), tuple(sorted((k, freeze(v)) for k, v in opts.items())))
             keys.add(key)
             piece = pieces.setdefault(key, {"params": [], "param_names": [], **opts})
             piece["params"].append(p)
@@ -393,6 +395,11 @@ def _restore_options(optimizer, names, match, saved: Saved, keep) -> bool:
                 del g[k]
             g.update(opts)
         return False
-    optimizer.param_groups = list(pieces.values())
+    if parts:
+        for i, o in enumerate(parts):
+            o.param_groups = [v for k, v in pieces.items() if k[0] == i]  # type: ignore[index]
+        optimizer.param_groups = [g for o in parts for g in o.param_groups]
+    else:
+        optimizer.param_groups = list(pieces.values())
     return True
 

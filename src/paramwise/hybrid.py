@@ -210,6 +210,16 @@ class Hybrid(torch.optim.Optimizer):
                 f"groups, this {self!r} has {sum(counts)} ({', '.join(map(str, counts))} per "
                 "part)", fix="load a state dict saved from the same rules, or load by name with "
                 "paramwise.load_state_dict(opt, paramwise.state_dict(old_opt))")
+        start = 0
+        for o, n in zip(self.optimizers, counts):  # every part's sizes before any part loads
+            for j, (g, s) in enumerate(zip(o.param_groups, saved[start:start + n])):
+                if not isinstance(s, dict) or len(s.get("params", ())) != len(g["params"]):
+                    raise ParamwiseError(
+                        f"saved param group {start + j} does not fit group {j} of the "
+                        f"{type(o).__name__} part ({len(g['params'])} parameters)",
+                        fix="load a state dict saved from the same rules, or load by name with "
+                        "paramwise.load_state_dict(opt, paramwise.state_dict(old_opt))")
+            start += n
         anchors = sd.get(ANCHORS_KEY) or {}
         extras = sd.get("paramwise_parts") or [{} for _ in self.optimizers]
         start = 0
