@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+import warnings
 
 import numpy as np
 import pytest
@@ -67,8 +68,12 @@ def lasso(data):
                          max_iter=100_000).fit(X.numpy(), y.numpy()).coef_
 
 
-@pytest.mark.parametrize("name", ["sgd", "sgd-momentum", "adam", "adagrad"])
+@pytest.mark.parametrize("name", ["sgd", "sgd-momentum", "adam", "adagrad", "nadam", "radam",
+                                  "adamax", "rmsprop", "adafactor"])
 def test_proximal_l1_reaches_sklearn_lasso(data, lasso, name):
+    # each with its own step scale (paramwise.prox); the plain lr·λ threshold this replaced
+    # left NAdam 1, RAdam 3 and Adafactor 50 zeros of sklearn's 42 (tests/test_scales.py has
+    # ASGD, Rprop and a third-party-like optimizer)
     X, y = data
     L = lipschitz(X)
     cls, steps, kw = {
@@ -76,9 +81,18 @@ def test_proximal_l1_reaches_sklearn_lasso(data, lasso, name):
         "sgd-momentum": (torch.optim.SGD, 600, {"lr": 0.5 / L, "momentum": 0.9}),
         "adam": (torch.optim.Adam, 2000, {"lr": 1e-2}),
         "adagrad": (torch.optim.Adagrad, 2000, {"lr": 0.5}),
+        "nadam": (torch.optim.NAdam, 400, {"lr": 0.1}),
+        "radam": (torch.optim.RAdam, 500, {"lr": 0.1}),       # ρ_t ≤ 5 (SGD-like) until step 6
+        "adamax": (torch.optim.Adamax, 400, {"lr": 0.1}),
+        "rmsprop": (torch.optim.RMSprop, 400, {"lr": 0.03}),
+        "adafactor": (torch.optim.Adafactor, 500, {"lr": 0.3}),  # steps relative to RMS(w)
     }[name]
-    w, _ = fit(X, y, cls, steps, {"l1": ALPHA}, **kw)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")                      # a rule of its own, no fallback
+        w, _ = fit(X, y, cls, steps, {"l1": ALPHA}, **kw)
     assert 0 < (lasso != 0).sum() < D
+    hit = ((w != 0) & (lasso != 0)).sum()
+    assert 2 * hit / ((w != 0).sum() + (lasso != 0).sum()) >= 0.95       # F1 of the support
     assert np.array_equal(w != 0, lasso != 0), "support differs from sklearn's"
     assert np.abs(w - lasso).max() < 1e-5
 

@@ -5,33 +5,62 @@ step the optimizer takes per unit of gradient. Then the iteration's fixed points
 regularized problem's (for l1: :math:`0 ∈ ∇f(w) + λ∂\|w\|_1`, the lasso's): at a fixed point the
 update moves an element by :math:`s·g` and the prox moves it back by :math:`s·λ`.
 
-``prox_scale="adaptive"`` (the default) uses these rules, evaluated *after* the step, so the
-state holds the step count and moments this step used:
+``prox_scale="adaptive"`` (the default) uses these rules (:mod:`paramwise.scales`, derived from
+torch 2.13's update code), evaluated *after* the step, so the state holds the step count
+:math:`t` and the moments this step used; :math:`b = \sqrt{1-β_2^t}`, :math:`\hat v = v/b^2`,
+and momentum buffers are taken at steady state (:math:`m = g`):
 
 =============== ==========================================================================
 SGD             :math:`s = \mathrm{lr}\,(1-d)/(1-μ)` with momentum :math:`μ > 0` and dampening
-                :math:`d` (the steady-state step of the momentum buffer; nesterov:
-                :math:`\mathrm{lr}/(1-μ)`), else :math:`s = \mathrm{lr}`
-Adam, AdamW     :math:`s = \mathrm{lr}/(\sqrt{\hat v}+ε)`, :math:`\hat v = v/(1-β_2^t)`
-                (``max_exp_avg_sq`` with amsgrad)
+                :math:`d` (nesterov: :math:`\mathrm{lr}(1-μd)/(1-μ)`), else :math:`\mathrm{lr}`
+ASGD            :math:`s = \mathrm{lr}/(1 + λ\,\mathrm{lr}\,(t-1))^{α}`, the :math:`η` step
+                :math:`t` used (``lambd``, ``alpha``); its own decay :math:`(1-λη)w` is an l2
+                term of strength ``lambd``
+Adam, AdamW     :math:`s = \mathrm{lr}/(\sqrt{\hat v}+ε)` (``max_exp_avg_sq`` with amsgrad)
+NAdam           :math:`s = \mathrm{lr}\,c_t/(\sqrt{\hat v}+ε)`,
+                :math:`c_t = (1-μ_t)/(1-Π_t) + μ_{t+1}/(1-Π_{t+1})`,
+                :math:`μ_t = β_1(1 - ½·0.96^{tψ})` (``momentum_decay`` ψ),
+                :math:`Π_t = ∏_{i≤t} μ_i` (``mu_product``); :math:`c_t → 1`
+RAdam           :math:`s = \mathrm{lr}\,r_t\,b/(\sqrt v+ε)` while :math:`ρ_t > 5`
+                (:math:`r_t` its rectification term), else :math:`\mathrm{lr}` (the SGD-like
+                first steps, :math:`w ← w - \mathrm{lr}\,\hat m`)
+Adamax          :math:`s = \mathrm{lr}/u` (:math:`u = \max(β_2u, |g|+ε)`, ``exp_inf``)
 RMSprop         :math:`s = \mathrm{lr}/((\sqrt{v}+ε)(1-μ))` (centered: :math:`v - \bar g^2`)
 Adagrad         :math:`s = \mathrm{lr}_t/(\sqrt{G}+ε)`,
                 :math:`\mathrm{lr}_t = \mathrm{lr}/(1 + (t-1)\,\mathrm{lr\_decay})`
 Adadelta        :math:`s = \mathrm{lr}\sqrt{u + ε}/\sqrt{v + ε}`
-Adamax          :math:`s = \mathrm{lr}/u` (:math:`u` the infinity norm ``exp_inf``)
+Adafactor       :math:`s = (α/D)/\sqrt{\max(\hat V, ε_1^2)}`, :math:`\hat V` its factored
+                (rows × columns) or full second moment, :math:`α = \max(ε_2,
+                \mathrm{RMS}(w))\min(\mathrm{lr}, t^{-1/2})` with :math:`w` before the step,
+                :math:`D = \max(1, \mathrm{RMS}(g/\sqrt{\hat V})/d)`
+SparseAdam      :math:`s = \mathrm{lr}\,b/(\sqrt v+ε)` (on the rows of the gradient:
+                :mod:`paramwise._sparse`)
+Rprop           refused: :math:`w ← w - η_i\operatorname{sign}(g)` has no step per unit of
+                gradient (use ``prox=False``: see :func:`scale_fix`)
+Muon, LBFGS     refused: an orthogonalized matrix update, a line search along a quasi-Newton
+                direction (use ``prox_scale="lr"`` or another optimizer for those parameters)
 =============== ==========================================================================
 
-**Denominator form.** For the built-in adaptive optimizers :math:`s` is a scalar over a
+A refusal is a :class:`~paramwise.errors.ParamwiseError` when the optimizer is built
+(:func:`scale_problem`, :func:`scale_fix`); a rule registered for the class lifts it.
+
+**Denominator form.** For most built-in adaptive rules :math:`s` is a scalar over a
 per-element denominator, :math:`s = k/d` (Adam: :math:`k = \mathrm{lr}\,b`,
-:math:`d = \sqrt{v} + ε b`, :math:`b = \sqrt{1-β_2^t}`). :func:`denominator_for` returns a rule
-that writes :math:`d` into caller-owned buffers and returns :math:`k`, so the proximal maps can
-work in the scaled variable :math:`w·d` (fewer passes, no temporaries, exact zeros; see
+:math:`d = \sqrt{v} + ε b`). :func:`denominator_for` returns a rule that writes :math:`d` into
+caller-owned buffers and returns :math:`k`, so the proximal maps can work in the scaled variable
+:math:`w·d` (fewer passes, no temporaries, exact zeros; see
 :func:`paramwise.regularizers.prox_l1_scaled_`). A rule returns ``None`` where :math:`d` could be
 0 (:math:`ε = 0`); callers then use the per-element :math:`s` rule.
 
-``prox_scale="lr"`` uses :math:`s = \mathrm{lr}` (decoupled, like AdamW's decay). For any other
-optimizer class ``"adaptive"`` falls back to :math:`s = \mathrm{lr}` and warns once per class;
-:func:`register_scaling` teaches paramwise a new one. Example::
+**Other optimizers** (:func:`generic`). A class without a rule is assumed Adam-like when, for
+each parameter, its state holds a second moment shaped like the parameter under one of
+:data:`SECOND_MOMENTS` (``v`` only where no element is negative) and its group a number
+``eps``: :math:`s = \mathrm{lr}/(\sqrt{\hat v}+ε)`, bias-corrected with :math:`β_2` from
+``betas[1]`` (or ``beta2``) when the state has a ``step``. One warning per class says which key
+was used and that this holds only if the update divides by :math:`\sqrt{\hat v}` as Adam's does.
+Otherwise :math:`s = \mathrm{lr}` with one warning per class saying what that means.
+:func:`register_scaling` teaches paramwise a class; ``prox_scale="lr"`` uses :math:`s =
+\mathrm{lr}` everywhere (decoupled, like AdamW's decay). Example::
 
     >>> import torch
     >>> w = torch.nn.Parameter(torch.ones(3)); w.grad = torch.ones(3)
@@ -43,19 +72,24 @@ optimizer class ``"adaptive"`` falls back to :math:`s = \mathrm{lr}` and warns o
 
 from __future__ import annotations
 
-import math
 import warnings
+import weakref
 from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
 import torch
 from torch import Tensor
 
-from ._chunks import Piece, is_dtensor, power
+from . import scales as S
+from ._chunks import Piece
 from ._chunks import as_float as _num
+from .errors import user_stacklevel
+from .scales import adam as _adam
+from .scales import decayed_lr, momentum_scale
 
 __all__ = ["Scaling", "Denominator", "register_scaling", "scaling_for", "denominator_for",
-           "per_element", "warn_unknown", "scale_problem", "momentum_scale", "decayed_lr"]
+           "per_element", "warn_unknown", "scale_problem", "scale_fix", "momentum_scale",
+           "decayed_lr", "generic", "rule_name", "SECOND_MOMENTS"]
 
 #: ``rule(group, lr, pieces, state, foreach=...) -> s``: a number, or one new tensor per piece
 #: (shaped like the piece) holding the per-element scale. ``state`` is ``optimizer.state``.
@@ -67,20 +101,62 @@ Scaling = Callable[..., "float | list[Tensor]"]
 #: per piece; ``None`` when the form does not apply (then ``out`` holds nothing useful).
 Denominator = Callable[..., "list[float] | None"]
 
+#: State keys :func:`generic` reads as an Adam-like second moment, in this order.
+SECOND_MOMENTS = ("exp_avg_sq", "second_moment", "exp_avg_var", "square_avg", "nu", "v")
+
 _RULES: dict[type, Scaling] = {}
 _DENOMS: dict[type, Denominator] = {}
-_ONE_PASS = (torch.float32, torch.float64)
-_WARNED: set[type] = set()
+_SCALAR: tuple[Scaling, ...] = (S.sgd, S.asgd)      # one number per group, never per element
+_WARNED: set[Any] = set()
+_GENERIC: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
+
+_O = torch.optim
+#: (class, why 'adaptive' has no scale, what to use instead), matched with issubclass.
+_REFUSED: list[tuple[type, str, str]] = [
+    (_O.Rprop,
+     "it moves each weight by its own step size times sign(g), whatever |g| is, so no step "
+     "per unit of gradient exists (a threshold step_size·λ/|g| keeps the lasso's fixed points, "
+     "but its step sizes then grow without bound around them and it does not converge)",
+     "set prox=False: the penalty then goes into the gradient, whose sign flips shrink Rprop's "
+     "step sizes around the lasso point (weights that belong at 0 end within about "
+     "step_sizes[0] of it, not exactly at 0); for exact zeros use an optimizer with a step "
+     "scale (SGD, Adam, ...) for these parameters"),
+    (_O.LBFGS,
+     "it steps along a quasi-Newton direction found by a line search (up to max_iter inner "
+     "iterations per step()), so no step per unit of gradient exists, and a proximal map after "
+     "step() invalidates the curvature pairs it keeps",
+     "train these parameters with an optimizer that has a step scale (SGD, Adam, ...), or set "
+     "prox_scale='lr' to soft-threshold by lr·λ after each step() (a heuristic: its fixed "
+     "points are not the lasso's)"),
+] + ([(_O.Muon,
+       "its update is the momentum matrix orthogonalized as a whole (Newton-Schulz), so no "
+       "per-element step per unit of gradient exists",
+       "set prox_scale='lr' (threshold lr·λ per step, decoupled like AdamW's decay: its fixed "
+       "points are not the lasso's), or send these parameters to an optimizer with a step "
+       "scale (a rule with optimizer='adamw')")] if hasattr(_O, "Muon") else [])
 
 
 def register_scaling(cls: type, rule: Scaling) -> None:
-    """Use ``rule`` for ``prox_scale='adaptive'`` on optimizers of exactly class ``cls``."""
+    """Use ``rule`` for ``prox_scale='adaptive'`` on optimizers of exactly class ``cls``
+    (it also lifts a refusal of ``cls``: see :func:`scale_problem`)."""
     _RULES[cls] = rule
 
 
 def scaling_for(cls: type) -> Scaling | None:
-    """The rule for exactly ``cls`` (subclasses may change the update, so they are not guessed)."""
-    return _RULES.get(cls)
+    """The rule for exactly ``cls`` (subclasses may change the update, so they are not
+    guessed), else :func:`generic`'s rule for it; None for a class :func:`scale_problem` refuses."""
+    rule = _RULES.get(cls)
+    if rule is not None:
+        return rule
+    return None if _refusal(cls) else generic(cls)
+
+
+def rule_name(cls: type) -> str:
+    """What ``'adaptive'`` uses on ``cls``, in words: the class's own rule (``'NAdam'``, also
+    for a rule registered for it), ``'generic'`` (:func:`generic`) or ``'refused'``."""
+    if cls in _RULES:
+        return cls.__name__
+    return "refused" if _refusal(cls) else "generic"
 
 
 def denominator_for(cls: type) -> Denominator | None:
@@ -91,214 +167,139 @@ def denominator_for(cls: type) -> Denominator | None:
 
 
 def per_element(cls: type) -> bool:
-    """Whether ``'adaptive'`` on ``cls`` may give a per-element scale (every rule but SGD's)."""
-    rule = _RULES.get(cls)
-    return rule is not None and rule is not _sgd
+    """Whether ``'adaptive'`` on ``cls`` may give a per-element scale (every rule but SGD's and
+    ASGD's, which give one number per group)."""
+    rule = scaling_for(cls)
+    return rule is not None and rule not in _SCALAR
+
+
+def _refusal(cls: type) -> tuple[str, str] | None:
+    if cls in _RULES:
+        return None
+    for base, why, fix in _REFUSED:
+        if issubclass(cls, base):
+            return why, fix
+    return None
 
 
 def scale_problem(cls: type, group: Mapping[str, Any]) -> str | None:
-    """Why ``'adaptive'`` has no step scale for ``group`` of a ``cls`` optimizer, or None:
-    paramwise's SGD and RMSprop rules divide by :math:`1 - μ`, so ``momentum >= 1`` (which
-    torch accepts) has no steady-state step to threshold with."""
-    if _RULES.get(cls) in (_sgd, _rmsprop) and _num(group.get("momentum", 0.0)) >= 1:
+    """Why ``'adaptive'`` has no step scale for ``group`` of a ``cls`` optimizer, or None: the
+    refused classes (Rprop, LBFGS, Muon and their subclasses, unless a rule is registered for
+    the class), and SGD's and RMSprop's rules under ``momentum >= 1`` (which torch accepts:
+    they divide by :math:`1 - μ`, so there is no steady-state step to threshold with).
+    :func:`scale_fix` says what to use instead."""
+    refused = _refusal(cls)
+    if refused:
+        return f"{cls.__name__} has no step scale for prox_scale='adaptive': {refused[0]}"
+    if _RULES.get(cls) in (S.sgd, S.rmsprop) and _num(group.get("momentum", 0.0)) >= 1:
         return (f"momentum={group['momentum']} has no steady-state step, so prox_scale="
                 f"'adaptive' (threshold lr·λ/(1 - momentum)) is undefined")
     return None
 
 
-def momentum_scale(lr: float, mu: float) -> float:
-    r"""RMSprop's :math:`k`: :math:`\mathrm{lr}/(1-μ)`, the steady-state step of a momentum
-    buffer per unit of input (``inf`` for :math:`μ ≥ 1`, which has none: see
-    :func:`scale_problem`), :math:`\mathrm{lr}` without momentum. One definition for the
-    post-step rules and the fused updates."""
-    if mu <= 0:
+def scale_fix(cls: type, group: Mapping[str, Any]) -> str:
+    """What to use instead when :func:`scale_problem` refuses ``cls``."""
+    refused = _refusal(cls)
+    if refused:
+        return refused[1]
+    return "use momentum < 1, or prox_scale='lr' (threshold lr·λ)"
+
+
+def _moment_key(group: Mapping[str, Any], p: Tensor, st: Mapping[str, Any]) -> str | None:
+    keys = (("max_exp_avg_sq",) if group.get("amsgrad") else ()) + SECOND_MOMENTS
+    for key in keys:
+        v = st.get(key)
+        if (isinstance(v, Tensor) and v.shape == p.shape and v.is_floating_point()
+                and (key != "v" or torch.compiler.is_compiling() or not bool((v < 0).any()))):
+            return key
+    return None
+
+
+def _number(x: Any) -> float | None:
+    if isinstance(x, Tensor):
+        return _num(x) if x.numel() == 1 and not x.is_complex() else None
+    return float(x) if isinstance(x, (int, float)) and not isinstance(x, bool) else None
+
+
+def _beta2(group: Mapping[str, Any]) -> float | None:
+    betas = group.get("betas")
+    if isinstance(betas, (tuple, list)) and len(betas) >= 2:
+        return _number(betas[1])
+    return _number(group.get("beta2"))
+
+
+def generic(cls: type) -> Scaling:
+    r"""The rule for a class paramwise has none for (one per class, so its warnings can name
+    it): Adam's :math:`s = \mathrm{lr}/(\sqrt{\hat v}+ε)` on the second moment found in each
+    parameter's state (see the module docstring), else :math:`\mathrm{lr}`; each case warns
+    once per class (and key)."""
+    rule = _GENERIC.get(cls)
+    if rule is None:
+        def rule(group: Mapping[str, Any], lr: float, pieces: Sequence[Piece], state: Mapping,
+                 *, foreach: bool) -> float | list[Tensor]:
+            return _generic(cls, group, lr, pieces, state, foreach)
+        _GENERIC[cls] = rule
+    return rule
+
+
+def _generic(cls: type, group: Mapping[str, Any], lr: float, pieces: Sequence[Piece],
+             state: Mapping, foreach: bool) -> float | list[Tensor]:
+    eps = _number(group.get("eps"))
+    keys = ([_moment_key(group, pc.param, state.get(pc.param, {})) for pc in pieces]
+            if eps is not None and eps >= 0 else [None] * len(pieces))
+    if not pieces or None in keys:
+        warn_unknown(cls)
         return lr
-    return lr / (1 - mu) if mu < 1 else math.inf
+    beta2 = _beta2(group)
+    for key in dict.fromkeys(keys):
+        _warn_generic(cls, key, beta2)  # type: ignore[arg-type]
+    if len(set(keys)) == 1:
+        return S.adam_like(lr, pieces, state, keys[0], beta2, eps,  # type: ignore[arg-type]
+                           foreach=foreach)
+    return [S.adam_like(lr, [pc], state, k, beta2, eps, foreach=False)[0]  # type: ignore[arg-type]
+            for pc, k in zip(pieces, keys)]
 
 
-def decayed_lr(lr: float, step: Any, decay: float) -> Any:
-    r"""Adagrad's :math:`\mathrm{lr}_t = \mathrm{lr}/(1 + (t-1)\,\mathrm{lr\_decay})`, written
-    as torch's ``_single_tensor_adagrad`` writes it (so the fused update stays bit-for-bit);
-    ``step`` a number, or a step tensor while ``torch.compile`` traces."""
-    return lr / (1 + (step - 1) * decay)
+def _warn_generic(cls: type, key: str, beta2: float | None) -> None:
+    if (cls, key) in _WARNED:
+        return
+    _WARNED.add((cls, key))
+    bc = (f"bias-corrected with β₂ = {beta2:g} and its step count" if beta2 is not None
+          else "without bias correction (no betas/beta2 in the group)")
+    warnings.warn(
+        f"paramwise: prox_scale='adaptive' has no rule for {cls.__name__}; it found an "
+        f"Adam-like second moment v = state[{key!r}] and uses s = lr/(√v̂ + ε), v̂ {bc}, ε the "
+        f"group's eps. That is {cls.__name__}'s step per unit of gradient only if its update "
+        f"divides by √v̂ as Adam's does; if not, teach it with paramwise.prox.register_scaling("
+        f"{cls.__name__}, rule), or set prox_scale='lr'", stacklevel=user_stacklevel())
 
 
 def warn_unknown(cls: type) -> None:
-    """Say once per class that ``'adaptive'`` fell back to ``lr``."""
+    """Say once per class that ``'adaptive'`` fell back to ``lr``, and what that means."""
     if cls in _WARNED:
         return
     _WARNED.add(cls)
+    name = cls.__name__
     warnings.warn(
-        f"paramwise: prox_scale='adaptive' does not know how {cls.__name__} scales its steps, so "
-        f"the proximal threshold is the plain lr·λ; set prox_scale='lr' to silence this, or teach "
-        f"it with paramwise.prox.register_scaling({cls.__name__}, rule)",
-        stacklevel=3,
-    )
+        f"paramwise: prox_scale='adaptive' does not know how {name} scales its steps and found "
+        f"no Adam-like second moment in its state ({', '.join(SECOND_MOMENTS)}, with a number "
+        f"eps in the group), so the proximal threshold is the plain lr·λ. Its fixed points are "
+        f"the regularized problem's only if {name} moves a weight by lr per unit of gradient "
+        f"(plain SGD does); where its steps are larger (adaptive, sign-based or normalized "
+        f"updates with small gradients) expect fewer exact zeros than the penalty implies, "
+        f"where smaller, more. Teach it with paramwise.prox.register_scaling({name}, rule), or "
+        f"set prox_scale='lr' to keep lr·λ and silence this", stacklevel=user_stacklevel())
 
 
-def _step(st: Mapping[str, Any]) -> float | Tensor:
-    """The state's step count: a number, or (under ``torch.compile``, where ``.item()`` would
-    break the graph) the step tensor itself."""
-    step = st["step"]
-    if isinstance(step, Tensor) and torch.compiler.is_compiling():
-        return step
-    return _num(step)
-
-
-def _state(state: Mapping[Tensor, dict], pieces: Sequence[Piece], key: str) -> list[Tensor]:
-    return [pc.view(state[pc.param][key]) for pc in pieces]
-
-
-def _finish(d: list[Tensor], scale: Any, foreach: bool) -> list[Tensor]:
-    """``scale / d`` in place of ``d`` (one pass per tensor on the plain path). ``scale``: a
-    number or a list of them (0-d tensors under ``torch.compile``)."""
-    scales = scale if isinstance(scale, list) else [scale] * len(d)
-    if foreach:
-        torch._foreach_reciprocal_(d)
-        torch._foreach_mul_(d, scales)
-        return d
-    for t, k in zip(d, scales):
-        if t.dtype in _ONE_PASS and not is_dtensor(t) and not isinstance(k, Tensor):
-            torch.div(torch.tensor(k, dtype=t.dtype), t, out=t)
-        else:  # k stays a full-precision scalar for half types; DTensor needs its own ops
-            t.reciprocal_().mul_(k)
-    return d
-
-
-def _sqrt(ts: list[Tensor], foreach: bool) -> list[Tensor]:
-    return torch._foreach_sqrt(ts) if foreach else [t.sqrt() for t in ts]
-
-
-def _add(ts: list[Tensor], c: Any, foreach: bool) -> None:
-    cs = c if isinstance(c, list) else [c] * len(ts)
-    if foreach:
-        torch._foreach_add_(ts, cs)
-    else:
-        for t, k in zip(ts, cs):
-            t.add_(k)
-
-
-def _sgd(group: Mapping[str, Any], lr: float, pieces: Sequence[Piece], state: Mapping,
-         *, foreach: bool) -> float:
-    mu = _num(group.get("momentum", 0.0))
-    if mu == 0:
-        return lr
-    if group.get("nesterov", False):
-        return lr * (1 - mu * _num(group.get("dampening", 0.0))) / (1 - mu)
-    return lr * (1 - _num(group.get("dampening", 0.0))) / (1 - mu)
-
-
-def _adam(group: Mapping[str, Any], lr: float, pieces: Sequence[Piece], state: Mapping,
-          *, foreach: bool) -> list[Tensor]:
-    # lr/(sqrt(v)/b + eps) computed as (lr·b)/(sqrt(v) + eps·b), b = sqrt(1 - beta2^t)
-    beta2 = _num(group["betas"][1])
-    eps = _num(group["eps"])
-    key = "max_exp_avg_sq" if group.get("amsgrad", False) else "exp_avg_sq"
-    d = _sqrt(_state(state, pieces, key), foreach)
-    bc = [(1 - power(beta2, _step(state[pc.param]))) ** 0.5 for pc in pieces]
-    _add(d, [eps * b for b in bc], foreach)
-    return _finish(d, [lr * b for b in bc], foreach)
-
-
-def _rmsprop(group: Mapping[str, Any], lr: float, pieces: Sequence[Piece], state: Mapping,
-             *, foreach: bool) -> list[Tensor]:
-    sq = _state(state, pieces, "square_avg")
-    if group.get("centered", False):
-        ga = _state(state, pieces, "grad_avg")
-        if foreach:
-            d = torch._foreach_addcmul(sq, ga, ga, value=-1)
-            torch._foreach_sqrt_(d)
-        else:
-            d = [s.addcmul(g, g, value=-1).sqrt_() for s, g in zip(sq, ga)]
-    else:
-        d = _sqrt(sq, foreach)
-    _add(d, _num(group["eps"]), foreach)
-    mu = _num(group.get("momentum", 0.0))
-    return _finish(d, momentum_scale(lr, mu), foreach)
-
-
-def _adagrad(group: Mapping[str, Any], lr: float, pieces: Sequence[Piece], state: Mapping,
-             *, foreach: bool) -> list[Tensor]:
-    d = _sqrt(_state(state, pieces, "sum"), foreach)
-    _add(d, _num(group["eps"]), foreach)
-    decay = _num(group.get("lr_decay", 0.0))
-    clr = [decayed_lr(lr, _step(state[pc.param]), decay) for pc in pieces]
-    return _finish(d, clr, foreach)
-
-
-def _adadelta(group: Mapping[str, Any], lr: float, pieces: Sequence[Piece], state: Mapping,
-              *, foreach: bool) -> list[Tensor]:
-    eps = _num(group["eps"])
-    num, den = _state(state, pieces, "acc_delta"), _state(state, pieces, "square_avg")
-    if foreach:
-        d = torch._foreach_add(den, eps)
-        torch._foreach_sqrt_(d)
-        u = torch._foreach_add(num, eps)
-        torch._foreach_sqrt_(u)
-        torch._foreach_div_(d, u)
-    else:
-        d = [(v + eps).sqrt_().div_((u + eps).sqrt_()) for u, v in zip(num, den)]
-    return _finish(d, lr, foreach)
-
-
-def _adamax(group: Mapping[str, Any], lr: float, pieces: Sequence[Piece], state: Mapping,
-            *, foreach: bool) -> list[Tensor]:
-    u = _state(state, pieces, "exp_inf")
-    return _finish([t.clone() for t in u], lr, foreach)
-
-
-def _adam_den(group: Mapping[str, Any], lr: float, pieces: Sequence[Piece], state: Mapping,
-              out: Sequence[Tensor]) -> list[float] | None:
-    # s = lr/(sqrt(v)/b + eps) = (lr·b)/(sqrt(v) + eps·b): k = lr·b, d = sqrt(v) + eps·b
-    beta2 = _num(group["betas"][1])
-    eps = _num(group["eps"])
-    key = "max_exp_avg_sq" if group.get("amsgrad", False) else "exp_avg_sq"
-    ks = []
-    for pc, d in zip(pieces, out):
-        b = (1 - beta2 ** _num(state[pc.param]["step"])) ** 0.5
-        if not eps * b > 0:
-            return None
-        torch.sqrt(pc.view(state[pc.param][key]), out=d).add_(eps * b)
-        ks.append(lr * b)
-    return ks
-
-
-def _rmsprop_den(group: Mapping[str, Any], lr: float, pieces: Sequence[Piece], state: Mapping,
-                 out: Sequence[Tensor]) -> list[float] | None:
-    eps = _num(group["eps"])
-    if not eps > 0:
-        return None
-    centered = group.get("centered", False)
-    for pc, d in zip(pieces, out):
-        sq = pc.view(state[pc.param]["square_avg"])
-        if centered:
-            ga = pc.view(state[pc.param]["grad_avg"])
-            torch.addcmul(sq, ga, ga, value=-1, out=d).sqrt_()
-        else:
-            torch.sqrt(sq, out=d)
-        d.add_(eps)
-    mu = _num(group.get("momentum", 0.0))
-    return [momentum_scale(lr, mu)] * len(out)
-
-
-def _adagrad_den(group: Mapping[str, Any], lr: float, pieces: Sequence[Piece], state: Mapping,
-                 out: Sequence[Tensor]) -> list[float] | None:
-    eps = _num(group["eps"])
-    if not eps > 0:
-        return None
-    decay = _num(group.get("lr_decay", 0.0))
-    ks = []
-    for pc, d in zip(pieces, out):
-        torch.sqrt(pc.view(state[pc.param]["sum"]), out=d).add_(eps)
-        ks.append(decayed_lr(lr, _num(state[pc.param]["step"]), decay))
-    return ks
-
-
-for _cls, _rule in [(torch.optim.SGD, _sgd), (torch.optim.Adam, _adam), (torch.optim.AdamW, _adam),
-                    (torch.optim.RMSprop, _rmsprop), (torch.optim.Adagrad, _adagrad),
-                    (torch.optim.Adadelta, _adadelta), (torch.optim.Adamax, _adamax)]:
+for _cls, _rule in [(_O.SGD, S.sgd), (_O.ASGD, S.asgd), (_O.Adam, _adam), (_O.AdamW, _adam),
+                    (_O.NAdam, S.nadam), (_O.RAdam, S.radam), (_O.Adamax, S.adamax),
+                    (_O.RMSprop, S.rmsprop), (_O.Adagrad, S.adagrad),
+                    (_O.Adadelta, S.adadelta), (_O.SparseAdam, S.sparse_adam)]:
     register_scaling(_cls, _rule)
+if hasattr(_O, "Adafactor"):
+    register_scaling(_O.Adafactor, S.adafactor)
 _BUILTIN: dict[type, Scaling] = dict(_RULES)
-for _cls, _den in [(torch.optim.Adam, _adam_den), (torch.optim.AdamW, _adam_den),
-                   (torch.optim.RMSprop, _rmsprop_den), (torch.optim.Adagrad, _adagrad_den)]:
+for _cls, _den in [(_O.Adam, S.adam_den), (_O.AdamW, S.adam_den), (_O.NAdam, S.nadam_den),
+                   (_O.RAdam, S.radam_den), (_O.Adamax, S.adamax_den),
+                   (_O.RMSprop, S.rmsprop_den), (_O.Adagrad, S.adagrad_den)]:
     _DENOMS[_cls] = _den
