@@ -49,12 +49,13 @@ parameter has its anchor, its ``l2_to_init`` term is 0 (:math:`w_0 = w`), in the
 :func:`paramwise.penalty`. :meth:`Handle.capture_anchors` anchors at the current values at once
 (the attach-time anchor, or a new reference point at any time).
 
-**Bad values.** A strength that became negative or non-finite after :func:`attach` (e.g. set by
-hand) raises :class:`~paramwise.errors.ParamwiseError` from the pre-hook, before anything is
-changed; so does an adaptive prox under SGD or RMSprop with ``momentum >= 1`` (no step scale:
-:func:`paramwise.prox.scale_problem`), also refused by :func:`attach`. A NaN/inf parameter or
-gradient element stays where it is: no regularizer spreads it to other elements (see
-:mod:`paramwise.regularizers`); :func:`paramwise.stats` counts them.
+**Bad values.** Before the pre-hook changes anything it checks every regularized group
+(:mod:`paramwise.stepcheck`: values, lr, ranges per dtype, shapes, dtypes, sparse rows, step
+scale), so a step that cannot run raises :class:`~paramwise.errors.ParamwiseError` and changes
+no parameter and no optimizer state; :func:`attach` runs the same checks, and so does
+``add_param_group`` on an attached optimizer (the group is not added).
+A NaN/inf parameter or gradient element stays where it is: no regularizer spreads it to other
+elements (see :mod:`paramwise.regularizers`); :func:`paramwise.stats` counts them.
 
 **Speed.** Parameters are bucketed by device, dtype and DTensor-ness. Plain accelerator tensors
 use multi-tensor ``torch._foreach_*`` kernels; on CPU a per-tensor loop (as fast there, measured,
@@ -68,7 +69,8 @@ read-modify-write of the weights (:func:`paramwise.regularizers.prox_l1_scaled_`
 lasso takes one closed-form majorize-minimize step per row around the row norm captured by the
 pre-hook, exact at fixed points (:func:`paramwise.regularizers.prox_group_lasso_`), instead of
 Newton iterations. Under ``torch.compile`` the hooks trace without graph breaks (no
-``.item()``; the plain loop, uncut, which inductor fuses). Sparse gradients are skipped.
+``.item()``; the plain loop, uncut, which inductor fuses). Sparse gradients are
+regularized lazily, on the rows they hold (:mod:`paramwise._sparse`).
 
 :func:`lower` rewrites options to the optimizer's native equivalent before it is built (coupled
 ``l2`` → ``weight_decay``; ``decoupled_decay`` → AdamW's ``weight_decay`` or
@@ -92,13 +94,13 @@ import torch
 from torch import Tensor
 
 from . import _groupstep as G
+from . import _watch
 from ._chunks import as_float as _num
-from ._stepcfg import StepCfg, group_label
+from ._stepcfg import StepCfg
 from .errors import ParamwiseError
 from .fused import fusable
 from .lowering import LOWERED_KEY, lower
-from .prox import scale_problem
-from .regoptions import REG_KEYS, check_options
+from .stepcheck import StepCheck, check_attach, check_sparse, wrap_add_param_group
 
 __all__ = ["attach", "Handle", "handle_of", "runs_fused", "lower", "LOWERED_KEY"]
 
@@ -123,6 +125,8 @@ class Handle:
         self._set_aside: list[tuple[Tensor, Tensor]] = []  # grads hidden from a fused step
         self._to_fuse: list[tuple[dict, StepCfg, list[Tensor]]] = []
         self._prev_norms: dict[Tensor, Tensor] = {}
+        self._check = StepCheck()
+        self._add = wrap_add_param_group(optimizer)
         self._hooks = [
             optimizer.register_step_pre_hook(self._pre),
             optimizer.register_step_post_hook(self._post),
@@ -141,6 +145,13 @@ class Handle:
     def attached(self) -> bool:
         return bool(self._hooks)
 
+    def check(self) -> None:
+        """Raise what the next ``step()`` would raise before changing anything (the checks of
+        :mod:`paramwise.stepcheck`, on the gradients present now); do nothing else."""
+        opt = self._opt()
+        if opt is not None and self._hooks:
+            self._check.groups(opt)
+
     def remove(self) -> None:
         """Detach: later steps run the optimizer alone. Safe to call twice."""
         self._restore_grads()
@@ -148,6 +159,10 @@ class Handle:
             h.remove()
         self._hooks, self._grad_hooks = [], {}
         opt = self._opt()
+        if opt is not None and opt.__dict__.get("add_param_group") is self._add:
+            del opt.add_param_group
+        if opt is not None:
+            _watch.quiet(opt)     # detached on purpose: no "forgot attach()" warning
         if opt is not None and _ATTACHED.get(opt) is self:
             del _ATTACHED[opt]
 
@@ -239,12 +254,7 @@ class Handle:
         self._post_cfgs, self._prev_norms, self._to_fuse = [], {}, []
         if not torch.compiler.is_compiling() and self._grad_hooks:
             self._drop_grad_hooks()
-        cfgs = []
-        for i, g in enumerate(opt.param_groups):
-            c = StepCfg.read(i, g)
-            if c is not None:
-                _check_scale(opt, i, g, c, "; step() was not run")
-                cfgs.append((g, c))
+        cfgs = self._check.groups(opt)     # everything checked before anything changes
         found_inf = getattr(opt, "found_inf", None)
         self._skip = isinstance(found_inf, Tensor) and bool(found_inf.item())
         if self._skip or not cfgs:
@@ -287,6 +297,7 @@ class Handle:
 
         def wrapped() -> Any:
             loss = closure()
+            check_sparse(opt, cfgs, "; step() was not run")   # the closure's gradients
             with torch.no_grad():
                 for group, cfg in cfgs:
                     if cfg.pre:
@@ -349,34 +360,10 @@ def attach(optimizer: torch.optim.Optimizer, *, foreach: bool | None = None) -> 
         raise ParamwiseError("this optimizer already has paramwise regularization attached",
                              fix="keep the handle from the first attach(), or call its remove() "
                              "before attaching again")
-    for i, group in enumerate(optimizer.param_groups):
-        opts = {k: group[k] for k in REG_KEYS if k in group}
-        if not opts:
-            continue
-        names = group.get("param_names") or [None] * len(group["params"])
-        for p, name in zip(group["params"], names):
-            problem = check_options(opts, tuple(p.shape))
-            if problem is None and p.is_complex():
-                problem = "complex parameters are not supported by paramwise regularizers"
-            if problem:
-                who = f"parameter {name!r}" if name else f"a parameter of shape {tuple(p.shape)}"
-                raise ParamwiseError(f"{group_label(i, group)}, {who}: {problem}")
-        _check_scale(optimizer, i, group, StepCfg.read(i, group), "")
+    check_attach(optimizer)
     handle = Handle(optimizer, foreach)
     _ATTACHED[optimizer] = handle
     return handle
-
-
-def _check_scale(opt: torch.optim.Optimizer, i: int, group: dict, cfg: StepCfg | None,
-                 more: str) -> None:
-    """Refuse an adaptive prox whose step scale does not exist (see
-    :func:`paramwise.prox.scale_problem`): when attaching, and at each step before it runs
-    (not at lr 0: no prox runs then)."""
-    if cfg is not None and cfg.prox_on and cfg.adaptive and cfg.lr != 0:
-        problem = scale_problem(type(opt), group)
-        if problem:
-            fix = "use momentum < 1, or prox_scale='lr' (threshold lr·λ)" + more
-            raise ParamwiseError(f"{group_label(i, group)}: {problem}", fix=fix)
 
 
 def runs_fused(optimizer: torch.optim.Optimizer, group_index: int) -> bool:
@@ -393,3 +380,6 @@ def runs_fused(optimizer: torch.optim.Optimizer, group_index: int) -> bool:
 def handle_of(optimizer: torch.optim.Optimizer) -> Handle | None:
     """The :class:`Handle` attached to ``optimizer``, if any."""
     return _ATTACHED.get(optimizer)
+
+
+_watch.install(_ATTACHED)
