@@ -34,6 +34,7 @@ from torch import Tensor
 from . import regularizers as R
 from ._chunks import Piece, batches, chunk_limit
 from ._rows import any_zero_row, inverse_radius
+from ._sparse import post_sparse_, pre_sparse_
 from ._stepcfg import StepCfg, buckets, prox_, prox_scaled_, split
 from .fused import fusable, update_
 from .prox import Denominator, Scaling, denominator_for, per_element, scaling_for, warn_unknown
@@ -69,9 +70,14 @@ def pre_group_(group: dict, cfg: StepCfg, gscale: float, foreach: Foreach, ancho
                decay: bool = True) -> None:
     """The gradient terms and ``decoupled_decay`` of one group, before the optimizer's step:
     in batches (whole rows along ``group_dim`` for group lasso's gradient form), times
-    ``gscale`` (a ``fused=True`` optimizer's grad scale) and ``cfg.sign``."""
-    items = [(p, p.grad) for p in group["params"]
-             if p.grad is not None and not p.grad.is_sparse]
+    ``gscale`` (a ``fused=True`` optimizer's grad scale) and ``cfg.sign``; sparse gradients
+    lazily, on the rows they hold (:mod:`paramwise._sparse`)."""
+    items, sparse = [], []
+    for p in group["params"]:
+        if p.grad is not None:
+            (sparse if p.grad.is_sparse else items).append((p, p.grad))
+    if sparse:
+        pre_sparse_([p for p, _ in sparse], cfg, cfg.sign * gscale, anchor, decay)
     for (device, *_, dt), (ps, _) in buckets(items).items():
         fe = foreach(device, dt)
         dims = [cfg.group_dim % p.ndim for p in ps] if cfg.group_grad else [0] * len(ps)
@@ -179,7 +185,7 @@ def capture_rows(opt: torch.optim.Optimizer, cfgs: list[tuple[dict, StepCfg]],
         for g, c in cfgs:
             if c.group_on and c.group_prox > 0 and c.adaptive and id(g) not in skip:
                 for p in g["params"]:
-                    if p.grad is not None:
+                    if p.grad is not None and not p.grad.is_sparse:
                         out[p] = inverse_radius(p, c.group_dim % p.ndim)
     return out
 
@@ -188,7 +194,17 @@ def post_group_(opt: torch.optim.Optimizer, group: dict, cfg: StepCfg, foreach: 
                 prev_all: dict[Tensor, Tensor], prox_done: bool, projected: bool) -> None:
     """One group's proximal maps (unless ``prox_done``: the fused pass ran them) and max-norm
     projection (unless ``projected``), after the optimizer's step; ``prev_all`` holds the
-    pre-step inverse row norms from :func:`capture_rows`."""
+    pre-step inverse row norms from :func:`capture_rows`. Parameters with a sparse gradient
+    get them lazily, on the rows it holds (:mod:`paramwise._sparse`)."""
+    ps_all, sparse = [], []
+    for p in group["params"]:
+        if p.grad is not None:
+            (sparse if p.grad.is_sparse else ps_all).append((p,))
+    if sparse:
+        post_sparse_(opt, group, cfg, [p for p, in sparse], prox=cfg.prox_on and not prox_done,
+                     project=cfg.max_norm is not None and not projected)
+    if not ps_all:
+        return
     rule = den = None
     if cfg.prox_on and cfg.adaptive:
         rule = scaling_for(type(opt))
@@ -196,7 +212,6 @@ def post_group_(opt: torch.optim.Optimizer, group: dict, cfg: StepCfg, foreach: 
             warn_unknown(type(opt))
         else:
             den = denominator_for(type(opt))
-    ps_all = [(p,) for p in group["params"] if p.grad is not None]
     for (device, _, dt), (ps,) in buckets(ps_all).items():
         fe = foreach(device, dt)
         if cfg.prox_on and not prox_done:
