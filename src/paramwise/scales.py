@@ -99,14 +99,15 @@ def _add(ts: list[Tensor], c: Any, foreach: bool) -> None:
 
 
 def adam_like(lr: float, pieces: Sequence[Piece], state: Mapping, key: str, beta2: float | None,
-              eps: float, *, foreach: bool) -> list[Tensor]:
+              eps: float, *, foreach: bool, eps_hat: bool = True) -> list[Tensor]:
     r""":math:`s = \mathrm{lr}/(\sqrt{v/(1-β_2^t)} + ε)` with :math:`v` = ``state[p][key]``,
     computed as :math:`\mathrm{lr}\,b/(\sqrt v + εb)`, :math:`b = \sqrt{1-β_2^t}` (no bias
-    correction, :math:`b = 1`, when ``beta2`` is None or the state has no ``step``)."""
+    correction, :math:`b = 1`, when ``beta2`` is None or the state has no ``step``);
+    ``eps_hat=False``: :math:`\mathrm{lr}\,b/(\sqrt v + ε)` (ε added to :math:`\sqrt v`)."""
     d = _sqrt(_state(state, pieces, key), foreach)
     bc = [(1 - power(beta2, _value(state[pc.param], "step"))) ** 0.5
           if beta2 is not None and "step" in state[pc.param] else 1.0 for pc in pieces]
-    _add(d, [eps * b for b in bc], foreach)
+    _add(d, [eps * b for b in bc] if eps_hat else eps, foreach)
     return _finish(d, [lr * b for b in bc], foreach)
 
 
@@ -235,11 +236,8 @@ def adadelta(group: Mapping[str, Any], lr: float, pieces: Sequence[Piece], state
 def sparse_adam(group: Mapping[str, Any], lr: float, pieces: Sequence[Piece], state: Mapping,
                 *, foreach: bool) -> list[Tensor]:
     # lr·√(1-β₂^t)/(1-β₁^t)·m/(√v + ε): ε added to √v, not to √v̂
-    beta2, eps = _num(group["betas"][1]), _num(group["eps"])
-    d = _sqrt(_state(state, pieces, "exp_avg_sq"), foreach)
-    _add(d, eps, foreach)
-    return _finish(d, [lr * (1 - power(beta2, _value(state[pc.param], "step"))) ** 0.5
-                       for pc in pieces], foreach)
+    return adam_like(lr, pieces, state, "exp_avg_sq", _num(group["betas"][1]),
+                     _num(group["eps"]), foreach=foreach, eps_hat=False)
 
 
 # -- Adafactor ------------------------------------------------------------------------------
@@ -285,13 +283,11 @@ def _adafactor_alpha(group: Mapping[str, Any], p: Tensor, st: Mapping[str, Any],
     if group.get("maximize", False):
         g = -g
     u = _adafactor_var(st, Piece(p), eps1).rsqrt_().mul_(g)
-    n = p.numel()
-    uu = float(u.square().sum(dtype=torch.float64))
+    n, w = p.numel(), p.detach()
+    uu, ww = (float(t.square().sum(dtype=torch.float64)) for t in (u, w))
+    wu = float((w * u).sum(dtype=torch.float64))
     big_d = max(1.0, math.sqrt(uu / n) / _num(group["d"]))
     beta = rho / big_d
-    w = p.detach()
-    wu = float((w * u).sum(dtype=torch.float64))
-    ww = float(w.square().sum(dtype=torch.float64))
     a = n * c * c - beta * beta * uu
     r = (beta * wu + math.sqrt(beta * beta * wu * wu + a * ww)) / a if a > 0 else math.sqrt(ww / n)
     out = max(_num(group["eps"][1]), r) * rho / big_d
