@@ -23,7 +23,9 @@ and schedulers see nothing different. The pre-hook sets these parameters' gradie
 raises in between applies nothing to them. Under ``torch.compile`` the updates are traced whole
 (:mod:`paramwise._traced`), step counts kept tensors, so inductor puts the update and the
 proximal map in one kernel (group lasso and max-norm stay with the hooks there: inductor 2.13
-fails on row norms and the update in one graph).
+fails on row norms and the update in one graph). All this only on the torch releases whose
+steps the updates were checked against (:data:`TESTED_TORCH`); on any other torch every group
+keeps torch's own ``step()`` and the hooks.
 
 Adam per element, with :math:`t` the step count, :math:`λ_w` the group's ``weight_decay``
 (the others: :func:`sgd_update_`, :func:`rmsprop_update_`, :func:`adagrad_update_`):
@@ -48,6 +50,7 @@ Example (what :func:`paramwise.attach` does under the hood)::
 
 from __future__ import annotations
 
+import re
 from collections.abc import Callable, Sequence
 
 import torch
@@ -57,8 +60,36 @@ from ._chunks import Piece, is_dtensor
 from ._eager import adagrad_update_, adam_update_, rmsprop_update_, sgd_update_
 from .regularizers import Tail
 
-__all__ = ["fusable", "update_", "adam_update_", "sgd_update_", "rmsprop_update_",
-           "adagrad_update_", "ADAM_KEYS", "SGD_KEYS", "RMSPROP_KEYS", "ADAGRAD_KEYS"]
+__all__ = ["fusable", "update_", "TESTED_TORCH", "TORCH_TESTED", "torch_tested", "adam_update_",
+           "sgd_update_", "rmsprop_update_", "adagrad_update_", "ADAM_KEYS", "SGD_KEYS",
+           "RMSPROP_KEYS", "ADAGRAD_KEYS"]
+
+#: The torch release lines (major, minor) whose ``Adam``/``AdamW``/``SGD``/``RMSprop``/
+#: ``Adagrad`` steps the updates here were checked against, operation for operation
+#: (``tests/test_fused.py``, bit for bit, run on 2.13.0 and 2.14.1). A newer torch may reorder
+#: its step, so on any other version (:data:`TORCH_TESTED` false) nothing runs fused.
+TESTED_TORCH = frozenset({(2, 13), (2, 14)})
+
+_RELEASE = re.compile(r"(\d+)\.(\d+)\.(\d+)(?:\+[0-9A-Za-z.]+)?")
+
+
+def torch_tested(version: str | None = None) -> bool:
+    """Whether ``version`` (default: the running torch's ``torch.__version__``) is a final
+    release of a :data:`TESTED_TORCH` line, with or without a local build tag. Nightlies,
+    ``a0`` source builds, release candidates and other lines are not::
+
+        >>> torch_tested("2.13.0+cpu"), torch_tested("2.14.1")
+        (True, True)
+        >>> torch_tested("2.15.0"), torch_tested("2.14.0a0+gitabc1234"), torch_tested("2.12.1")
+        (False, False, False)
+    """
+    m = _RELEASE.fullmatch(str(torch.__version__ if version is None else version))
+    return m is not None and (int(m[1]), int(m[2])) in TESTED_TORCH
+
+
+#: Whether the running torch is a tested release (read once, at import; :func:`fusable`
+#: answers False everywhere when it is not).
+TORCH_TESTED = torch_tested()
 
 #: The group keys ``torch.optim.Adam`` 2.x uses; a group with any other optimizer key (a newer
 #: torch's new option) is left to ``Adam.step``.
@@ -99,9 +130,9 @@ def fusable(opt: torch.optim.Optimizer, group: dict, params: Sequence[Tensor], *
     ``Adagrad`` (with its state, which it creates when built) taking torch's per-tensor path,
     plain CPU float32 or float64 tensors with dense gradients like them (a parameter without a
     gradient yet is judged by itself), no closure (it would recompute the gradients inside the
-    step)."""
+    step), and only on a tested torch release (:data:`TORCH_TESTED`)."""
     keys = _KEYS.get(type(opt))
-    if keys is None or closure or not keys.issuperset(opt.defaults):
+    if not TORCH_TESTED or keys is None or closure or not keys.issuperset(opt.defaults):
         return False
     if type(opt) is torch.optim.Adagrad and not all("sum" in opt.state.get(p, ()) for p in params):
         return False
