@@ -195,7 +195,8 @@ def test_rprop_refuses_the_adaptive_prox_and_its_gradient_form_reaches_the_lasso
     w = torch.nn.Parameter(torch.zeros(D, dtype=F64))
     with pytest.raises(ParamwiseError, match=r"param group 0: Rprop has no step scale for "
                        r"prox_scale='adaptive': it moves each weight by its own step size "
-                       r"times sign\(g\)"):
+                       r"times sign\(g\).*; set prox=False: the penalty then goes into the "
+                       r"gradient"):
         attach(OPTIM.Rprop([{"params": [w], "l1": ALPHA}], lr=1e-2))
     assert re.search(r"set prox=False: the penalty then goes into the gradient.*not exactly",
                      prox.scale_fix(OPTIM.Rprop, {}))
@@ -209,7 +210,8 @@ def test_rprop_refuses_the_adaptive_prox_and_its_gradient_form_reaches_the_lasso
 def test_muon_refuses_adaptive_and_runs_with_prox_scale_lr():
     w = torch.nn.Parameter(torch.randn(8, 6, dtype=F64))
     with pytest.raises(ParamwiseError, match=r"Muon has no step scale for prox_scale="
-                       r"'adaptive': its update is the momentum matrix orthogonalized"):
+                       r"'adaptive': its update is the momentum matrix orthogonalized.*; set "
+                       r"prox_scale='lr'.*optimizer='adamw'"):
         attach(OPTIM.Muon([{"params": [w], "l1": 0.1}], lr=0.02))
     assert re.search(r"prox_scale='lr'.*optimizer='adamw'", prox.scale_fix(OPTIM.Muon, {}))
     opt = OPTIM.Muon([{"params": [w], "l1": 5.0, "prox_scale": "lr"}], lr=0.02)
@@ -228,7 +230,9 @@ def test_lbfgs_refuses_adaptive_and_a_subclass_is_refused_too():
     w = torch.nn.Parameter(torch.randn(4, dtype=F64))
     for cls in (OPTIM.LBFGS, MyLBFGS):
         with pytest.raises(ParamwiseError, match=rf"{cls.__name__} has no step scale for "
-                           r"prox_scale='adaptive': it steps along a quasi-Newton direction"):
+                           r"prox_scale='adaptive': it steps along a quasi-Newton direction"
+                           r".*; train these parameters with an optimizer that has a step "
+                           r"scale"):
             attach(cls([{"params": [w], "l1": 0.1}]))
     assert re.search(r"optimizer that has a step scale.*prox_scale='lr'",
                      prox.scale_fix(MyLBFGS, {}))
