@@ -188,6 +188,29 @@ def test_hf_trainer_gpt2_decays_the_tied_embedding_and_says_so(hf_create_optimiz
     assert "tied: 'transformer.wte.weight' = 'lm_head.weight'" in f.message
 
 
+def test_hf_example_one_liner_and_callback(tmp_path):
+    pytest.importorskip("accelerate")
+    sys.path.insert(0, os.path.join(ROOT, "examples"))
+    try:
+        import hf_audit
+    finally:
+        sys.path.pop(0)
+    out = hf_audit.main(steps=2)
+    assert out["hf"].kinds() == {"decayed_embedding": 1}
+    assert out["callback"] is not None and out["callback"].ok  # audited at on_train_begin
+    # strict: HF's own optimizer stops the run before its first step
+    model = hf_audit.build_model()
+    before = {n: p.detach().clone() for n, p in model.named_parameters()}
+    trainer = transformers.Trainer(model=model, args=hf_audit._args(str(tmp_path), 2),
+                                   train_dataset=hf_audit.Toy(),
+                                   callbacks=[hf_audit.AuditCallback(strict=True)])
+    with pytest.raises(paramwise.ParamwiseError,
+                       match=r"the optimizer has 1 audit finding\(s\) \(decayed_embedding\); "
+                             r"fix them"):
+        trainer.train()
+    assert all(torch.equal(p, before[n]) for n, p in model.named_parameters())
+
+
 def _models():
     torch.manual_seed(0)
     conv = nn.Sequential(nn.Conv2d(3, 8, 3), nn.BatchNorm2d(8), nn.ReLU(), nn.Flatten(),

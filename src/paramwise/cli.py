@@ -229,6 +229,7 @@ def _demo(args: argparse.Namespace) -> int:
 
 def _parser() -> argparse.ArgumentParser:
     from . import __version__
+    from .audit import KINDS
 
     p = argparse.ArgumentParser(
         prog="paramwise",
@@ -263,7 +264,8 @@ def _parser() -> argparse.ArgumentParser:
                      help="pkg.module:build or path/to/file.py:build (no-argument callable "
                      "returning (model, optimizer) or (model, optimizer, scheduler))")
     aud.add_argument("--ignore", metavar="KIND[,KIND]", action="append", default=[],
-                     help="leave out findings of these kinds (repeatable; see paramwise.audit.KINDS)")
+                     help="leave out findings of these kinds (repeatable): "
+                     + ", ".join(KINDS))
     aud.add_argument("--json", action="store_true", help="print JSON instead of the table")
     aud.set_defaults(func=_audit)
 
