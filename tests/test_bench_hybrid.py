@@ -23,11 +23,15 @@ def test_bench_hybrid_quick_times_step_and_zero_grad(capsys):
     ratios = bench.main(["--quick"])
     out = capsys.readouterr().out
     assert torch.get_num_threads() == threads
-    assert set(ratios) == {"step", "zero_grad", "zero_grad_fill"}
+    assert set(ratios) == {"step", "dispatch", "zero_grad", "zero_grad_fill"}
     assert all(math.isfinite(r) and r > 0 for r in ratios.values()), ratios
     assert re.search(r"^Llama-shaped stack: .* 2 layers, .*\(14 matrices\)", out, re.M), out
-    for what in (r"step\(\)", r"zero_grad\(\)", r"zero_grad\(set_to_none=False\)"):
+    for what in (r"step\(\)", r"step\(\) without gradients", r"zero_grad\(\)",
+                 r"zero_grad\(set_to_none=False\)"):
         assert re.search(rf"^{what}\s+paramwise\s+[\d.]+ (ms|us)\s+by hand\s+[\d.]+ (ms|us)\s+"
-                         r"ratio median [\d.]+\s+best [\d.]+$", out, re.M), (what, out)
+                         r"ratio median [\d.]+ \[[\d.]+-[\d.]+\]\s+best [\d.]+$", out, re.M), \
+            (what, out)
     assert re.search(r"^target: step\(\) ratio <= 1\.02 -> (met|NOT met) .* bit-identical", out,
                      re.M), out
+    assert re.search(r"^the Hybrid's own cost per step .*: [-+][\d.]+ us = [-+][\d.]+% of a real "
+                     r"step$", out, re.M), out
