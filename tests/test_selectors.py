@@ -70,6 +70,10 @@ def test_terms_match_a_brute_force_reference(inv, text, pred):
 def test_python_combinators_and_callables(inv):
     sel = parse("bias") | (lambda n, p, m: n == "head.weight")
     assert selected(sel, inv) == brute(lambda n, p, m: n.endswith(".bias") or n == "head.weight", inv)
+    # a string or a callable on the left works too
+    assert selected("module:head" & parse("weight"), inv) == ["head.weight"]
+    assert selected((lambda n, p, m: n == "norm.bias") | parse("module:head"), inv) == [
+        "norm.bias", "head.weight", "head.bias"]
     assert selected(~parse("all"), inv) == []
     assert selected(parse("weight") & "module:head", inv) == ["head.weight"]
 
@@ -92,6 +96,10 @@ BAD = [
     ("role:nrom", 5, "unknown role 'nrom' (did you mean 'norm'?)"),
     ("tpye:Linear", 0, "unknown prefix 'tpye:' (did you mean 'type'?)"),
     ("blocks.[0-5.*", 7, "unbalanced '['"),
+    ("type:Lin-ear", 5, "'Lin-ear' is not a class name"),
+    ("(bias norm)", 6, "unexpected 'n'"),
+    ("bias | ()", 8, "expected a term, found ')'"),
+    ("re:(a+)+b", 3, "the regex '(a+)+b' could hang"),
 ]
 
 
