@@ -327,7 +327,9 @@ class Finder:
                     fix = f"rename it to {real!r}: {rule} sets it, checked"
                     detail["closest"] = real
                 else:
-                    msg = f"{where}; {classes} reads {', '.join(sorted(reads)[:8])}, ..."
+                    known = sorted(reads)
+                    msg = (f"{where}; {classes} reads {', '.join(known[:8])}"
+                           + (", ..." if len(known) > 8 else ""))
                     fix = "remove it (paramwise rules refuse keys their optimizer does not take)"
                     rule = None
             out.append(Finding("unread_key", self.names(us), msg, fix, rule, tuple(gis), el,
