@@ -17,19 +17,31 @@ from __future__ import annotations
 import math
 from collections import Counter
 from collections.abc import Iterable
-from dataclasses import dataclass, field
 from itertools import compress
 from typing import Any
 
 import torch
 
-from ._auditscan import FRAMEWORK_KEYS, GroupView, active_regularizers, as_number
+from ._auditscan import (
+    FRAMEWORK_KEYS,
+    Finding,
+    GroupView,
+    active_regularizers,
+    as_number,
+    fmt,
+    groups_text,
+    labels_of,
+    layer_decay_rule,
+    options_diff,
+    sample,
+    verb,
+)
 from .errors import closest
 from .inventory import ROLES, Inventory
 from .options import MULTIPLIERS
 from .regoptions import REG_KEYS
 
-__all__ = ["Finding", "Finder", "ROLE_KINDS"]
+__all__ = ["Finder", "ROLE_KINDS"]
 
 #: Role -> (finding kind, plural label); a tensor with several roles goes to the first.
 ROLE_KINDS: dict[str, tuple[str, str]] = {
@@ -38,60 +50,6 @@ ROLE_KINDS: dict[str, tuple[str, str]] = {
     "embedding": ("decayed_embedding", "embeddings"),
     "gain": ("decayed_gain", "gains (layer scales)"),
 }
-
-
-@dataclass(frozen=True)
-class Finding:
-    """One problem: ``kind`` (a key of :data:`paramwise.audit.KINDS`), the canonical parameter
-    ``names``, a ``message``, a one-line ``fix``, the paramwise ``rule`` (or call) that fixes it
-    (None when the fix is to delete something), the ``groups`` concerned, the ``elements``
-    affected and their ``share`` of the model's trainable elements, and kind-specific
-    ``detail``."""
-
-    kind: str
-    names: tuple[str, ...]
-    message: str
-    fix: str
-    rule: str | None = None
-    groups: tuple[int, ...] = ()
-    elements: int = 0
-    share: float | None = None
-    detail: dict[str, Any] = field(default_factory=dict, compare=False)
-
-    def to_dict(self) -> dict[str, Any]:
-        return {"kind": self.kind, "names": list(self.names), "message": self.message,
-                "fix": self.fix, "rule": self.rule, "groups": list(self.groups),
-                "elements": self.elements, "share": self.share, "detail": dict(self.detail)}
-
-
-def fmt(v: object) -> str:
-    """A group value as Python would write it (a one-element tensor as its number)."""
-    if isinstance(v, torch.Tensor) and v.numel() == 1:
-        v = v.item()
-    return repr(v)
-
-
-def _verb(gis: Iterable[int], one: str, many: str) -> str:
-    return one if len(set(gis)) == 1 else many
-
-
-def groups_text(gis: Iterable[int]) -> str:
-    """``group 3`` / ``groups 0, 2`` / ``groups 0-11, 14``."""
-    gs = sorted(set(gis))
-    runs: list[str] = []
-    i = 0
-    while i < len(gs):
-        j = i
-        while j + 1 < len(gs) and gs[j + 1] == gs[j] + 1:
-            j += 1
-        runs.append(str(gs[i]) if j == i else f"{gs[i]}-{gs[j]}")
-        i = j + 1
-    return ("group " if len(gs) == 1 else "groups ") + ", ".join(runs)
-
-
-def _sample(names: list[str], n: int = 3) -> str:
-    shown = ", ".join(map(repr, names[:n]))
-    return shown + (f" and {len(names) - n} more" if len(names) > n else "")
 
 
 class Finder:
@@ -181,7 +139,7 @@ class Finder:
             params, gi = v.group["params"], v.index
             us = [tensor_of.get(id(p)) for p in params]
             if None in us:
-                labels = _labels(v)
+                labels = labels_of(v)
                 foreign += [(gi, k, p, labels[k] if labels else None)
                             for k, (u, p) in enumerate(zip(us, params)) if u is None]
                 us = [u for u in us if u is not None]
@@ -229,7 +187,7 @@ class Finder:
         many = {u for u, c in count.items() if c > 1}
         rep: dict[int, list[tuple[int, str | None]]] = {}
         for v in self.views:
-            labels = _labels(v)
+            labels = labels_of(v)
             for k, p in enumerate(v.group["params"]):
                 u = self.tensor_of.get(id(p))
                 if u in many:
@@ -295,7 +253,7 @@ class Finder:
             vals = shown[0] if len(shown) == 1 else f"{len(shown)} values: {', '.join(shown[:4])}" \
                 + (", ..." if len(shown) > 4 else "")
             sel = self.selector(us) if us else "<selector>"
-            where = (f"{groups_text(gis)} {_verb(gis, 'sets', 'set')} {key!r} ({vals}), "
+            where = (f"{groups_text(gis)} {verb(gis, 'sets', 'set')} {key!r} ({vals}), "
                      f"which {classes} never reads")
             detail: dict[str, Any] = {"key": key, "values": [fmt(x) for x in values]}
             if framework:
@@ -307,7 +265,7 @@ class Finder:
                 if key == "lr_scale":
                     fix = ("step a timm scheduler, or fold the scale into each group's lr "
                            "before the scheduler is built; with paramwise: ")
-                    rule = _layer_decay_rule(values) or \
+                    rule = layer_decay_rule(values) or \
                         f"paramwise.Rule({sel!r}, lr_mult={shown[0] if len(shown) == 1 else '...'})"
                 else:
                     base = MULTIPLIERS.get(key, "weight_decay")
@@ -320,7 +278,7 @@ class Finder:
                 if hit:
                     real = hit[0]
                     now = {fmt(v.group[real]) for v in vs if real in v.group}
-                    runs = (f" {_verb(gis, 'It runs', 'They run')} with "
+                    runs = (f" {verb(gis, 'It runs', 'They run')} with "
                             f"{real}={' / '.join(sorted(now))}" if now else "")
                     msg = f"{where} (did you mean {real!r}?{runs})"
                     rule = f"paramwise.Rule({sel!r}, {real}={shown[0]})"
@@ -349,7 +307,7 @@ class Finder:
         target = f"the inner {', '.join(sorted(inner))}" if inner else type(self.opt).__name__
         return [Finding(
             "regularizer_not_attached", self.names(us),
-            f"{groups_text(gis)} {_verb(gis, 'sets', 'set')} paramwise regularizer options ({', '.join(list(keys)[:4])}"
+            f"{groups_text(gis)} {verb(gis, 'sets', 'set')} paramwise regularizer options ({', '.join(list(keys)[:4])}"
             f"{', ...' if len(keys) > 4 else ''}) but paramwise is not attached to {target}: "
             "nothing applies them", "attach paramwise once after building the optimizer "
             "(paramwise.optimizer() does it itself)", "paramwise.attach(optimizer)", tuple(gis),
@@ -360,7 +318,7 @@ class Finder:
         return Finding(
             "not_in_optimizer", self.names(us),
             f"{len(us)} trainable parameter(s) of {self.model_name} are in no group "
-            f"({_sample(list(self.names(us)))}; {el:,} elements, {self.share(el):.1%}): they "
+            f"({sample(list(self.names(us)))}; {el:,} elements, {self.share(el):.1%}): they "
             "never update", "add them to a group (optimizer.add_param_group), or freeze them "
             "(requires_grad_(False)); paramwise puts every trainable parameter in one group",
             "paramwise.optimizer(model, ...)", (), el, self.share(el))
@@ -372,7 +330,7 @@ class Finder:
         return Finding(
             "frozen_in_optimizer", self.names(us),
             f"{len(us)} requires_grad=False parameter(s) sit in {groups_text(gis)} "
-            f"({_sample(list(self.names(us)))}): they get no gradient and never move; if they "
+            f"({sample(list(self.names(us)))}): they get no gradient and never move; if they "
             "are unfrozen later they train with these groups' options",
             "leave frozen parameters out of the optimizer (paramwise does, unless "
             "include_frozen=True for gradual unfreezing)", "paramwise.optimizer(model, ...)",
@@ -388,7 +346,7 @@ class Finder:
             for u in us[:3]:
                 where = ", ".join(
                     f"group {g} ({self.views[g].cls_name}{', as ' + repr(lab) if lab else ''}"
-                    f"{_options_diff(self.views[g], [self.views[h] for h, _ in rep[u]])})"
+                    f"{options_diff(self.views[g], [self.views[h] for h, _ in rep[u]])})"
                     for g, lab in rep[u])
                 also = self._tied([u]).removeprefix("; tied: ")
                 parts.append(f"{also or repr(self.name[u])} appears in {where}")
@@ -412,7 +370,7 @@ class Finder:
         return Finding(
             "not_in_model", names,
             f"{len(names)} tensor(s) in {groups_text(gis)} are no parameter of "
-            f"{self.model_name} ({_sample(list(names))}): the optimizer was built from "
+            f"{self.model_name} ({sample(list(names))}): the optimizer was built from "
             "another model or another copy of it", "build the optimizer from this model's "
             "own parameters (after any deepcopy or reload)", "paramwise.optimizer(model, ...)",
             tuple(gis), el, None)
@@ -428,35 +386,10 @@ class Finder:
                 if lr and lr > 0 and math.isfinite(lr) else None)
         return Finding(
             "zero_lr", self.names(us),
-            f"{groups_text(gis)} {_verb(gis, 'has', 'have')} lr=0 (and no scheduler's "
+            f"{groups_text(gis)} {verb(gis, 'has', 'have')} lr=0 (and no scheduler's "
             "initial_lr above 0): their "
             f"{len(us)} trainable tensor(s) never change"
             + (f"; their {', '.join(dict.fromkeys(decays))} does nothing at lr 0 either"
                if decays else ""),
             "freeze them (requires_grad_(False)) and leave them out, or give them an lr",
             rule, tuple(gis), el, self.share(el))
-
-
-def _labels(v: GroupView) -> list | None:
-    """The group's ``param_names`` when they line up with its ``params``."""
-    labels = v.group.get("param_names")
-    ok = isinstance(labels, list) and len(labels) == len(v.group["params"])
-    return labels if ok else None
-
-
-def _options_diff(v: GroupView, others: list[GroupView]) -> str:
-    """``, weight_decay=0.1`` for the options where ``v``'s group differs from the others'."""
-    keys = ("lr", "weight_decay")
-    diff = [k for k in keys if len({fmt(o.group.get(k)) for o in others}) > 1]
-    return "".join(f", {k}={fmt(v.group.get(k))}" for k in diff)
-
-
-def _layer_decay_rule(values: list[object]) -> str | None:
-    """``paramwise.layer_decay(r)`` when the distinct ``lr_scale`` values are 1, r, r², ..."""
-    xs = sorted({x for x in map(as_number, values) if x is not None and x > 0}, reverse=True)
-    if len(xs) < 3 or abs(xs[0] - 1) > 1e-6:
-        return None
-    r = xs[1] / xs[0]
-    if all(abs(b / a - r) <= 1e-6 * r for a, b in zip(xs, xs[1:])):
-        return f"paramwise.layer_decay({r:.6g})"
-    return None

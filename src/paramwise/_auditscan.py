@@ -4,7 +4,8 @@ reads, what weight decay it applies and in which form.
 A group's *owner* is the optimizer that steps it: the optimizer itself, or, for a hybrid (an
 optimizer with an ``optimizers`` list of inner ``torch.optim`` instances whose ``param_groups``
 it shares), the inner instance holding that very group dict. Keys are looked up on the owner,
-so a Muon group is checked against Muon's signature and an AdamW group against AdamW's.
+so a Muon group is checked against Muon's signature and an AdamW group against AdamW's. Also
+here: :class:`Finding`, what an audit reports, and the helpers that word its messages.
 
     >>> opt = torch.optim.SGD([torch.nn.Parameter(torch.zeros(2))], lr=0.1, weight_decay=1e-4)
     >>> GroupView.read(0, opt.param_groups[0], opt, attached=False).decay
@@ -14,7 +15,7 @@ so a Muon group is checked against Muon's signature and an AdamW group against A
 from __future__ import annotations
 
 import math
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -24,8 +25,9 @@ from .lowering import LOWERED_KEY
 from .options import MULTIPLIERS, optimizer_keys
 from .regoptions import REG_KEYS, STRENGTH_KEYS
 
-__all__ = ["GroupView", "owners", "decay_form", "read_keys", "SCHEDULER_KEYS",
-           "FRAMEWORK_KEYS", "unwrap_optimizer", "unwrap_scheduler"]
+__all__ = ["Finding", "GroupView", "owners", "decay_form", "read_keys", "SCHEDULER_KEYS",
+           "FRAMEWORK_KEYS", "unwrap_optimizer", "unwrap_scheduler", "fmt", "groups_text",
+           "sample", "verb", "layer_decay_rule", "labels_of", "options_diff"]
 
 #: Keys torch's own lr schedulers (and SWALR) write into groups and read back.
 SCHEDULER_KEYS = frozenset({"initial_lr", "max_lr", "min_lr", "max_momentum", "base_momentum",
@@ -194,3 +196,82 @@ class GroupView:
 
 
 _KNOWN = ALWAYS_READ | REG_KEYS
+
+
+@dataclass(frozen=True)
+class Finding:
+    """One problem: ``kind`` (a key of :data:`paramwise.audit.KINDS`), the canonical parameter
+    ``names``, a ``message``, a one-line ``fix``, the paramwise ``rule`` (or call) that fixes it
+    (None when the fix is to delete something), the ``groups`` concerned, the ``elements``
+    affected and their ``share`` of the model's trainable elements, and kind-specific
+    ``detail``."""
+
+    kind: str
+    names: tuple[str, ...]
+    message: str
+    fix: str
+    rule: str | None = None
+    groups: tuple[int, ...] = ()
+    elements: int = 0
+    share: float | None = None
+    detail: dict[str, Any] = field(default_factory=dict, compare=False)
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"kind": self.kind, "names": list(self.names), "message": self.message,
+                "fix": self.fix, "rule": self.rule, "groups": list(self.groups),
+                "elements": self.elements, "share": self.share, "detail": dict(self.detail)}
+
+
+def fmt(v: object) -> str:
+    """A group value as Python would write it (a one-element tensor as its number)."""
+    if isinstance(v, torch.Tensor) and v.numel() == 1:
+        v = v.item()
+    return repr(v)
+
+
+def verb(gis: Iterable[int], one: str, many: str) -> str:
+    return one if len(set(gis)) == 1 else many
+
+
+def groups_text(gis: Iterable[int]) -> str:
+    """``group 3`` / ``groups 0, 2`` / ``groups 0-11, 14``."""
+    gs = sorted(set(gis))
+    runs: list[str] = []
+    i = 0
+    while i < len(gs):
+        j = i
+        while j + 1 < len(gs) and gs[j + 1] == gs[j] + 1:
+            j += 1
+        runs.append(str(gs[i]) if j == i else f"{gs[i]}-{gs[j]}")
+        i = j + 1
+    return ("group " if len(gs) == 1 else "groups ") + ", ".join(runs)
+
+
+def sample(names: list[str], n: int = 3) -> str:
+    shown = ", ".join(map(repr, names[:n]))
+    return shown + (f" and {len(names) - n} more" if len(names) > n else "")
+
+
+def layer_decay_rule(values: list[object]) -> str | None:
+    """``paramwise.layer_decay(r)`` when the distinct ``lr_scale`` values are 1, r, r², ..."""
+    xs = sorted({x for x in map(as_number, values) if x is not None and x > 0}, reverse=True)
+    if len(xs) < 3 or abs(xs[0] - 1) > 1e-6:
+        return None
+    r = xs[1] / xs[0]
+    if all(abs(b / a - r) <= 1e-6 * r for a, b in zip(xs, xs[1:])):
+        return f"paramwise.layer_decay({r:.6g})"
+    return None
+
+
+def labels_of(v: GroupView) -> list | None:
+    """The group's ``param_names`` when they line up with its ``params``."""
+    labels = v.group.get("param_names")
+    ok = isinstance(labels, list) and len(labels) == len(v.group["params"])
+    return labels if ok else None
+
+
+def options_diff(v: GroupView, others: list[GroupView]) -> str:
+    """``, weight_decay=0.1`` for the options where ``v``'s group differs from the others'."""
+    keys = ("lr", "weight_decay")
+    diff = [k for k in keys if len({fmt(o.group.get(k)) for o in others}) > 1]
+    return "".join(f", {k}={fmt(v.group.get(k))}" for k in diff)

@@ -32,8 +32,8 @@ from typing import Any
 import torch
 from torch import nn
 
-from ._auditfind import Finder, Finding
-from ._auditscan import GroupView, owners, read_keys, unwrap_optimizer, unwrap_scheduler
+from ._auditfind import Finder
+from ._auditscan import Finding, GroupView, owners, read_keys, unwrap_optimizer, unwrap_scheduler
 from .errors import ParamwiseError, did_you_mean
 from .hooks import handle_of
 from .inventory import Inventory
