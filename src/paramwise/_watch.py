@@ -118,7 +118,8 @@ def _survey(opt: torch.optim.Optimizer) -> list[weakref.ref]:
             f"paramwise: {'; '.join(lost[:2])}{more} of this {type(opt).__name__}, but "
             f"paramwise.attach() was not called on it: torch keeps these keys and ignores them, "
             f"so nothing regularizes these parameters. Call paramwise.attach(optimizer) once "
-            f"after building it (paramwise.optimizer() does it for you), or remove the keys",
+            f"after building it (paramwise.optimizer() does it for you), or remove the keys "
+            f"(if your loss adds paramwise.penalty() itself, filter this warning)",
             UserWarning, stacklevel=_stacklevel())
     return [weakref.ref(o) for o in owners]
 
