@@ -4,6 +4,7 @@ optimizers paramwise has no rule for."""
 from __future__ import annotations
 
 import re
+import sys
 import warnings
 
 import numpy as np
@@ -350,3 +351,22 @@ def test_no_second_moment_falls_back_to_lr_with_a_true_warning():
         r"state \(exp_avg_sq, .*\), so the proximal threshold is the plain lr·λ\. Its fixed "
         r"points are the regularized problem's only if Heavy moves a weight by lr per unit of "
         r"gradient.*expect fewer exact zeros.*register_scaling\(Heavy, rule\)", msgs[0])
+
+
+# ------------------------------------------------------------ the compatibility table runs
+def test_compat_table_prints_a_row_per_entry(capsys, monkeypatch):
+    """benchmarks/compat_table.py (a smoke run: the figures are checked by the lasso tests)."""
+    import importlib.util
+    from pathlib import Path
+    path = Path(__file__).resolve().parents[1] / "benchmarks" / "compat_table.py"
+    spec = importlib.util.spec_from_file_location("compat_table", path)
+    mod = importlib.util.module_from_spec(spec)
+    monkeypatch.setitem(sys.modules, "compat_table", mod)   # for its dataclasses
+    spec.loader.exec_module(mod)
+    mod.main(["--steps", "21", "--rounds", "1", "--only", "nadam,rprop,lbfgs"])
+    out = capsys.readouterr().out
+    assert re.search(r"\n\| NAdam \| \d+\.\d% \| \d+/40 \(\d+/20 noise\) \| yes \| yes \(1\.00\) "
+                     r"\| yes \| NAdam \| \d+\.\d\d× \| \d\.\d{3} \|", out)
+    assert re.search(r"\n\| Rprop \(prox=False\) \| 0\.0% .*\| Rprop: refused → prox=False \|",
+                     out)
+    assert "| LBFGS (one group: l1 only) | refused when built: LBFGS has no step scale" in out

@@ -265,34 +265,34 @@ def _adafactor_var(st: Mapping[str, Any], pc: Piece, eps1: float) -> Tensor:
 
 
 def _adafactor_alpha(group: Mapping[str, Any], p: Tensor, st: Mapping[str, Any],
-                     eps1: float) -> float:
+                     eps1: float) -> tuple[float, Tensor | None]:
     r"""The step's :math:`α/D` for all of ``p``: :math:`α = \max(ε_2, \mathrm{RMS}(w))\,ρ_t`
     with :math:`w` the weights *before* the step, recovered from the weights after it:
     :math:`w_+ = c\,w - (α/D)\,u` (:math:`c = 1 - \mathrm{lr}\,λ_w`, :math:`u = g/\sqrt{\hat V}`,
     :math:`D = \max(1, \mathrm{RMS}(u)/d)`) makes :math:`r = \mathrm{RMS}(w)` the positive root
     of :math:`(nc^2 - β^2\|u\|^2)r^2 - 2β⟨w_+,u⟩r - \|w_+\|^2 = 0`, :math:`β = ρ_t/D`. Kept per
-    parameter and step, so pieces of a parameter cut into batches share it."""
+    parameter and step, so pieces of a parameter cut into batches share it; also returns
+    :math:`1/\sqrt{\hat V}` when it computed it (None from the cache)."""
     step, token = _num(st["step"]), id(st["step"])
     hit = _ADAFACTOR_STEP.get(p)
     if hit is not None and hit[0] == step and hit[1] == token:
-        return hit[2]
+        return hit[2], None
     lr = _num(group["lr"])
     rho = min(lr, 1 / step ** 0.5)
     c = 1 - lr * _num(group.get("weight_decay", 0.0))
-    g = p.grad if p.grad is not None else torch.zeros_like(p)
+    inv = _adafactor_var(st, Piece(p), eps1).rsqrt_()
+    u = inv * p.grad if p.grad is not None else torch.zeros_like(p)
+    n, w, u = p.numel(), p.detach().reshape(-1), u.reshape(-1)
+    uu, ww, wu = (float(torch.dot(a, b)) for a, b in ((u, u), (w, w), (w, u)))
     if group.get("maximize", False):
-        g = -g
-    u = _adafactor_var(st, Piece(p), eps1).rsqrt_().mul_(g)
-    n, w = p.numel(), p.detach()
-    uu, ww = (float(t.square().sum(dtype=torch.float64)) for t in (u, w))
-    wu = float((w * u).sum(dtype=torch.float64))
+        wu = -wu
     big_d = max(1.0, math.sqrt(uu / n) / _num(group["d"]))
     beta = rho / big_d
     a = n * c * c - beta * beta * uu
     r = (beta * wu + math.sqrt(beta * beta * wu * wu + a * ww)) / a if a > 0 else math.sqrt(ww / n)
     out = max(_num(group["eps"][1]), r) * rho / big_d
     _ADAFACTOR_STEP[p] = (step, token, out)
-    return out
+    return out, inv
 
 
 def adafactor(group: Mapping[str, Any], lr: float, pieces: Sequence[Piece], state: Mapping,
@@ -304,8 +304,10 @@ def adafactor(group: Mapping[str, Any], lr: float, pieces: Sequence[Piece], stat
         p, st = pc.param, state[pc.param]
         eps1 = group["eps"][0]
         eps1 = torch.finfo(p.dtype).eps if eps1 is None else _num(eps1)
-        k = _adafactor_alpha(group, p, st, eps1) * (lr / glr if glr else 0.0)
-        out.append(_adafactor_var(st, pc, eps1).rsqrt_().mul_(k))
+        k, inv = _adafactor_alpha(group, p, st, eps1)
+        if inv is None or pc.length is not None:
+            inv = _adafactor_var(st, pc, eps1).rsqrt_()
+        out.append(inv.mul_(k * (lr / glr if glr else 0.0)))
     return out
 
 
