@@ -53,7 +53,7 @@ from ._stepcfg import StepCfg, group_label
 from .errors import ParamwiseError, closest
 from .lowering import LOWERED_KEY
 from .options import MULTIPLIERS, optimizer_keys
-from .prox import momentum_scale, per_element, scale_problem, scaling_for
+from .prox import momentum_scale, per_element, scale_fix, scale_problem, scaling_for
 from .regoptions import REG_KEYS, check_options, check_values
 
 __all__ = ["StepCheck", "check_attach", "check_added", "check_group", "check_sparse",
@@ -159,7 +159,7 @@ def check_group(opt: torch.optim.Optimizer, i: int, group: dict, cfg: StepCfg,
         problem = scale_problem(type(opt), group)
         if problem:
             raise ParamwiseError(f"{group_label(i, group)}: {problem}",
-                                 fix="use momentum < 1, or prox_scale='lr' (threshold lr·λ)" + more)
+                                 fix=scale_fix(type(opt), group) + more)
     lam = max(cfg.l2_grad, cfg.l1_grad, cfg.group_grad, cfg.l2_to_init, cfg.decay,
               cfg.l1_prox, cfg.group_prox, cfg.l2_fold)
     prox_lam = max(cfg.l1_prox, cfg.group_prox, cfg.l2_fold) if cfg.prox_on else 0.0
