@@ -80,7 +80,7 @@ def _loaded_module_class(name: str) -> bool:
         seen.add(c)
         if name in (c.__name__, c.__qualname__):
             return True
-        stack.extend(c.__subclasses__())
+        stack.extend(type.__subclasses__(c))
     return False
 
 
