@@ -52,7 +52,7 @@ from dataclasses import dataclass, field
 
 import torch
 
-from .ckptcheck import ANCHORS_KEY, Saved, _what, check_state, keep_keys, parse
+from .ckptcheck import ANCHORS_KEY, Saved, _what, check_state, foreign_state, keep_keys, parse
 from .ckptcheck import NOT_OPTIONS as _NOT_OPTIONS
 from .errors import ParamwiseError, user_stacklevel
 from .groups import freeze
@@ -86,7 +86,9 @@ class LoadReport:
     ``loaded``: parameters whose saved state (possibly empty) was restored; ``new``: current
     parameters absent from the checkpoint (fresh state); ``vanished``: saved names with no
     parameter now (state dropped); ``reshaped``: names whose saved state no longer fits the
-    parameter's global shape, e.g. a resized layer (fresh state); ``changed``: per loaded
+    parameter's global shape, e.g. a resized layer (fresh state); ``moved``: names whose saved
+    state another optimizer class kept (``"AdamW -> Muon"``: the split changed; fresh state,
+    options not compared); ``changed``: per loaded
     parameter, the options whose value differs from the saved one, ``{key: (saved, now)}``;
     ``renamed``: saved name -> current name where only wrapper segments differed; ``options``:
     where the group options came from; ``regrouped``: whether the groups were rebuilt
@@ -97,6 +99,7 @@ class LoadReport:
     new: list[str] = field(default_factory=list)
     vanished: list[str] = field(default_factory=list)
     reshaped: list[str] = field(default_factory=list)
+    moved: dict[str, str] = field(default_factory=dict)
     changed: dict[str, dict[str, tuple[object, object]]] = field(default_factory=dict)
     renamed: dict[str, str] = field(default_factory=dict)
     options: str = "current rules"
@@ -118,6 +121,9 @@ class LoadReport:
             out.append(f"{len(self.vanished)} vanished (state dropped): {few(self.vanished)}")
         if self.reshaped:
             out.append(f"{len(self.reshaped)} reshaped (fresh state): {few(self.reshaped)}")
+        if self.moved:
+            out.append(f"{len(self.moved)} moved to another optimizer (fresh state): "
+                       + few([f"{n} ({c})" for n, c in self.moved.items()]))
         if self.renamed:
             out.append(f"{len(self.renamed)} renamed (wrapper segments dropped): "
                        + few([f"{s} -> {n}" for s, n in self.renamed.items()]))
@@ -272,10 +278,14 @@ def load_state_dict(optimizer: torch.optim.Optimizer, state: Mapping, *,
             return opts[key]
         return optimizer.param_groups[current[n][0]].get(key)
 
+    report.moved = foreign_state(optimizer, current, match, saved)
+    for n in report.moved:  # another optimizer's state (a changed split): fresh state
+        del match[n]
     report.reshaped = check_state(optimizer, current, match, saved, option)
     for n in report.reshaped:
         del match[n]
-    report.new = [n for n in current if n not in match and n not in report.reshaped]
+    report.new = [n for n in current if n not in match and n not in report.reshaped
+                  and n not in report.moved]
     report.loaded = [n for n in current if n in match]
     if strict and not report.exact:
         raise ParamwiseError(

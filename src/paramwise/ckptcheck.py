@@ -317,6 +317,29 @@ def _fits_any(cls: type, param: torch.Tensor, st: Mapping) -> bool:
     return not shapes or tuple(param.shape) in shapes
 
 
+def foreign_state(optimizer: torch.optim.Optimizer, params: Mapping[str, tuple[int, torch.Tensor]],
+                  match: Mapping[str, str], saved: Saved) -> dict[str, str]:
+    """Current name -> ``"AdamW -> Muon"`` for saved states kept by another optimizer class than
+    the one the parameter goes to now (a changed split): their keys are not the current
+    layout's. Those parameters start fresh. Only known (torch) layouts are compared."""
+    classes = _group_classes(optimizer)
+    out: dict[str, str] = {}
+    for n, s in match.items():
+        st = saved.state.get(s)
+        gi = params[n][0]
+        kind = layout_name(classes[gi])
+        if not st or kind is None or not isinstance(st, Mapping):
+            continue
+        buffers, scalars, _, _ = _LAYOUTS[kind]
+        keys = set(st)
+        if keys <= set(buffers) | set(scalars):
+            continue
+        was = next((k for k, (b, sc, _, _) in _LAYOUTS.items() if keys <= set(b) | set(sc)),
+                   "another optimizer")
+        out[n] = f"{was} -> {classes[gi].__name__}"
+    return out
+
+
 def check_state(optimizer: torch.optim.Optimizer, params: Mapping[str, tuple[int, torch.Tensor]],
                 match: Mapping[str, str], saved: Saved,
                 option: Callable[[str, str], object]) -> list[str]:
