@@ -179,3 +179,17 @@ def test_explain_with_a_non_string_name():
     with pytest.raises(ParamwiseError, match=r"explain\(\.\.\., name\) takes a parameter name, "
                        r"got 123 \(int\); pass the canonical name"):
         paramwise.explain(opt, 123)
+
+
+def test_inspect_allows_an_import_only_when_asked(evil_module, tmp_path):
+    (tmp_path / "factory.py").write_text("import torch\ndef build():\n"
+                                         "    return torch.nn.Linear(3, 2)\n")
+    (tmp_path / "cfg.yaml").write_text("optimizer: evilmod:X\nlr: 0.1\n")
+    cmd = [sys.executable, "-m", "paramwise", "inspect", "factory:build", "--config", "cfg.yaml"]
+    env_run = dict(capture_output=True, text=True, timeout=120, cwd=tmp_path)
+    refused = subprocess.run(cmd, **env_run)
+    assert refused.returncode == 2 and "--allow-import evilmod" in refused.stderr
+    assert not evil_module.exists()
+    allowed = subprocess.run([*cmd, "--allow-import", "evilmod"], **env_run)
+    assert allowed.returncode == 0, allowed.stderr
+    assert evil_module.exists() and "group" in allowed.stdout

@@ -249,6 +249,13 @@ def test_report_and_explain_show_the_split():
     assert "Muon" in text and "AdamW" in text
     why = paramwise.explain(opt, "blocks.0.fc.weight")
     assert "optimizer" in why and "Muon (set by rule 1)" in why
+    opt2 = paramwise.optimizer(TinyLM(), "adamw", [paramwise.hidden_matrices()], lr=0.01,
+                               betas=(0.9, 0.95))
+    line = [x for x in paramwise.explain(opt2, "blocks.0.fc.weight").splitlines()
+            if "defaults" in x][0]
+    assert "lr=0.01" in line and "betas" not in line  # betas is AdamW's, not Muon's
+    line = [x for x in paramwise.explain(opt2, "head.weight").splitlines() if "defaults" in x][0]
+    assert "betas=(0.9, 0.95)" in line
     assert "AdamW (the default" in paramwise.explain(opt, "head.weight")
 
 

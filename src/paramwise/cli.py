@@ -175,7 +175,7 @@ def _inspect(args: argparse.Namespace) -> int:
     model = build_model(args.factory)
     if args.config:
         over = {"optimizer": args.optimizer} if args.optimizer else {}
-        opt = from_config(model, args.config, **over)
+        opt = from_config(model, args.config, allow_imports=args.allow_import, **over)
     else:
         opt = optimizer(model, args.optimizer or "adamw")
     rep = report(opt)
@@ -247,6 +247,9 @@ def _parser() -> argparse.ArgumentParser:
                      "returning an nn.Module)")
     ins.add_argument("--config", metavar="PATH", help="YAML config with optimizer, options "
                      "and rules (see paramwise.from_config)")
+    ins.add_argument("--allow-import", metavar="MODULE", action="append", default=[],
+                     help="let the config name an optimizer from MODULE (a config never "
+                     "imports a module otherwise; repeatable)")
     ins.add_argument("--optimizer", metavar="NAME", help="optimizer name; overrides the "
                      "config's (default: adamw)")
     ins.add_argument("--explain", metavar="NAME", action="append", default=[],

@@ -24,7 +24,7 @@ from .hooks import runs_fused
 from .hybrid import Hybrid
 from .inventory import Inventory
 from .options import MULTIPLIERS
-from .perclass import class_name
+from .perclass import accepts, class_name
 from .plan import Plan, rule_ref
 
 __all__ = ["Report", "report", "explain"]
@@ -213,8 +213,11 @@ def explain(obj: nn.Module | torch.optim.Optimizer, name: str, rules=None,
         lines.append("  frozen (requires_grad=False): not optimized; include_frozen=True "
                      "would group it")
     entries: list[tuple[str, str]] = []
-    if plan.defaults:
-        entries.append(("defaults", _kv(plan.defaults)))
+    defaults = plan.defaults
+    if len(plan.in_play) > 1:  # the defaults this parameter's optimizer takes
+        defaults = {k: v for k, v in defaults.items() if accepts(plan.class_of(e), k)}
+    if defaults:
+        entries.append(("defaults", _kv(defaults)))
     hit = plan.rules_of(e)
     for i in hit:
         r = plan.rules[i]
