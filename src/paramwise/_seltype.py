@@ -106,19 +106,19 @@ class TypeTerm(Selector):
         return inv.cached_mask(("type", self.cls_name), lambda: self._compute(inv))
 
     def _compute(self, inv: Inventory) -> int:
-        classes = _model_classes(inv)
         alias = _lookup(self.cls_name) if "." in self.cls_name else None
-        hits = {c for c in classes if c is alias or self._names(c)}
-        if not hits:
-            self._unknown(alias, classes)
         by_cls: dict[type, bool] = {}
         bits = []
         for mod in inv.modules:
             t = type(mod)
             hit = by_cls.get(t)
             if hit is None:
-                hit = by_cls[t] = any(c in hits for c in t.__mro__)
+                hit = by_cls[t] = any(c is alias or self._names(c) for c in t.__mro__)
             bits.append(hit)
+        if not any(by_cls.values()):  # then look at every class in the model
+            classes = _model_classes(inv)
+            if not any(c is alias or self._names(c) for c in classes):
+                self._unknown(alias, classes)
         return bools_to_mask(bits)
 
     def _unknown(self, alias: object, classes: dict[type, None]) -> None:
