@@ -235,3 +235,17 @@ def test_explain_names_the_depth_and_config_takes_min_scale():
     opt = paramwise.from_config(model, {"optimizer": "sgd", "lr": 1.0, "rules": [
         {"layer_decay": {"rate": 0.5, "min_scale": 0.05}}]})
     assert min(g["lr"] for g in opt.param_groups) == 0.05
+
+
+def test_a_depth_regex_that_could_hang_is_refused_and_selector_errors_name_the_rule():
+    with pytest.raises(ParamwiseError, match=r"layer_decay depth '\(a\+\)\+b\(\\\\d\)' is refused: "
+                       r"a repeat .* exponential time; capture the index with a simple regex"):
+        lr_exponents(Hier(), depth=r"(a+)+b(\d)")
+    with pytest.raises(ParamwiseError, match=r"layer_decay depth '\(\\\\d\+' is not a valid regex"):
+        lr_exponents(Hier(), depth=r"(\d+")
+    with pytest.raises(ParamwiseError, match=r"^rule 1 \('<lambda>'\): selector callable"):
+        paramwise.param_groups(Hier(), [paramwise.Rule("all", lr=0.1),
+                                        paramwise.Rule(lambda n, p, m: "False", lr=0.2)])
+    long = " | ".join(f"stages.0.blocks.0.fc.{i}" for i in range(500))
+    with pytest.raises(ParamwiseError, match=r"\(chars\)|\d+ chars\)'?\) matched no parameter"):
+        paramwise.param_groups(Hier(), [paramwise.Rule(long, lr=0.2)], lr=1.0)

@@ -39,6 +39,7 @@ import re
 from collections.abc import Callable
 from dataclasses import dataclass
 
+from ._regexguard import REF_LEN, check
 from .errors import ParamwiseError
 from .inventory import Inventory
 from .layertree import detect, group_matcher_ids
@@ -98,7 +99,17 @@ def _from_depths(depths: list[int]) -> list[int]:
 
 
 def _regex_keys(pattern: str, names: list[str]) -> list[tuple[int, ...] | None]:
-    rx = re.compile(pattern)
+    try:
+        rx = re.compile(pattern)
+    except re.error as e:
+        raise ParamwiseError(f"layer_decay depth {pattern!r} is not a valid regex ({e})",
+                             fix=r"e.g. depth=r'blocks\.(\d+)\.'") from None
+    longest = max(map(len, names), default=0)
+    problem = check(rx, max(REF_LEN, longest), search=True)  # a config's regex must not hang
+    if problem:
+        raise ParamwiseError(f"layer_decay depth {pattern!r} is refused: {problem}",
+                             fix=r"capture the index with a simple regex, e.g. "
+                             r"r'blocks\.(\d+)\.'")
     out: list[tuple[int, ...] | None] = []
     for n in names:
         m = rx.search(n)

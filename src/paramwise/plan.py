@@ -80,7 +80,8 @@ def rule_ref(i: int, rule: Rule) -> str:
 
 
 def _where(i: int, rule: Rule) -> str:
-    return f"{rule_ref(i, rule)} ({rule.label!r})"
+    label = rule.label if len(rule.label) <= 80 else rule.label[:60] + f"... ({len(rule.label):,} chars)"
+    return f"{rule_ref(i, rule)} ({label!r})"
 
 
 def _resolve(defaults: Mapping[str, object], rules: list[Rule], hit: tuple[int, ...]
@@ -205,7 +206,12 @@ def make_plan(
             cols.append([base + lv if lv >= 0 else -1 for lv in c.level])
             col_rule.append(None)
         else:
-            masks.append(c.select.mask(inv))
+            try:
+                masks.append(c.select.mask(inv))
+            except ParamwiseError as e:  # name the rule whose selector failed
+                i = len(masks)
+                raise ParamwiseError(f"{_where(i, rule_list[i])}: {e.problem}", fix=e.fix
+                                     ) from e.__cause__
             cols.append(mask_to_str(masks[-1], n))
             col_rule.append(len(masks) - 1)
     _check_matches(inv, rule_list, masks, live, strict)
