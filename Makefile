@@ -49,6 +49,8 @@ lint: $(STAMP)
 bench: $(STAMP)
 	$(BIN)/python benchmarks/bench_groups.py
 	$(BIN)/python benchmarks/bench_regularizers.py
+	$(BIN)/python benchmarks/bench_hybrid.py
+	$(BIN)/python benchmarks/bench_audit.py
 
 clean:
 	rm -rf $(VENV) build src/*.egg-info .pytest_cache .ruff_cache
