@@ -38,9 +38,13 @@ from ._sparse import post_sparse_, pre_sparse_
 from ._stepcfg import StepCfg, buckets, prox_, prox_scaled_, split
 from .fused import fusable, update_
 from .prox import Denominator, Scaling, denominator_for, per_element, scaling_for, warn_unknown
+from .schedfree import maps_xyz
+from .schedfree import post_group_ as sf_post_group_
+from .thirdparty import GRAPH_READERS, key
 
 __all__ = ["Foreach", "Anchor", "terms_", "pre_group_", "wants_fusion", "fusable_params",
-           "fused_group_", "capture_rows", "post_group_"]
+           "fused_group_", "capture_rows", "post_group_", "reads_graph", "decay_later",
+           "decay_now_", "with_grad"]
 
 #: ``foreach(device, is_dtensor) -> bool``: whether a bucket takes the multi-tensor path.
 Foreach = Callable[[torch.device, bool], bool]
@@ -84,6 +88,33 @@ def pre_group_(group: dict, cfg: StepCfg, gscale: float, foreach: Foreach, ancho
         for b in batches(ps, dims, chunk_limit(device)):
             terms_(cfg, cfg.sign * gscale, b, [pc.view(pc.param) for pc in b],
                    [pc.view(pc.param.grad) for pc in b], fe, decay, anchor)
+
+
+def reads_graph(opt: torch.optim.Optimizer, group: dict) -> bool:
+    """Whether ``opt``'s step may differentiate through the gradients' autograd graph (SophiaH,
+    AdaHessian: :data:`paramwise.thirdparty.GRAPH_READERS`, or any gradient made with
+    ``backward(create_graph=True)``): then nothing may change a parameter in place before it."""
+    return key(type(opt)) in GRAPH_READERS or any(
+        p.grad is not None and p.grad.grad_fn is not None for p in group["params"])
+
+
+def decay_later(group: dict, cfg: StepCfg) -> list[tuple[Tensor, Tensor]]:
+    """``decoupled_decay`` for a step that reads the graph: :math:`(p, ηλ_d w)` taken before
+    the step, subtracted after it (:func:`decay_now_`), so :math:`w ← (1-ηλ_d)w - u`
+    exactly as when the decay runs first."""
+    f = cfg.lr * cfg.decay
+    return [(p, p.detach() * f) for p in group["params"] if p.grad is not None]
+
+
+def with_grad(cfgs: list[tuple[dict, StepCfg]]) -> dict[int, list[Tensor]]:
+    """The parameters of each group with a gradient before the step: the post-step maps run
+    on them even if ``step()`` clears ``p.grad`` (heavyball does)."""
+    return {id(g): [p for p in g["params"] if p.grad is not None] for g, _ in cfgs}
+
+
+def decay_now_(later: list[tuple[Tensor, Tensor]]) -> None:
+    for p, d in later:
+        p.detach().sub_(d)
 
 
 def wants_fusion(opt: torch.optim.Optimizer, cfg: StepCfg, foreach: bool | None) -> bool:
@@ -191,15 +222,24 @@ def capture_rows(opt: torch.optim.Optimizer, cfgs: list[tuple[dict, StepCfg]],
 
 
 def post_group_(opt: torch.optim.Optimizer, group: dict, cfg: StepCfg, foreach: Foreach,
-                prev_all: dict[Tensor, Tensor], prox_done: bool, projected: bool) -> None:
+                prev_all: dict[Tensor, Tensor], prox_done: bool, projected: bool,
+                stepped: list[Tensor] | None = None) -> None:
     """One group's proximal maps (unless ``prox_done``: the fused pass ran them) and max-norm
     projection (unless ``projected``), after the optimizer's step; ``prev_all`` holds the
     pre-step inverse row norms from :func:`capture_rows`. Parameters with a sparse gradient
-    get them lazily, on the rows it holds (:mod:`paramwise._sparse`)."""
+    get them lazily, on the rows it holds (:mod:`paramwise._sparse`). ``stepped``: the
+    parameters that had a gradient before the step (an optimizer such as heavyball's sets
+    ``p.grad = None`` inside ``step()``), else those with a gradient now. Schedule-free
+    optimizers get their maps on :math:`x` and :math:`z` (:mod:`paramwise.schedfree`)."""
     ps_all, sparse = [], []
-    for p in group["params"]:
-        if p.grad is not None:
-            (sparse if p.grad.is_sparse else ps_all).append((p,))
+    for p in group["params"] if stepped is None else stepped:
+        g = p.grad
+        if g is not None or stepped is not None:
+            (sparse if g is not None and g.is_sparse else ps_all).append((p,))
+    if maps_xyz(opt):
+        rule = scaling_for(type(opt)) if cfg.prox_on and cfg.adaptive else None
+        sf_post_group_(opt, group, cfg, [p for p, in ps_all], rule)
+        return
     if sparse:
         post_sparse_(opt, group, cfg, [p for p, in sparse], prox=cfg.prox_on and not prox_done,
                      project=cfg.max_norm is not None and not projected)

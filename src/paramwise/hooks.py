@@ -100,6 +100,7 @@ from ._stepcfg import StepCfg
 from .errors import ParamwiseError
 from .fused import fusable
 from .lowering import LOWERED_KEY, lower
+from .schedfree import check_all as check_thirdparty
 from .stepcheck import StepCheck, check_attach, check_sparse, wrap_add_param_group
 
 __all__ = ["attach", "Handle", "handle_of", "runs_fused", "lower", "LOWERED_KEY"]
@@ -125,6 +126,8 @@ class Handle:
         self._set_aside: list[tuple[Tensor, Tensor]] = []  # grads hidden from a fused step
         self._to_fuse: list[tuple[dict, StepCfg, list[Tensor]]] = []
         self._prev_norms: dict[Tensor, Tensor] = {}
+        self._stepped: dict[int, list[Tensor]] = {}    # group -> params with a grad before step
+        self._later: list[tuple[Tensor, Tensor]] = []   # decay deferred past a graph-reading step
         self._check = StepCheck()
         self._add = wrap_add_param_group(optimizer)
         self._hooks = [
@@ -252,9 +255,11 @@ class Handle:
     def _pre_step(self, opt: torch.optim.Optimizer, args: Any, kwargs: Any) -> tuple | None:
         self._restore_grads()  # a step that raised last time never ran the post-hook
         self._post_cfgs, self._prev_norms, self._to_fuse = [], {}, []
+        self._stepped, self._later = {}, []
         if not torch.compiler.is_compiling() and self._grad_hooks:
             self._drop_grad_hooks()
         cfgs = self._check.groups(opt)     # everything checked before anything changes
+        check_thirdparty(opt, cfgs, "; step() was not run", stepping=True)
         found_inf = getattr(opt, "found_inf", None)
         self._skip = isinstance(found_inf, Tensor) and bool(found_inf.item())
         if self._skip or not cfgs:
@@ -276,8 +281,9 @@ class Handle:
                 if ps:
                     fused.append((group, cfg, ps))
                 elif cfg.pre:
-                    G.pre_group_(group, cfg, gscale, self._foreach, self._anchor)
+                    self._pre_group(opt, group, cfg, gscale, True)
         self._post_cfgs = [(g, c) for g, c in cfgs if c.post and c.lr != 0]
+        self._stepped = G.with_grad(self._post_cfgs)
         self._prev_norms = G.capture_rows(opt, self._post_cfgs, skip={id(g) for g, _, _ in fused})
         # set the fused groups' gradients aside so step() skips them; the post-hook gives them
         # back and runs their update (a step that raises before it applies nothing to them)
@@ -301,14 +307,23 @@ class Handle:
             with torch.no_grad():
                 for group, cfg in cfgs:
                     if cfg.pre:
-                        G.pre_group_(group, cfg, gscale, self._foreach, self._anchor,
-                                     decay=first[0])
+                        self._pre_group(opt, group, cfg, gscale, first[0])
             if first[0]:
                 self._prev_norms = G.capture_rows(opt, self._post_cfgs, skip=set())
+                self._stepped = G.with_grad(self._post_cfgs)
                 first[0] = False
             return loss
 
         return wrapped
+
+    def _pre_group(self, opt: torch.optim.Optimizer, group: dict, cfg: StepCfg, gscale: float,
+                   decay: bool) -> None:
+        """:func:`G.pre_group_`; for a step that reads the autograd graph (SophiaH), the decay
+        is kept for after the step (:func:`G.decay_later`) instead of scaling ``w`` now."""
+        if decay and cfg.decay and cfg.lr != 0 and G.reads_graph(opt, group):
+            self._later += G.decay_later(group, cfg)
+            decay = False
+        G.pre_group_(group, cfg, gscale, self._foreach, self._anchor, decay=decay)
 
     def _restore_grads(self) -> None:
         """Give back the gradients set aside for the fused pass. Normally the post-hook
@@ -328,13 +343,17 @@ class Handle:
             self._skip = False
             return
         cfgs, self._post_cfgs = self._post_cfgs, []
+        stepped, self._stepped = self._stepped, {}
         with torch.no_grad():
+            later, self._later = self._later, []
+            G.decay_now_(later)
             projected = {id(g) for g, cfg, ps in fused
                          if G.fused_group_(opt, g, cfg, ps, self._anchor)}
             done = {id(g) for g, _, _ in fused}      # their prox ran in the fused pass
             for group, cfg in cfgs:
                 G.post_group_(opt, group, cfg, self._foreach, self._prev_norms,
-                              prox_done=id(group) in done, projected=id(group) in projected)
+                              prox_done=id(group) in done, projected=id(group) in projected,
+                              stepped=stepped.get(id(group)))
         self._prev_norms = {}
 
 
@@ -361,6 +380,8 @@ def attach(optimizer: torch.optim.Optimizer, *, foreach: bool | None = None) -> 
                              fix="keep the handle from the first attach(), or call its remove() "
                              "before attaching again")
     check_attach(optimizer)
+    check_thirdparty(optimizer, [(g, c) for i, g in enumerate(optimizer.param_groups)
+                                  if (c := StepCfg.read(i, g)) is not None], "")
     handle = Handle(optimizer, foreach)
     _ATTACHED[optimizer] = handle
     return handle

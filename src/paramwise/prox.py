@@ -81,6 +81,7 @@ import torch
 from torch import Tensor
 
 from . import scales as S
+from . import thirdparty as _third
 from ._chunks import Piece
 from ._chunks import as_float as _num
 from .errors import user_stacklevel
@@ -109,6 +110,7 @@ _DENOMS: dict[type, Denominator] = {}
 _SCALAR: tuple[Scaling, ...] = (S.sgd, S.asgd)      # one number per group, never per element
 _WARNED: set[Any] = set()
 _GENERIC: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
+_MET: weakref.WeakSet = weakref.WeakSet()   # classes already looked up in thirdparty
 
 _O = torch.optim
 #: (class, why 'adaptive' has no scale, what to use instead), matched with issubclass.
@@ -142,9 +144,21 @@ def register_scaling(cls: type, rule: Scaling) -> None:
     _RULES[cls] = rule
 
 
+def _meet(cls: type) -> None:
+    """First sight of ``cls``: take its rule or refusal from :mod:`paramwise.thirdparty`."""
+    if cls not in _RULES and cls not in _MET:
+        _MET.add(cls)
+        found = _third.lookup(cls)
+        if callable(found):
+            _RULES[cls] = found
+        elif found is not None:
+            _REFUSED.append((cls, *found))
+
+
 def scaling_for(cls: type) -> Scaling | None:
     """The rule for exactly ``cls`` (subclasses may change the update, so they are not
     guessed), else :func:`generic`'s rule for it; None for a class :func:`scale_problem` refuses."""
+    _meet(cls)
     rule = _RULES.get(cls)
     if rule is not None:
         return rule
@@ -154,6 +168,7 @@ def scaling_for(cls: type) -> Scaling | None:
 def rule_name(cls: type) -> str:
     """What ``'adaptive'`` uses on ``cls``, in words: the class's own rule (``'NAdam'``, also
     for a rule registered for it), ``'generic'`` (:func:`generic`) or ``'refused'``."""
+    _meet(cls)
     if cls in _RULES:
         return cls.__name__
     return "refused" if _refusal(cls) else "generic"
@@ -174,6 +189,7 @@ def per_element(cls: type) -> bool:
 
 
 def _refusal(cls: type) -> tuple[str, str] | None:
+    _meet(cls)
     if cls in _RULES:
         return None
     for base, why, fix in _REFUSED:
