@@ -23,7 +23,9 @@ names the param group, the parameter and the fix. For every group that carries a
 * **dtypes**: complex parameters are refused (soft-thresholding has no complex kernel);
 * **sparse gradients** (regularized lazily, :mod:`paramwise._sparse`): group lasso and
   ``max_norm`` need their rows along dim 0 and a gradient sparse along dim 0 only;
-* **step scale**: an adaptive prox under momentum ≥ 1 (:func:`paramwise.prox.scale_problem`).
+* **step scale**: an adaptive prox with no step scale — SGD/RMSprop with momentum ≥ 1, Rprop,
+  LBFGS, Muon (:func:`paramwise.prox.scale_problem`; the fix from
+  :func:`paramwise.prox.scale_fix`).
 
 Cost per group and step: a few comparisons. What the parameters contribute (smallest ndim,
 dtypes, complex) is summarized once per group and again only when the group's ``params`` list
