@@ -176,7 +176,8 @@ def _heavy(name: str) -> Any:
     def rule(group: Mapping[str, Any], lr: float, pieces: Sequence[Piece], state: Mapping,
              *, foreach: bool) -> list[Tensor]:
         eps = _num(group["eps"])
-        return _out([pc.view(state[pc.param][0][name]).clamp_min(0).sqrt().clamp_(min=eps)
+        return _out([pc.view(state[pc.param][0][name]).to(pc.param.dtype).clamp_min(0).sqrt()
+                     .clamp_(min=eps)
                      for pc in pieces], [lr] * len(pieces))
     rule.__name__ = f"heavyball_{name.split('_exp_avg_sq')[0]}"
     return rule
