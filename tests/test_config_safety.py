@@ -193,3 +193,39 @@ def test_inspect_allows_an_import_only_when_asked(evil_module, tmp_path):
     allowed = subprocess.run([*cmd, "--allow-import", "evilmod"], **env_run)
     assert allowed.returncode == 0, allowed.stderr
     assert evil_module.exists() and "group" in allowed.stdout
+
+
+def test_omegaconf_values_inside_a_plain_dict_keep_their_own_values():
+    omegaconf = pytest.importorskip("omegaconf")
+    make = omegaconf.OmegaConf.create
+    cfg = {"optimizer": "adamw", "lr": 1e-3, "rules": [
+        {"select": "bias", "weight_decay": 0.0, "betas": make([0.5, 0.6])},
+        {"select": "0.weight", "betas": make([0.9, 0.95])},
+        {"select": "2.weight", "betas": make({"x": 1}) and make([0.8, 0.85])}]}
+    groups = paramwise.from_config(net(), cfg).param_groups
+    betas = {n: g["betas"] for g in groups for n in g["param_names"]}
+    assert betas["0.bias"] == (0.5, 0.6) and betas["0.weight"] == (0.9, 0.95)
+    assert betas["2.weight"] == (0.8, 0.85)
+
+
+def test_a_lazy_module_attribute_is_not_imported_by_a_config():
+    import types
+
+    lazy = types.ModuleType("lazypkg_for_test")
+    imported = []
+
+    def __getattr__(name):  # a lazy package: attribute access imports a submodule
+        imported.append(name)
+        return torch.optim.SGD
+
+    lazy.__getattr__ = __getattr__
+    sys.modules["lazypkg_for_test"] = lazy
+    try:
+        with pytest.raises(ParamwiseError):
+            paramwise.from_config(net(), {"optimizer": "lazypkg_for_test:Trainer", "lr": 0.1})
+        assert imported == []
+        opt = paramwise.from_config(net(), {"optimizer": "lazypkg_for_test:Trainer", "lr": 0.1},
+                                    allow_imports=["lazypkg_for_test"])
+        assert type(opt) is torch.optim.SGD and imported == ["Trainer"]
+    finally:
+        del sys.modules["lazypkg_for_test"]

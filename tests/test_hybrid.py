@@ -284,8 +284,12 @@ BAD = [
      r"the defaults sets unknown option 'rho' for AdamW or Muon"),
     (lambda m: paramwise.optimizer(m, "muon", [paramwise.no_decay()], lr=0.02),
      r"Muon takes only 2-D parameters, but the default optimizer \(Muon\) sent it \d+ that are "
-     r"not: 'blocks.0.norm.weight' \(16,\), .*; add '& ndim==2' to that rule's selector, or use "
-     r"paramwise.hidden_matrices\(\)"),
+     r"not: 'blocks.0.norm.weight' \(16,\), .*; make another optimizer the default and send the "
+     r"hidden matrices to Muon: paramwise.optimizer\(model, 'adamw', "
+     r"\[paramwise.hidden_matrices\(\), ...\]\)"),
+    (lambda m: paramwise.optimizer(m, "adamw", [Rule("module:blocks", optimizer="muon")]),
+     r"Muon takes only 2-D parameters, but rule 0 \('module:blocks'\) sent it .*; add '& "
+     r"ndim==2' to that rule's selector"),
     (lambda m: paramwise.optimizer(m, "adamw", [Rule("module:blocks", optimizer="muon")]),
      r"Muon takes only 2-D parameters, but rule 0 \('module:blocks'\) sent it"),
     (lambda m: paramwise.optimizer(m, "lbfgs", [paramwise.no_decay(key="l2")], lr=1.0),
@@ -366,3 +370,44 @@ def test_a_mismatched_state_dict_loads_no_part_and_saved_options_regroup_within_
                for p in g["params"])
     assert {n for g in muon.param_groups for n in g["param_names"]} == \
         {f"blocks.{i}.{m}.weight" for i in range(2) for m in ("attn", "proj", "fc", "out")}
+
+
+def test_pickle_deepcopy_state_get_and_a_truncated_parts_list():
+    import copy
+    import pickle
+
+    model = TinyLM()
+    opt = build(model)
+    torch.optim.lr_scheduler.StepLR(opt, 1)  # wraps opt.step: must not break pickling
+    back = pickle.loads(pickle.dumps(opt))
+    assert [type(o) for o in back.optimizers] == [type(o) for o in opt.optimizers]
+    assert all(g is h for g, h in zip(back.param_groups,
+                                      [g for o in back.optimizers for g in o.param_groups]))
+    twin = copy.deepcopy(opt)
+    before = [p.detach().clone() for p in model.parameters()]
+    for g in twin.param_groups:
+        for p in g["params"]:
+            p.grad = torch.ones_like(p)
+    twin.step()
+    assert all(torch.equal(a, b) for a, b in zip(before, model.parameters()))  # original intact
+    frozen = nn.Parameter(torch.zeros(2))
+    assert opt.state.get(frozen) is None and opt.state.get(model.head.weight) is None
+    assert len(opt.state) == 0  # get() created nothing
+    train(model, opt, [], steps=1)
+    sd = opt.state_dict()
+    sd["paramwise_parts"] = [{}]
+    with pytest.raises(ParamwiseError, match=r"'paramwise_parts' holds 1 entries, this "
+                       r"Hybrid\(AdamW, Muon\) has 2 parts"):
+        build(TinyLM()).load_state_dict(sd)
+    with pytest.raises(ParamwiseError, match=r"got optimizer=\.\.\. as a default option"):
+        paramwise.optimizer(model, "sgd", [], optimizer="adam")
+
+
+def test_a_default_that_only_makes_sense_with_a_rule_option_builds():
+    net = nn.Sequential(nn.Linear(4, 4), nn.Linear(4, 2))
+    opt = paramwise.from_config(net, {"optimizer": torch.optim.AdamW, "lr": 0.01,
+                                      "nesterov": True, "rules": [
+                                          {"select": "ndim==2", "optimizer": torch.optim.SGD,
+                                           "momentum": 0.9}]})
+    g = opt.part("sgd").param_groups[0]
+    assert (g["nesterov"], g["momentum"]) == (True, 0.9)

@@ -81,7 +81,8 @@ def param_groups(
     if len(parts) > 1:
         raise ParamwiseError(
             f"the rules send parameters to {len(parts)} optimizers ("
-            f"{', '.join(class_name(c) for c, _ in parts)}), and param_groups() returns the "
+            f"{', '.join(class_name(c) if c else 'the one you will build' for c, _ in parts)}), "
+            "and param_groups() returns the "
             "groups of one", fix="build them with paramwise.optimizer(model, default, rules, "
             "...), which returns one torch.optim.Optimizer over all of them")
     return parts[0][1] if parts else []
@@ -102,6 +103,10 @@ def optimizer(
     optimizer's own ``defaults``, so ``add_param_group`` inherits them). Returns the optimizer
     itself; regularizer options are lowered/attached as described in :mod:`paramwise.hooks`.
     """
+    if "optimizer" in defaults:
+        raise ParamwiseError("paramwise.optimizer() got optimizer=... as a default option",
+                             fix="the default optimizer is the second argument; per-parameter "
+                             "ones go in rules: Rule('<selector>', optimizer='muon')")
     cls = resolve_optimizer(optim)
     plan = make_plan(model, rules, optimizer=cls, strict=strict, include_frozen=include_frozen,
                      **defaults)
@@ -135,7 +140,15 @@ def _construct(cls: type, groups: list[dict], defaults: dict[str, object]
     if has_reg:
         groups = lower(groups, cls, ctor)
     try:
-        opt = cls(groups, **ctor)
+        try:
+            opt = cls(groups, **ctor)
+        except (TypeError, ValueError) as e:
+            if isinstance(e, ParamwiseError) or not ctor:
+                raise
+            # The groups carry every resolved option; the constructor's own checks may misfire
+            # on defaults alone (nesterov=True as a default, momentum only in a rule): build it
+            # with the groups' options only.
+            opt = cls(groups)
     except (TypeError, ValueError) as e:
         if isinstance(e, ParamwiseError):
             raise

@@ -114,15 +114,19 @@ def _plain(obj: object, where: str) -> object:
     is copied once and shared, never expanded; nesting deeper than :data:`MAX_DEPTH` or more
     than :data:`MAX_NODES` values is an error."""
     memo: dict[int, object] = {}
+    alive: list[object] = []  # every object whose id is in memo stays alive (ids are reused)
     count = [0]
 
     def copy(o: object, at: str, depth: int) -> object:
-        if _is_omegaconf(o):
-            o = _omega_container(o, at)
-        if not isinstance(o, (Mapping, list, tuple)):
-            return o
         if id(o) in memo:
             return memo[id(o)]
+        alive.append(o)
+        key = id(o)
+        if _is_omegaconf(o):
+            o = _omega_container(o, at)
+            alive.append(o)
+        if not isinstance(o, (Mapping, list, tuple)):
+            return o
         if depth > MAX_DEPTH:
             raise ParamwiseError(f"{at} is nested more than {MAX_DEPTH} levels deep",
                                  fix="a paramwise config is a flat mapping of options and a list "
@@ -134,7 +138,7 @@ def _plain(obj: object, where: str) -> object:
                                  "multiply (a YAML alias bomb)")
         if isinstance(o, Mapping):
             out: dict | list = {}
-            memo[id(o)] = out
+            memo[key] = out
             for k, v in o.items():
                 if not isinstance(k, str):
                     raise ParamwiseError(f"{at} has a non-string key {k!r}",
@@ -142,7 +146,7 @@ def _plain(obj: object, where: str) -> object:
                 out[k] = copy(v, f"{at}.{k}", depth + 1)  # type: ignore[index]
             return out
         out = []
-        memo[id(o)] = out
+        memo[key] = out
         out.extend(copy(v, f"{at}[{i}]", depth + 1) for i, v in enumerate(o))
         return out
 
@@ -402,7 +406,7 @@ def _in_play(cls: type, rules: object, src: str) -> list[type | None]:
         if not isinstance(entry, dict):
             continue
         name = None
-        if isinstance(entry.get("optimizer"), str) and "select" in entry:
+        if isinstance(entry.get("optimizer"), (str, type)) and "select" in entry:
             name = entry["optimizer"]
         elif entry.get("preset") == "hidden_matrices":
             name = entry.get("optimizer", "muon")
@@ -410,7 +414,7 @@ def _in_play(cls: type, rules: object, src: str) -> list[type | None]:
             args = entry["hidden_matrices"]
             name = args.get("optimizer", "muon") if isinstance(args, dict) else \
                 args if isinstance(args, str) else "muon"
-        if isinstance(name, str):
+        if isinstance(name, (str, type)):
             try:
                 found = resolve_optimizer(name, allow_import=_may_import)
             except ParamwiseError:

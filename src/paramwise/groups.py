@@ -84,14 +84,19 @@ def _constraints(plan: Plan, parts: list[tuple[type | None, list[dict]]]) -> Non
 
     inv = plan.inv
     index = {id(inv.params[e]): e for e in inv.first}
+
+    def sender(e: int) -> str:  # the last rule that set this parameter's optimizer
+        s = plan.entry_sig[e]
+        setters = [i for i in plan.sig_rules[s] if "optimizer" in plan.rules[i].options]
+        if setters:
+            i = setters[-1]
+            return f"{rule_ref(i, plan.rules[i])} ({plan.rules[i].label!r})"
+        cls = plan.optim_cls
+        return f"the default optimizer ({cls.__name__})" if cls is not None else "the default"
+
     members = {}
     for cls, gs in parts:
-        members[cls] = [(n, inv.shape(index[id(p)]), inv.modules[index[id(p)]])
+        members[cls] = [(n, inv.shape(index[id(p)]), inv.modules[index[id(p)]],
+                         sender(index[id(p)]))
                         for g in gs for n, p in zip(g["param_names"], g["params"])]
-    who = {}
-    for cls, _ in parts:
-        setters = [f"{rule_ref(i, r)} ({r.label!r})" for i, r in enumerate(plan.rules)
-                   if r.options.get("optimizer") is cls]
-        who[cls] = ", ".join(setters) if setters else f"the default optimizer ({cls.__name__})" \
-            if cls is not None else "the default"
-    check_constraints(members, {cls: len(gs) for cls, gs in parts}, who)
+    check_constraints(members, {cls: len(gs) for cls, gs in parts})

@@ -47,16 +47,27 @@ class _State(MutableMapping):
     def __init__(self, hybrid: Hybrid) -> None:
         self._h = hybrid
         self._owners: dict[int, torch.optim.Optimizer] = {}
+        self._sizes: tuple[int, ...] = ()
 
     def _owner(self, p: object) -> torch.optim.Optimizer:
         o = self._owners.get(id(p))
-        if o is None:  # new parameters (add_param_group) or a first lookup: one pass
-            self._owners = {id(q): o for o in self._h.optimizers for g in o.param_groups
-                            for q in g["params"]}
-            o = self._owners.get(id(p))
+        if o is None:
+            sizes = tuple(len(g["params"]) for q in self._h.optimizers for g in q.param_groups)
+            if sizes != self._sizes:  # groups added or changed since the map was made
+                self._sizes = sizes
+                self._owners = {id(q): o for o in self._h.optimizers for g in o.param_groups
+                                for q in g["params"]}
+                o = self._owners.get(id(p))
             if o is None:
                 raise KeyError(p)
         return o
+
+    def get(self, p: object, default: Any = None) -> Any:
+        """Like ``dict.get`` on torch's state: no entry is created for a missing parameter."""
+        try:
+            return self._owner(p).state.get(p, default)
+        except KeyError:
+            return default
 
     def __getitem__(self, p: object) -> Any:
         return self._owner(p).state[p]
@@ -106,10 +117,14 @@ class Hybrid(torch.optim.Optimizer):
         return "Hybrid(" + ", ".join(type(o).__name__ for o in self.optimizers) + ")"
 
     def __getstate__(self) -> dict:
-        return {**self.__dict__, "state": None}
+        # the parts (torch pickles each as defaults, state, param_groups) and the defaults;
+        # hooks and a scheduler's step wrapper stay behind, as torch's own __getstate__ does
+        return {"optimizers": self.optimizers, "defaults": self.defaults}
 
     def __setstate__(self, state: dict) -> None:
-        self.__dict__.update(state)
+        self.optimizers = state["optimizers"]
+        self.param_groups = [g for o in self.optimizers for g in o.param_groups]
+        super().__setstate__({"defaults": state["defaults"]})  # torch's hook dicts, step patch
         self.state = _State(self)  # type: ignore[assignment]
 
     def part(self, cls: type | str) -> torch.optim.Optimizer:
@@ -210,6 +225,14 @@ class Hybrid(torch.optim.Optimizer):
                 f"groups, this {self!r} has {sum(counts)} ({', '.join(map(str, counts))} per "
                 "part)", fix="load a state dict saved from the same rules, or load by name with "
                 "paramwise.load_state_dict(opt, paramwise.state_dict(old_opt))")
+        parts_extra = sd.get("paramwise_parts")
+        if parts_extra is not None and (not isinstance(parts_extra, list)
+                                        or len(parts_extra) != len(self.optimizers)):
+            raise ParamwiseError(
+                f"the state dict's 'paramwise_parts' holds "
+                f"{len(parts_extra) if isinstance(parts_extra, list) else 'no list of'} entries, "
+                f"this {self!r} has {len(self.optimizers)} parts",
+                fix="load a state dict saved from the same rules")
         start = 0
         for o, n in zip(self.optimizers, counts):  # every part's sizes before any part loads
             for j, (g, s) in enumerate(zip(o.param_groups, saved[start:start + n])):

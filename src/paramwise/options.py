@@ -82,6 +82,9 @@ def _import(path: str, allow: ImportPolicy = True) -> object:
             f"from_config(..., allow_imports=['{top}']) / paramwise inspect --allow-import {top}")
     try:
         mod = sys.modules.get(mod_name) or importlib.import_module(mod_name)
+        if allow is not True and not (callable(allow) and allow(mod_name)):
+            # no module __getattr__ either: a lazy package would import a submodule
+            return inspect.getattr_static(mod, attr)
         return getattr(mod, attr)
     except (ImportError, AttributeError, ValueError) as e:
         raise ParamwiseError(f"optimizer {path!r} cannot be imported ({type(e).__name__}: {e})",

@@ -76,23 +76,32 @@ def _sample(names: list[str], shapes: list[tuple[int, ...]], k: int = 3) -> str:
     return shown + (f" and {len(names) - k} more" if len(names) > k else "")
 
 
-def check_constraints(parts: dict[type | None, list[tuple[str, tuple[int, ...], nn.Module]]],
-                      n_groups: dict[type | None, int], who: dict[type | None, str]) -> None:
+def _senders(bad: list[tuple]) -> str:
+    return ", ".join(dict.fromkeys(b[3] for b in bad))
+
+
+def check_constraints(parts: dict[type | None, list[tuple[str, tuple[int, ...], nn.Module, str]]],
+                      n_groups: dict[type | None, int]) -> None:
     """Muon/LBFGS/SparseAdam constraints; ``parts`` maps each class to its parameters
-    ``(name, global shape, owning module)``, ``who`` to the rule(s) that sent them there."""
+    ``(name, global shape, owning module, what sent it there)``."""
     muon = getattr(torch.optim, "Muon", None)
     for cls, params in parts.items():
         if cls is None:
             continue
         if muon is not None and issubclass(cls, muon):
-            bad = [(n, s) for n, s, _ in params if len(s) != 2]
+            bad = [x for x in params if len(x[1]) != 2]
             if bad:
+                by_default = all(b[3].startswith("the default") for b in bad)
+                fix = ("make another optimizer the default and send the hidden matrices to "
+                       f"{cls.__name__}: paramwise.optimizer(model, 'adamw', "
+                       "[paramwise.hidden_matrices(), ...])") if by_default else (
+                       "add '& ndim==2' to that rule's selector, or use "
+                       "paramwise.hidden_matrices() (hidden 2-D matrices to Muon, the rest to "
+                       "the default optimizer)")
                 raise ParamwiseError(
-                    f"{cls.__name__} takes only 2-D parameters, but {who[cls]} sent it "
-                    f"{len(bad)} that are not: {_sample(*map(list, zip(*bad)))}",
-                    fix="add '& ndim==2' to that rule's selector, or use "
-                    "paramwise.hidden_matrices() (hidden 2-D matrices to Muon, the rest to the "
-                    "default optimizer)")
+                    f"{cls.__name__} takes only 2-D parameters, but {_senders(bad)} sent it "
+                    f"{len(bad)} that are not: {_sample([b[0] for b in bad], [b[1] for b in bad])}",
+                    fix=fix)
         if issubclass(cls, torch.optim.LBFGS):
             if len(parts) > 1:
                 raise ParamwiseError(
@@ -107,11 +116,12 @@ def check_constraints(parts: dict[type | None, list[tuple[str, tuple[int, ...], 
                     fix="drop the rules that set per-parameter options (e.g. no_decay(): LBFGS "
                     "has no weight decay), so every parameter shares one set")
         if issubclass(cls, torch.optim.SparseAdam):
-            bad = [(n, s) for n, s, m in params if not getattr(m, "sparse", False)]
+            bad = [x for x in params if not getattr(x[2], "sparse", False)]
             if bad:
                 raise ParamwiseError(
-                    f"SparseAdam needs sparse gradients, but {who[cls]} sent it {len(bad)} "
-                    f"parameters whose gradients are dense: {_sample(*map(list, zip(*bad)))}",
+                    f"SparseAdam needs sparse gradients, but {_senders(bad)} sent it {len(bad)} "
+                    f"parameters whose gradients are dense: "
+                    f"{_sample([b[0] for b in bad], [b[1] for b in bad])}",
                     fix="send only the weights of nn.Embedding(..., sparse=True) to SparseAdam, "
                     "e.g. Rule('type:Embedding', optimizer='sparseadam'), and the rest to a "
                     "dense optimizer")
