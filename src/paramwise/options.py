@@ -198,8 +198,8 @@ def check_key(key: str, cls: type | None, *, where: str) -> None:
 def bool_keys() -> frozenset[str]:
     """Options whose default is a bool in some ``torch.optim`` optimizer (``maximize``,
     ``amsgrad``, ``nesterov``, ``foreach`` ...), plus paramwise's ``prox``: their values must be
-    real bools (``None`` too where torch's default is ``None``), never strings such as
-    ``"False"`` (which Python takes as true)."""
+    real bools or ``None`` (torch's "use the default"), never strings such as ``"False"``
+    (which Python takes as true)."""
     keys = {"prox", "foreach", "fused"}
     for cls in _torch_optimizers().values():
         keys |= {k for k, v in optimizer_defaults(cls).items() if isinstance(v, bool)}
