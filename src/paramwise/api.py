@@ -146,8 +146,19 @@ def _construct(cls: type, groups: list[dict], defaults: dict[str, object]
             if isinstance(e, ParamwiseError) or not ctor:
                 raise
             # The groups carry every resolved option; the constructor's own checks may misfire
-            # on defaults alone (nesterov=True as a default, momentum only in a rule): build it
-            # with the groups' options only.
+            # on defaults alone (nesterov=True as a default, momentum only in a rule). Run those
+            # checks on each group's own options, then build from the groups.
+            for g in groups:
+                own = {k: v for k, v in g.items() if k in (accepted or ())}
+                try:
+                    cls([torch.zeros(1, requires_grad=True)], **own)
+                except (TypeError, ValueError) as ge:
+                    names = g.get("param_names", [])
+                    raise ParamwiseError(
+                        f"{cls.__name__} rejected the options of the group of {names[:3]}"
+                        f"{' ...' if len(names) > 3 else ''}: {ge}",
+                        fix="check the values passed to paramwise.optimizer() and set by the "
+                        "rules (paramwise.report() shows them per group)") from ge
             opt = cls(groups)
     except (TypeError, ValueError) as e:
         if isinstance(e, ParamwiseError):
