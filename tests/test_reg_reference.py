@@ -9,6 +9,7 @@ import numpy as np
 import pytest
 import torch
 
+from _lasso import lasso_data, sklearn_lasso
 from paramwise.hooks import attach
 
 sklearn = pytest.importorskip("sklearn.linear_model")
@@ -28,12 +29,7 @@ def _flush_denormals():
 
 @pytest.fixture(scope="module")
 def data():
-    g = torch.Generator().manual_seed(0)
-    X = torch.randn(N, D, generator=g, dtype=F64)
-    w = torch.zeros(D, dtype=F64)
-    w[:10] = 2 * torch.randn(10, generator=g, dtype=F64)
-    y = X @ w + 0.5 * torch.randn(N, generator=g, dtype=F64)
-    return X, y
+    return lasso_data(N, D)
 
 
 def fit(X, y, cls, steps, options, bias=None, **kw):
@@ -63,9 +59,7 @@ ALPHA = 0.1
 
 @pytest.fixture(scope="module")
 def lasso(data):
-    X, y = data
-    return sklearn.Lasso(alpha=ALPHA, fit_intercept=False, tol=1e-14,
-                         max_iter=100_000).fit(X.numpy(), y.numpy()).coef_
+    return sklearn_lasso(*data, ALPHA)
 
 
 @pytest.mark.parametrize("name", ["sgd", "sgd-momentum", "adam", "adagrad", "nadam", "radam",

@@ -12,6 +12,7 @@ import pytest
 import torch
 
 import paramwise._chunks as chunks
+from _lasso import lasso_data, sklearn_lasso
 from paramwise import prox
 from paramwise._chunks import Piece
 from paramwise.errors import ParamwiseError
@@ -37,18 +38,12 @@ def _flush_denormals_one_thread():
 
 @pytest.fixture(scope="module")
 def data():
-    g = torch.Generator().manual_seed(0)
-    X = torch.randn(N, D, generator=g, dtype=F64)
-    w = torch.zeros(D, dtype=F64)
-    w[:10] = 2 * torch.randn(10, generator=g, dtype=F64)
-    return X, X @ w + 0.5 * torch.randn(N, generator=g, dtype=F64)
+    return lasso_data(N, D)
 
 
 @pytest.fixture(scope="module")
 def lasso(data):
-    X, y = data
-    return sklearn.Lasso(alpha=ALPHA, fit_intercept=False, tol=1e-14,
-                         max_iter=100_000).fit(X.numpy(), y.numpy()).coef_
+    return sklearn_lasso(*data, ALPHA)
 
 
 def fit(X, y, cls, steps, options, **kw):
