@@ -19,24 +19,9 @@ import time
 from collections.abc import Callable, Sequence
 
 import torch
-from torch import nn
+from bench_groups import Model  # the same model of blocks as the build benchmark
 
 import paramwise
-
-
-class Block(nn.Module):
-    def __init__(self, d: int) -> None:
-        super().__init__()
-        self.norm = nn.LayerNorm(d)
-        self.fc = nn.Linear(d, d)
-
-
-class Model(nn.Module):
-    def __init__(self, tensors: int, d: int = 8) -> None:
-        super().__init__()
-        self.embed = nn.Embedding(16, d)
-        self.blocks = nn.ModuleList([Block(d) for _ in range(max(1, (tensors - 3) // 4))])
-        self.head = nn.Linear(d, 2)
 
 
 def _cpu_ms(fn: Callable[[], object]) -> float:
