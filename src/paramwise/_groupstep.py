@@ -106,9 +106,13 @@ def decay_later(group: dict, cfg: StepCfg) -> list[tuple[Tensor, Tensor]]:
     return [(p, p.detach() * f) for p in group["params"] if p.grad is not None]
 
 
-def with_grad(cfgs: list[tuple[dict, StepCfg]]) -> dict[int, list[Tensor]]:
+def with_grad(opt: torch.optim.Optimizer, cfgs: list[tuple[dict, StepCfg]]
+              ) -> dict[int, list[Tensor]]:
     """The parameters of each group with a gradient before the step: the post-step maps run
-    on them even if ``step()`` clears ``p.grad`` (heavyball does)."""
+    on them even if ``step()`` clears ``p.grad`` (heavyball does). torch's own optimizers never
+    clear gradients, so for them nothing is recorded (no pass over the parameters)."""
+    if type(opt).__module__.startswith("torch."):
+        return {}
     return {id(g): [p for p in g["params"] if p.grad is not None] for g, _ in cfgs}
 
 

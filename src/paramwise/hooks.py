@@ -283,7 +283,7 @@ class Handle:
                 elif cfg.pre:
                     self._pre_group(opt, group, cfg, gscale, True)
         self._post_cfgs = [(g, c) for g, c in cfgs if c.post and c.lr != 0]
-        self._stepped = G.with_grad(self._post_cfgs)
+        self._stepped = G.with_grad(opt, self._post_cfgs)
         self._prev_norms = G.capture_rows(opt, self._post_cfgs, skip={id(g) for g, _, _ in fused})
         # set the fused groups' gradients aside so step() skips them; the post-hook gives them
         # back and runs their update (a step that raises before it applies nothing to them)
@@ -310,7 +310,7 @@ class Handle:
                         self._pre_group(opt, group, cfg, gscale, first[0])
             if first[0]:
                 self._prev_norms = G.capture_rows(opt, self._post_cfgs, skip=set())
-                self._stepped = G.with_grad(self._post_cfgs)
+                self._stepped = G.with_grad(opt, self._post_cfgs)
                 first[0] = False
             return loss
 

@@ -125,8 +125,11 @@ def check_all(opt: torch.optim.Optimizer, cfgs: list[tuple[dict, StepCfg]], more
     """The refusals of third-party optimizers' options (:func:`paramwise.thirdparty.check`) and
     of schedule-free layouts (:func:`check`) for every regularized group, before anything
     changes."""
+    if type(opt).__module__.startswith("torch."):
+        return  # torch's own optimizers: none is schedule-free or has a third-party rule
+    index = {id(g): k for k, g in enumerate(opt.param_groups)}
     for group, cfg in cfgs:
-        i = next(k for k, h in enumerate(opt.param_groups) if h is group)
+        i = index[id(group)]
         label = group_label(i, group)
         check_options(opt, i, group, label, cfg.prox_on and cfg.adaptive and cfg.lr != 0, more)
         check(opt, label, group, cfg, more, stepping)
