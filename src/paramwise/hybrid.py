@@ -35,6 +35,7 @@ from typing import Any
 import torch
 
 from .errors import ParamwiseError
+from .groups import freeze  # equal options, as groups are merged
 
 __all__ = ["Hybrid"]
 
@@ -111,7 +112,7 @@ class Hybrid(torch.optim.Optimizer):
         self.state = _State(self)  # type: ignore[assignment]
         shared = set.intersection(*(set(o.defaults) for o in parts))
         self.defaults = {k: parts[0].defaults[k] for k in sorted(shared)
-                         if all(_same(o.defaults[k], parts[0].defaults[k]) for o in parts)}
+                         if all(freeze(o.defaults[k]) == freeze(parts[0].defaults[k]) for o in parts)}
 
     def __repr__(self) -> str:
         return "Hybrid(" + ", ".join(type(o).__name__ for o in self.optimizers) + ")"
@@ -267,11 +268,3 @@ class Hybrid(torch.optim.Optimizer):
         for post in self._optimizer_load_state_dict_post_hooks.values():
             post(self)
 
-
-def _same(a: object, b: object) -> bool:
-    if isinstance(a, torch.Tensor) or isinstance(b, torch.Tensor):
-        return a is b
-    try:
-        return bool(a == b)
-    except Exception:  # noqa: BLE001 - incomparable values are different
-        return False

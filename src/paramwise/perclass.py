@@ -25,7 +25,7 @@ import torch
 from torch import nn
 
 from .errors import ParamwiseError, closest
-from .options import known_keys, optimizer_keys, paramwise_keys
+from .options import known_keys, paramwise_keys
 
 __all__ = ["accepts", "check_key_any", "check_constraints", "class_name"]
 
@@ -126,7 +126,3 @@ def check_constraints(parts: dict[type | None, list[tuple[str, tuple[int, ...], 
                     "e.g. Rule('type:Embedding', optimizer='sparseadam'), and the rest to a "
                     "dense optimizer")
 
-
-def keys_taken(cls: type | None) -> frozenset[str] | None:
-    """The constructor keys of ``cls`` (``None``: any)."""
-    return None if cls is None else optimizer_keys(cls)
