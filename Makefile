@@ -1,5 +1,5 @@
 # Two commands do everything on a fresh machine: `make demo` and `make test` (a plain `make`
-# only sets up .venv). See README "Two commands" for what gets installed where.
+# only sets up .venv); `make docs` builds the documentation site the same way. See README "Two commands" for what gets installed where.
 PY ?= python3
 VENV := .venv
 BIN := $(VENV)/bin
@@ -19,14 +19,14 @@ PIP := $(BIN)/python -m pip install -q $(PIP_EXTRA)
 TORCH_VERSION := $(BIN)/python -c "from importlib.metadata import version; print(version('torch'))"
 
 .DEFAULT_GOAL := install
-.PHONY: install demo test lint bench clean
+.PHONY: install demo test docs lint bench clean
 
 $(STAMP): pyproject.toml
 	test -x $(BIN)/python || $(PY) -m venv $(VENV)
 	$(PIP) --upgrade pip
 	$(PIP) $(if $(TORCH_INDEX),--index-url "$(TORCH_INDEX)") "$(TORCH_SPEC)"
 	$(TORCH_VERSION) > $(VENV)/.torch
-	$(PIP) -e ".[test,demo,yaml,integrations]"
+	$(PIP) -e ".[test,demo,yaml,integrations,docs]"
 	@# the package and its extras must leave the chosen torch alone
 	@$(TORCH_VERSION) | cmp -s - $(VENV)/.torch || { echo "error: installing the package" \
 	  "replaced torch $$(cat $(VENV)/.torch) with $$($(TORCH_VERSION))"; exit 1; }
@@ -43,6 +43,12 @@ test: $(STAMP)
 	$(BIN)/ruff check src tests benchmarks examples
 	$(BIN)/python -m pytest
 
+# The documentation site, strict: any warning (a broken cross-reference, a link to a missing page,
+# a malformed docstring) fails the build. Output: docs/_build/html/index.html.
+docs: $(STAMP)
+	$(BIN)/sphinx-build -W --keep-going -n -q -b html docs docs/_build/html
+	@echo "docs: docs/_build/html/index.html"
+
 lint: $(STAMP)
 	$(BIN)/ruff check src tests benchmarks examples
 
@@ -53,4 +59,4 @@ bench: $(STAMP)
 	$(BIN)/python benchmarks/bench_audit.py
 
 clean:
-	rm -rf $(VENV) build src/*.egg-info .pytest_cache .ruff_cache
+	rm -rf $(VENV) build docs/_build src/*.egg-info .pytest_cache .ruff_cache
