@@ -107,3 +107,41 @@ def test_parts_choose_what_runs(tmp_path):
     res = run(quick=True, out=None, parts="3", stream=io.StringIO(), progress=io.StringIO())
     assert res.bias is None and res.l1 is None and res.group is not None
     assert res.figure is None
+
+
+def test_legends_hide_no_data_point():
+    """Panel 2's legend once hid two of its points (the loss-term runs sit at 0% zeros and
+    the lowest accuracies, i.e. in the lower-left corner). Draw the figure from the numbers of
+    that run and check no plotted point lies under a legend."""
+    pytest.importorskip("matplotlib")
+    from paramwise.demo.experiments import BiasResult, L1Result
+    from paramwise.demo.render import draw
+
+    lams = [0.0, 0.001, 0.003, 0.01, 0.03, 0.1]
+    bias = BiasResult("clusters", "", "", lams,
+                      train={"every parameter": [.944, .942, .940, .930, .886, .743],
+                             "weights only": [.944, .943, .943, .938, .938, .943]},
+                      test={"every parameter": [.955, .958, .955, .957, .935, .741],
+                            "weights only": [.955, .956, .957, .957, .953, .960]})
+    l1 = L1Result([1e-4, 3e-4, 1e-3, 3e-3])
+    l1.acc = {("SGD", "loss term"): [.971, .971, .969, .955],
+              ("SGD", "proximal"): [.973, .971, .971, .960],
+              ("Adam", "loss term"): [.982, .973, .960, .951],
+              ("Adam", "proximal"): [.973, .980, .969, .958]}
+    l1.zeros = {("SGD", "loss term"): [0, 0, 0, 0], ("SGD", "proximal"): [.55, .73, .86, .93],
+                ("Adam", "loss term"): [0, 0, 0, 0], ("Adam", "proximal"): [.44, .56, .76, .90]}
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+
+    fig = draw([bias], l1, None)
+    FigureCanvasAgg(fig).draw()  # lays out the legends and applies the autoscaled limits
+    checked = 0
+    for ax in fig.axes:
+        legend = ax.get_legend()
+        if legend is None:
+            continue
+        box = legend.get_window_extent()
+        for line in ax.get_lines():
+            for xy in ax.transData.transform(line.get_xydata()):
+                checked += 1
+                assert not box.contains(*xy), f"{ax.get_title()!r}: a point under the legend"
+    assert checked == 6 * 4 + 4 * 4
