@@ -99,3 +99,24 @@ def test_pages_have_blocks():
     """The collector sees the pages' blocks (an empty parametrization would pass silently)."""
     assert sum(b["lang"] == "python" for b in blocks(ROOT / "README.md")) >= 1
     assert len(cases()) >= 1
+
+
+def _slug(heading: str) -> str:
+    """GitHub's anchor for a Markdown heading (lowercase, punctuation dropped, spaces -> '-')."""
+    text = re.sub(r"[^\w\- ]", "", heading.strip().lower())
+    return text.replace(" ", "-")
+
+
+def test_readme_links_reach_pages_and_headings():
+    """The README is read on GitHub, outside the strict Sphinx build: its relative links must
+    name files that exist and, with '#', a heading in them."""
+    text = (ROOT / "README.md").read_text()
+    links = re.findall(r"\]\(((?!https?:)[^)\s]+)\)", text)
+    assert links, "the README links into the docs"
+    for link in links:
+        path, _, anchor = link.partition("#")
+        target = ROOT / path
+        assert target.exists(), f"README links to {path}, which does not exist"
+        if anchor:
+            headings = [_slug(h) for h in re.findall(r"^#{1,6} (.+)$", target.read_text(), re.M)]
+            assert anchor in headings, f"README links to {link}: no such heading in {path}"
