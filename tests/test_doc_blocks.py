@@ -120,3 +120,9 @@ def test_readme_links_reach_pages_and_headings():
         if anchor:
             headings = [_slug(h) for h in re.findall(r"^#{1,6} (.+)$", target.read_text(), re.M)]
             assert anchor in headings, f"README links to {link}: no such heading in {path}"
+
+
+def test_readme_reads_in_five_minutes():
+    """The README is the way in, not the manual: at most 200 lines (the docs hold the rest)."""
+    n = len((ROOT / "README.md").read_text().splitlines())
+    assert n <= 200, f"README.md has {n} lines; move detail into docs/ and link to it"
