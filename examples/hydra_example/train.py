@@ -7,6 +7,10 @@
 
 :func:`train` takes a composed config, so it also runs without the command line (see
 ``tests/test_integrations.py``, which composes configs with ``hydra.compose``).
+
+Hydra's record of each run (``.hydra/`` with the composed config, ``train.log``) goes under the
+system's temp directory, not ``./outputs`` (``hydra.run.dir`` in ``conf/config.yaml``), so a run
+from a checkout leaves the repository as it was.
 """
 
 from __future__ import annotations
@@ -15,6 +19,7 @@ from pathlib import Path
 
 import hydra
 import torch
+from hydra.core.hydra_config import HydraConfig
 from omegaconf import DictConfig
 from torch import nn
 
@@ -54,6 +59,9 @@ def train(cfg: DictConfig) -> dict:
             version_base=None)
 def main(cfg: DictConfig) -> None:
     train(cfg)
+    # Hydra's record of the run (composed config, overrides, log): under the temp directory,
+    # not the repository (see hydra.run.dir in conf/config.yaml)
+    print(f"hydra run directory: {HydraConfig.get().runtime.output_dir}")
 
 
 if __name__ == "__main__":
