@@ -11,7 +11,7 @@ from hypothesis import strategies as st
 
 from paramwise import regularizers as R
 from paramwise._chunks import batches
-from paramwise.regoptions import REG_KEYS, check_options
+from paramwise.options.regularization import REG_KEYS, check_options
 
 F64 = torch.float64
 

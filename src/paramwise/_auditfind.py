@@ -38,8 +38,8 @@ from ._auditscan import (
 )
 from .errors import closest
 from .inventory import ROLES, Inventory
-from .options import MULTIPLIERS
-from .regoptions import REG_KEYS
+from .options.keys import MULTIPLIERS
+from .options.regularization import REG_KEYS
 
 __all__ = ["Finder", "ROLE_KINDS"]
 

@@ -31,7 +31,7 @@ from ._chunks import as_float as _num
 from ._chunks import is_dtensor
 from .errors import ParamwiseError
 from .lowering import LOWERED_KEY
-from .regoptions import REG_KEYS, check_values
+from .options.regularization import REG_KEYS, check_values
 
 __all__ = ["StepCfg", "group_label", "buckets", "split", "prox_", "prox_scaled_"]
 

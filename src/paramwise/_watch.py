@@ -42,7 +42,7 @@ from torch.optim.optimizer import register_optimizer_step_pre_hook
 
 from ._stepcfg import StepCfg, group_label
 from .errors import ParamwiseError
-from .regoptions import REG_KEYS
+from .options.regularization import REG_KEYS
 
 __all__ = ["install", "quiet"]
 

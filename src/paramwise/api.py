@@ -29,10 +29,10 @@ from .hybrid import Hybrid
 from .lowering import lower
 from .monitor import penalty as _penalty
 from .monitor import stats as _stats
-from .options import optimizer_keys, paramwise_keys, resolve_optimizer
+from .options.keys import optimizer_keys, paramwise_keys, resolve_optimizer
+from .options.regularization import REG_KEYS
 from .perclass import class_name
 from .plan import Plan, make_plan
-from .regoptions import REG_KEYS
 from .rules import RuleLike
 
 __all__ = ["param_groups", "optimizer", "penalty", "stats", "plan_for", "resolve_target",

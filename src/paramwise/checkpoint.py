@@ -374,7 +374,7 @@ def _load_packed(optimizer: torch.optim.Optimizer, names: list[list[str]], laid:
 
 def _restore_options(optimizer, names, match, saved: Saved, keep) -> bool:
     """Put saved options back per parameter; rebuild the groups if they no longer agree."""
-    from .options import paramwise_keys
+    from .options.keys import paramwise_keys
 
     own = paramwise_keys() | {"paramwise_lowered"}
     pieces: dict[object, dict] = {}

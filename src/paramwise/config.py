@@ -47,9 +47,9 @@ from torch import nn
 from .errors import ParamwiseError, closest
 from .hidden import HiddenMatrices, hidden_matrices
 from .layerdecay import LayerDecay, layer_decay
-from .options import REAL_KEYS, check_key, check_value, known_keys, resolve_optimizer
+from .options.keys import REAL_KEYS, check_key, check_value, known_keys, resolve_optimizer
+from .options.regularization import STRENGTH_KEYS
 from .perclass import check_key_any
-from .regoptions import STRENGTH_KEYS
 from .rules import Rule, no_decay
 
 __all__ = ["from_config", "load_config", "PRESETS", "TOP_LEVEL_KEYS"]

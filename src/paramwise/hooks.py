@@ -1,7 +1,7 @@
 r"""Regularization for any ``torch.optim.Optimizer``, run by its step pre/post hooks.
 
 :func:`attach` registers two hooks; every step they read the regularization options
-(:data:`paramwise.regoptions.REG_KEYS`) from each param group, so ``state_dict()`` saves them,
+(:data:`paramwise.options.regularization.REG_KEYS`) from each param group, so ``state_dict()`` saves them,
 schedulers' ``lr`` changes apply, and a group without a key has that regularizer off. For the
 parameters with a gradient (others are skipped, as the optimizer skips them):
 

@@ -130,7 +130,7 @@ class Hybrid(torch.optim.Optimizer):
 
     def part(self, cls: type | str) -> torch.optim.Optimizer:
         """The part of class ``cls`` (a class or a name such as ``"muon"``)."""
-        from .options import resolve_optimizer
+        from .options.keys import resolve_optimizer
 
         want = resolve_optimizer(cls)
         for o in self.optimizers:

@@ -43,7 +43,7 @@ from ._regexguard import REF_LEN, check
 from .errors import ParamwiseError
 from .inventory import Inventory
 from .layertree import detect, group_matcher_ids
-from .options import check_value
+from .options.keys import check_value
 from .rules import Partition, Preset, Rule
 from .selectors import Selector
 

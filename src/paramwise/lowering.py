@@ -21,7 +21,7 @@ from typing import Any
 import torch
 
 from ._chunks import as_float as _num
-from .options import optimizer_defaults
+from .options.keys import optimizer_defaults
 
 __all__ = ["lower", "LOWERED_KEY"]
 

@@ -25,7 +25,7 @@ import torch
 from torch import nn
 
 from .errors import ParamwiseError, closest
-from .options import known_keys, paramwise_keys
+from .options.keys import known_keys, paramwise_keys
 
 __all__ = ["accepts", "check_key_any", "check_constraints", "class_name"]
 

@@ -1,7 +1,7 @@
 r"""Regularizers as pure math on lists of tensors: penalty, gradient term, proximal map, projection.
 
 This module knows nothing of rules or optimizers (:mod:`paramwise.hooks` wires it to a step;
-:mod:`paramwise.regoptions` holds the keys and checks which values are valid). In
+:mod:`paramwise.options.regularization` holds the keys and checks which values are valid). In
 the formulas, :math:`w` is a parameter, :math:`g` its gradient, :math:`s` a step scale (a number,
 or one per element), :math:`w_r` one group of :math:`w` (a row / channel: a slice along
 ``group_dim``) and :math:`m = |w_r|` the number of elements in a group.
@@ -62,7 +62,7 @@ from ._rows import (
     metric_group_prox_,
     mul_,
 )
-from .regoptions import (  # noqa: F401  (re-exported: they were public here before the split)
+from .options.regularization import (
     PROX_SCALES,
     REG_KEYS,
     STRENGTH_KEYS,

@@ -23,7 +23,7 @@ from .errors import ParamwiseError
 from .hooks import runs_fused
 from .hybrid import Hybrid
 from .inventory import Inventory
-from .options import MULTIPLIERS
+from .options.keys import MULTIPLIERS
 from .perclass import accepts, class_name
 from .plan import Plan, rule_ref
 

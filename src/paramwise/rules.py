@@ -23,7 +23,7 @@ from torch import nn
 
 from .errors import ParamwiseError
 from .inventory import Inventory
-from .options import check_value, resolve_optimizer
+from .options.keys import check_value, resolve_optimizer
 from .selectors import Selector, SelectorLike, as_selector
 
 __all__ = ["Rule", "no_decay", "Preset", "Partition", "RuleLike", "expand_rules"]

@@ -8,7 +8,7 @@ is called (:func:`check_attach`) and when a group is added to an attached optimi
 ``add_param_group`` (:func:`check_added`, which also refuses mistyped option keys). Each error
 names the param group, the parameter and the fix. For every group that carries a regularizer:
 
-* **values**: strengths finite and ≥ 0 (:func:`paramwise.regoptions.check_values`); the
+* **values**: strengths finite and ≥ 0 (:func:`paramwise.options.regularization.check_values`); the
   group's ``lr`` finite and ≥ 0 (torch refuses a negative lr when an optimizer is built, not
   when one is set by hand or by a scheduler later);
 * **ranges**, in every parameter's dtype: each strength λ, the proximal threshold
@@ -19,7 +19,7 @@ names the param group, the parameter and the fix. For every group that carries a
   it a term becomes ``inf`` or torch refuses the threshold halfway through the step;
 * **signs**: a negative step factor (SGD with ``dampening > 1``) has no proximal map;
 * **shapes**: group lasso needs ≥ 2 dims and ``group_dim`` in range, ``max_norm`` ≥ 1 dim
-  and ``max_norm_dim`` in range (:func:`paramwise.regoptions.check_options`);
+  and ``max_norm_dim`` in range (:func:`paramwise.options.regularization.check_options`);
 * **dtypes**: complex parameters are refused (soft-thresholding has no complex kernel);
 * **sparse gradients** (regularized lazily, :mod:`paramwise._sparse`): group lasso and
   ``max_norm`` need their rows along dim 0 and a gradient sparse along dim 0 only;
@@ -54,9 +54,9 @@ from ._chunks import as_float as _num
 from ._stepcfg import StepCfg, group_label
 from .errors import ParamwiseError, closest
 from .lowering import LOWERED_KEY
-from .options import MULTIPLIERS, optimizer_keys
+from .options.keys import MULTIPLIERS, optimizer_keys
+from .options.regularization import REG_KEYS, check_options, check_values
 from .prox import momentum_scale, per_element, scale_fix, scale_problem, scaling_for
-from .regoptions import REG_KEYS, check_options, check_values
 
 __all__ = ["StepCheck", "check_attach", "check_added", "check_group", "check_sparse",
            "step_factor", "wrap_add_param_group"]

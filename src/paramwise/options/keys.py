@@ -2,7 +2,7 @@
 
 Known keys for an optimizer are its constructor's keyword arguments (minus ``params``) plus
 paramwise's own (:data:`MULTIPLIERS` and the regularization keys of
-:mod:`paramwise.regoptions`). Without an optimizer, keys are checked against the union of
+:mod:`paramwise.options.regularization`). Without an optimizer, keys are checked against the union of
 every ``torch.optim`` optimizer's arguments, so a typo such as ``weight_deacy`` is caught either way.
 
     >>> resolve_optimizer("adamw").__name__
@@ -25,8 +25,8 @@ from numbers import Real
 
 import torch
 
-from .errors import ParamwiseError, closest
-from .regoptions import REG_KEYS
+from ..errors import ParamwiseError, closest
+from .regularization import REG_KEYS
 
 __all__ = [
     "MULTIPLIERS",
