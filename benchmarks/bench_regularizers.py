@@ -13,13 +13,13 @@ whole training step (forward, backward, step) for:
 * ``pw_l2_hook``   — the same ``l2`` run by the step pre-hook (not lowered)
 * ``pw_l1_grad``   — ``l1`` with ``prox=False`` (subgradient in the pre-hook)
 * ``pw_l1_prox``   — proximal ``l1`` (adaptive scale; SGD: ``lr·λ/(1-μ)``; Adam on CPU: fused
-  with Adam's own update, see ``paramwise.fused``, as are the gradient terms and group lasso)
+  with Adam's own update, see ``paramwise.step.fused.update``, as are the gradient terms and group lasso)
 * ``pw_l1_prox_lr`` (Adam) — proximal ``l1`` with ``prox_scale='lr'``
 * ``pw_glasso``    — proximal group lasso over rows (Adam: metric prox, one closed-form
   majorize-minimize step per row, exact at fixed points)
 * ``pw_max_norm``  — max-norm projection of rows
 * ``pw_decoupled`` — ``decoupled_decay`` (Adam: lowered to ``decoupled_weight_decay``; SGD: hook)
-* ``fused_ref``    — paramwise's fused update with no regularizer (``paramwise.fused`` called
+* ``fused_ref``    — paramwise's fused update with no regularizer (``paramwise.step.fused.update`` called
   directly; CPU only): the base the fused variants' own cost is measured from, since the chunked
   update alone can be faster than torch's loop (Adam) and "extra over plain" then flatters them
 
@@ -52,9 +52,9 @@ from torch import nn
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "src"))
 
-from paramwise._chunks import chunk_limit  # noqa: E402
-from paramwise.fused import update_  # noqa: E402
-from paramwise.hooks import attach, lower  # noqa: E402
+from paramwise.step._chunks import chunk_limit  # noqa: E402
+from paramwise.step.fused.update import update_  # noqa: E402
+from paramwise.step.hooks import attach, lower  # noqa: E402
 
 LAM = 1e-5
 
@@ -97,7 +97,7 @@ def make_opt(name: str, cls: type, model: nn.Module, lr: float, kw: dict):
 
 
 def fused_alone(opt: torch.optim.Optimizer):
-    """``opt``'s update run by :mod:`paramwise.fused` with nothing before or after it."""
+    """``opt``'s update run by :mod:`paramwise.step.fused.update` with nothing before or after it."""
     def step() -> None:
         with torch.no_grad():
             for g in opt.param_groups:

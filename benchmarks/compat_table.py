@@ -23,7 +23,7 @@ Columns, per optimizer (``--steps`` steps, default 300):
 * **resume**: model and optimizer ``state_dict`` saved 20 steps before the end, loaded into a
   fresh model and optimizer (``torch.save`` round trip), the last 20 steps rerun: weights
   bit-identical;
-* **step scale**: the ``prox_scale="adaptive"`` rule used (:func:`paramwise.prox.rule_name`):
+* **step scale**: the ``prox_scale="adaptive"`` rule used (:func:`paramwise.step.prox.rule_name`):
   the class's own, ``generic: state['key']`` (an Adam-like second moment found in the state),
   ``lr fallback`` (none found: threshold lr·λ, warned), or the fix a refusal asks for;
 * **overhead**: the median over 50 interleaved rounds of (a training step with ``l1`` on the
@@ -60,7 +60,7 @@ from torch import nn
 import paramwise
 from paramwise import Rule, no_decay
 from paramwise.errors import ParamwiseError
-from paramwise.prox import rule_name
+from paramwise.step.prox import rule_name
 
 L1, GL, C, WD = 3e-4, 3e-2, 1.0, 1e-2
 VOCAB, EMB, DENSE, USED, HIDDEN, CLASSES, BATCH, TOKENS = 100, 16, 24, 4, 512, 10, 64, 4

@@ -104,7 +104,7 @@ def main(argv: list[str] | None = None) -> None:
     from torch.distributed.fsdp import fully_shard
 
     from paramwise.checkpoint import state_dict
-    from paramwise.monitor import stats
+    from paramwise.step.monitor import stats
 
     torch.manual_seed(0)  # the same initial weights on every rank
     model = TinyLM()

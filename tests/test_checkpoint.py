@@ -467,7 +467,7 @@ def test_resume_order_anchors_new_parameters_at_the_loaded_weights(loader):
 
     model2 = net(seed=7)                                     # random init, not the checkpoint's
     opt2 = paramwise.optimizer(model2, "sgd", after, lr=0.1)
-    handle = paramwise.hooks.handle_of(opt2)
+    handle = paramwise.step.hooks.handle_of(opt2)
     if loader == "dcp_template_first":                       # torchtitan-style: the template
         dsd.get_optimizer_state_dict(model2, opt2)           # first (an lr = 0 step inside)
     model2.load_state_dict(saved_model)
@@ -499,7 +499,7 @@ def test_fine_tuning_anchors_at_the_pretrained_weights():
     model.load_state_dict(pretrained)
     data = batches(2, seed=4)
     train(model, opt, data)
-    anchors = paramwise.hooks.handle_of(opt).anchors
+    anchors = paramwise.step.hooks.handle_of(opt).anchors
     for n, p in model.named_parameters():
         if n.endswith("weight") and p.ndim == 2:
             assert torch.equal(anchors[p], pretrained[n]), n

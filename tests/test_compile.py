@@ -109,7 +109,7 @@ def test_compiled_step_is_not_cut_into_chunks(monkeypatch):
     """Chunking bounds eager temporaries; traced, every cut is one more kernel for inductor to
     build and launch (a 16.8M-parameter Adam + l1 step compiled in 41 s and ran 2x slower
     before). The traced graphs must be the same size whatever the chunk limit."""
-    from paramwise import _chunks
+    from paramwise.step import _chunks
 
     def graph_sizes() -> int:
         sizes: list[int] = []
@@ -135,7 +135,7 @@ def test_compiled_step_is_not_cut_into_chunks(monkeypatch):
 
 def test_traced_bias_correction_power_matches_pow():
     """Traced steps compute beta2**t as exp(t ln beta2) (one evaluation per fused loop)."""
-    from paramwise._chunks import power as _power
+    from paramwise.step._chunks import power as _power
 
     for base in (0.999, 0.9, 0.5, 0.0):
         for t in (1.0, 7.0, 1000.0):
@@ -160,10 +160,10 @@ TRACED = [("adam", "adam", {}), ("adam", "adam", {"amsgrad": True, "maximize": T
                          ids=lambda v: "+".join(v) if isinstance(v, dict) else str(v))
 def test_compiled_step_runs_the_traced_fused_update(optim, name, kw, monkeypatch):
     """Under torch.compile the adaptive optimizers' updates run fused with the prox, in the
-    traced form (paramwise._traced), with the update's last operation folded into the map
+    traced form (paramwise.step.fused._traced), with the update's last operation folded into the map
     (not after RMSprop's momentum, nor with Adagrad's lr_decay), and the trained weights match
     the eager step."""
-    from paramwise import _traced
+    from paramwise.step.fused import _traced
 
     calls: list[bool] = []
     real = getattr(_traced, name)
@@ -175,7 +175,7 @@ def test_compiled_step_runs_the_traced_fused_update(optim, name, kw, monkeypatch
     monkeypatch.setattr(_traced, name, spy)
     rules = [paramwise.Rule("weight", l1=1e-2)]
     _, model = compiled_run(optim, dict(lr=1e-2, **kw), rules)
-    assert calls, f"{optim}: the compiled step did not run paramwise._traced.{name}"
+    assert calls, f"{optim}: the compiled step did not run paramwise.step.fused._traced.{name}"
     # folded, except after RMSprop's momentum and for Adagrad's traced decayed lr
     assert all(calls) == (kw.get("momentum", 0) == 0 and kw.get("lr_decay", 0) == 0)
     for (n, p), q in zip(model.named_parameters(), eager_run(optim, dict(lr=1e-2, **kw),

@@ -305,7 +305,7 @@ def fsdp2_dcp_cycle_with_regularizers() -> None:
     import paramwise
     from paramwise.checkpoint import state_dict
     from paramwise.dcp import load_dcp
-    from paramwise.hooks import handle_of
+    from paramwise.step.hooks import handle_of
 
     R = paramwise.Rule
     rules_a = [paramwise.no_decay(), R("fc1.weight | fc2.weight", l1=1e-2),
@@ -447,7 +447,7 @@ def _ddp_mode(mode: str) -> None:
     from torch.nn.parallel import DistributedDataParallel as DDP
 
     import paramwise
-    from paramwise.monitor import penalty, stats
+    from paramwise.step.monitor import penalty, stats
 
     ref, ref_opt = _reference(mode)
     optim, kw, rules = _modes()[mode]
@@ -466,7 +466,7 @@ def _ddp_mode(mode: str) -> None:
 
 def _fsdp2_mode(mode: str) -> None:
     import paramwise
-    from paramwise.monitor import penalty, stats
+    from paramwise.step.monitor import penalty, stats
 
     ref, ref_opt = _reference(mode)
     optim, kw, rules = _modes()[mode]
@@ -491,7 +491,7 @@ def fsdp2_stats_reads_only_local_shards() -> None:
     from torch.distributed.tensor.debug import CommDebugMode
 
     import paramwise
-    from paramwise.monitor import stats
+    from paramwise.step.monitor import stats
 
     R = paramwise.Rule
     rules = [R("fc1.weight", group_lasso=2.0, max_norm=0.3, max_norm_dim=1, l2=0.01),

@@ -1,4 +1,4 @@
-"""The fused Adam + adaptive prox step (paramwise.fused) against torch's own Adam and against the
+"""The fused Adam + adaptive prox step (paramwise.step.fused.update) against torch's own Adam and against the
 unfused path (torch's step, then the post-step hook)."""
 
 from __future__ import annotations
@@ -8,9 +8,9 @@ import torch
 from torch import nn
 
 import paramwise
-from paramwise import _chunks, _groupstep, hooks
-from paramwise.fused import adam_update_, fusable, sgd_update_, update_
-from paramwise.hooks import attach
+from paramwise.step import _chunks, _groupstep, hooks
+from paramwise.step.fused.update import adam_update_, fusable, sgd_update_, update_
+from paramwise.step.hooks import attach
 
 SHAPES = [(37, 11), (5,), (64, 3, 2), (1, 129)]
 
@@ -238,8 +238,8 @@ def test_not_fused_for_subclasses_other_dtypes_or_a_user_scaling(monkeypatch):
         assert fusable(opt, opt.param_groups[0], [p], closure=False)
     calls = []
     monkeypatch.setattr(_groupstep, "update_", lambda *a, **k: calls.append(1))
-    monkeypatch.setitem(paramwise.prox._RULES, torch.optim.Adam, paramwise.prox._adam)
-    paramwise.prox.register_scaling(torch.optim.Adam, lambda g, lr, *a, **k: lr)  # the user's
+    monkeypatch.setitem(paramwise.step.prox._RULES, torch.optim.Adam, paramwise.step.prox._adam)
+    paramwise.step.prox.register_scaling(torch.optim.Adam, lambda g, lr, *a, **k: lr)  # the user's
     opt = torch.optim.Adam([{"params": [p], "l1": 1e-2}], lr=0.1)
     attach(opt)
     p.grad = torch.ones(4, 4)

@@ -1,4 +1,4 @@
-"""paramwise.hooks: attach() on real torch optimizers, against the optimizers' own options."""
+"""paramwise.step.hooks: attach() on real torch optimizers, against the optimizers' own options."""
 
 from __future__ import annotations
 
@@ -9,11 +9,11 @@ import warnings
 import pytest
 import torch
 
-import paramwise._chunks as chunks
-from paramwise import prox
+import paramwise.step._chunks as chunks
 from paramwise.errors import ParamwiseError
-from paramwise.hooks import attach, handle_of, lower
-from paramwise.monitor import penalty, stats
+from paramwise.step import prox
+from paramwise.step.hooks import attach, handle_of, lower
+from paramwise.step.monitor import penalty, stats
 
 F64 = torch.float64
 OPTIM = torch.optim

@@ -7,8 +7,8 @@ import pytest
 import torch
 from torch.profiler import ProfilerActivity, profile
 
-from paramwise import _chunks
-from paramwise.hooks import attach
+from paramwise.step import _chunks
+from paramwise.step.hooks import attach
 
 CONFIGS = [
     (torch.optim.Adam, {}, {"l1": 1e-3}),                      # fused with Adam's update

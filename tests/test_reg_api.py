@@ -9,8 +9,8 @@ import torch
 from torch import nn
 
 import paramwise
-from paramwise.hooks import handle_of
-from paramwise.monitor import penalty, stats
+from paramwise.step.hooks import handle_of
+from paramwise.step.monitor import penalty, stats
 
 
 def mlp(seed=0):

@@ -5,8 +5,8 @@ from __future__ import annotations
 import pytest
 import torch
 
-from paramwise.hooks import attach
-from paramwise.monitor import penalty, stats
+from paramwise.step.hooks import attach
+from paramwise.step.monitor import penalty, stats
 
 dist = pytest.importorskip("torch.distributed")
 if not dist.is_available():  # pragma: no cover

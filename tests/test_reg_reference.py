@@ -10,7 +10,7 @@ import pytest
 import torch
 
 from _lasso import lasso_data, sklearn_lasso
-from paramwise.hooks import attach
+from paramwise.step.hooks import attach
 
 sklearn = pytest.importorskip("sklearn.linear_model")
 
@@ -65,7 +65,7 @@ def lasso(data):
 @pytest.mark.parametrize("name", ["sgd", "sgd-momentum", "adam", "adagrad", "nadam", "radam",
                                   "adamax", "rmsprop", "adafactor"])
 def test_proximal_l1_reaches_sklearn_lasso(data, lasso, name):
-    # each with its own step scale (paramwise.prox); the plain lr·λ threshold this replaced
+    # each with its own step scale (paramwise.step.prox); the plain lr·λ threshold this replaced
     # left NAdam 1, RAdam 3 and Adafactor 50 zeros of sklearn's 42 (tests/test_scales.py has
     # ASGD, Rprop and a third-party-like optimizer)
     X, y = data

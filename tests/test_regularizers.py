@@ -1,4 +1,4 @@
-"""The pure math of paramwise.regularizers, against closed forms, autograd and brute force."""
+"""The pure math of paramwise.step.regularizers, against closed forms, autograd and brute force."""
 
 from __future__ import annotations
 
@@ -9,9 +9,9 @@ import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from paramwise import regularizers as R
-from paramwise._chunks import batches
 from paramwise.options.regularization import REG_KEYS, check_options
+from paramwise.step import regularizers as R
+from paramwise.step._chunks import batches
 
 F64 = torch.float64
 
@@ -432,7 +432,7 @@ def test_majorized_group_prox_wakes_zero_rows_and_keeps_nonfinite_ones():
     y[4, 2] = float("nan")
     rho = 1 / R.group_norms(y, 0)                    # row 4: NaN
     rho[1] = math.inf                                # row 1 was 0 before the step
-    from paramwise._rows import inverse_radius
+    from paramwise.step._rows import inverse_radius
     assert inverse_radius(torch.zeros(2, 3, dtype=F64), 0).isinf().all()
     rho = torch.nan_to_num(rho, nan=0.0, posinf=math.inf)
     for scaled, x in _majorized_both(y, s, lam, rho):

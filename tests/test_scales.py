@@ -1,4 +1,4 @@
-"""Step scales (paramwise.prox, paramwise.scales) against torch's own steps, scikit-learn, and
+"""Step scales (paramwise.step.prox, paramwise.step.scales) against torch's own steps, scikit-learn, and
 optimizers paramwise has no rule for."""
 
 from __future__ import annotations
@@ -11,12 +11,12 @@ import numpy as np
 import pytest
 import torch
 
-import paramwise._chunks as chunks
+import paramwise.step._chunks as chunks
 from _lasso import lasso_data, sklearn_lasso
-from paramwise import prox
-from paramwise._chunks import Piece
 from paramwise.errors import ParamwiseError
-from paramwise.hooks import attach
+from paramwise.step import prox
+from paramwise.step._chunks import Piece
+from paramwise.step.hooks import attach
 
 sklearn = pytest.importorskip("sklearn.linear_model")
 

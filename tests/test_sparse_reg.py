@@ -1,4 +1,4 @@
-"""Regularizers on sparse gradients (paramwise._sparse): lazy, on the rows the gradient holds,
+"""Regularizers on sparse gradients (paramwise.step._sparse): lazy, on the rows the gradient holds,
 against hand-built references (torch's own optimizer, then the map on those rows only)."""
 
 from __future__ import annotations
@@ -9,7 +9,7 @@ import pytest
 import torch
 
 from paramwise.errors import ParamwiseError
-from paramwise.hooks import attach
+from paramwise.step.hooks import attach
 
 F64 = torch.float64
 V, D = 12, 4

@@ -1,5 +1,5 @@
-"""A step that cannot run changes nothing (paramwise.stepcheck), checks for groups added after
-attach(), and the global watch on optimizers paramwise did not attach to (paramwise._watch).
+"""A step that cannot run changes nothing (paramwise.step.stepcheck), checks for groups added after
+attach(), and the global watch on optimizers paramwise did not attach to (paramwise.step._watch).
 
 Every failing step here is compared against clones taken before it: parameters, gradients and
 the optimizer's whole state must be exactly as they were, on the fused CPU path and torch's own
@@ -17,7 +17,7 @@ import torch
 import paramwise
 from paramwise import Rule
 from paramwise.errors import ParamwiseError
-from paramwise.hooks import attach, runs_fused
+from paramwise.step.hooks import attach, runs_fused
 
 OPTIM = torch.optim
 OPTIMIZERS = [
@@ -219,7 +219,7 @@ def test_an_added_group_is_regularized_and_keeps_the_users_own_keys():
 
 def test_remove_restores_torchs_add_param_group():
     opt = _attached()
-    handle = paramwise.hooks.handle_of(opt)
+    handle = paramwise.step.hooks.handle_of(opt)
     handle.remove()
     assert "add_param_group" not in opt.__dict__
     opt.add_param_group({"params": [param(3, 2)], "group_dim": 5, "group_lasso": 1.0})

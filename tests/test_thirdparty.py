@@ -14,10 +14,10 @@ import pytest
 import torch
 
 from _lasso import lasso_data, sklearn_lasso
-from paramwise import prox, thirdparty
-from paramwise._chunks import Piece
 from paramwise.errors import ParamwiseError
-from paramwise.hooks import attach
+from paramwise.step import prox, thirdparty
+from paramwise.step._chunks import Piece
+from paramwise.step.hooks import attach
 
 po = pytest.importorskip("pytorch_optimizer")
 lion_pytorch = pytest.importorskip("lion_pytorch")
@@ -71,7 +71,7 @@ def f1(w, ref):
 
 # -------------------------------------------------------------- registry: by name, no imports
 def test_paramwise_imports_none_of_the_packages():
-    code = ("import sys, paramwise, paramwise.hooks; print(sorted(m for m in ('pytorch_optimizer',"
+    code = ("import sys, paramwise, paramwise.step.hooks; print(sorted(m for m in ('pytorch_optimizer',"
             " 'lion_pytorch', 'schedulefree', 'heavyball') if m in sys.modules))")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert out.stdout.strip() == "[]"

@@ -1,5 +1,5 @@
 """The torch versions paramwise declares, and the fused update's version gate
-(``paramwise.fused.TESTED_TORCH``): on a torch whose optimizer steps the fused update was not
+(``paramwise.step.fused.update.TESTED_TORCH``): on a torch whose optimizer steps the fused update was not
 checked against, every group keeps torch's own ``step()`` plus the hooks, and still regularizes
 as a hand-built reference (torch's optimizer, then the closed-form proximal map) says."""
 
@@ -15,8 +15,9 @@ from packaging.version import Version
 from torch import nn
 
 import paramwise
-from paramwise import _groupstep, fused
-from paramwise.hooks import attach, runs_fused
+from paramwise.step import _groupstep
+from paramwise.step.fused import update as fused
+from paramwise.step.hooks import attach, runs_fused
 
 PYPROJECT = Path(__file__).resolve().parents[1] / "pyproject.toml"
 F64 = torch.float64

@@ -14,14 +14,14 @@ from .config import from_config
 from .dcp import load_dcp
 from .errors import ParamwiseError
 from .hidden import hidden_matrices
-from .hooks import attach
 from .hybrid import Hybrid
 from .inventory import register_norm, register_wrapper
 from .layerdecay import layer_decay
-from .prox import register_scaling
 from .report import Report, explain, report
 from .rules import Rule, no_decay
 from .selectors import Selector, parse
+from .step.hooks import attach
+from .step.prox import register_scaling
 
 __all__ = [
     "AuditReport",

@@ -21,9 +21,9 @@ from typing import Any
 
 import torch
 
-from .lowering import LOWERED_KEY
 from .options.keys import MULTIPLIERS, optimizer_keys
 from .options.regularization import REG_KEYS, STRENGTH_KEYS
+from .step.lowering import LOWERED_KEY
 
 __all__ = ["Finding", "GroupView", "owners", "decay_form", "read_keys", "SCHEDULER_KEYS",
            "FRAMEWORK_KEYS", "unwrap_optimizer", "unwrap_scheduler", "fmt", "groups_text",

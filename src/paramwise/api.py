@@ -24,16 +24,16 @@ from torch import nn
 
 from .errors import ParamwiseError
 from .groups import groups_by_class
-from .hooks import attach
 from .hybrid import Hybrid
-from .lowering import lower
-from .monitor import penalty as _penalty
-from .monitor import stats as _stats
 from .options.keys import optimizer_keys, paramwise_keys, resolve_optimizer
 from .options.regularization import REG_KEYS
 from .perclass import class_name
 from .plan import Plan, make_plan
 from .rules import RuleLike
+from .step.hooks import attach
+from .step.lowering import lower
+from .step.monitor import penalty as _penalty
+from .step.monitor import stats as _stats
 
 __all__ = ["param_groups", "optimizer", "penalty", "stats", "plan_for", "resolve_target",
            "optimizer_of"]
@@ -101,7 +101,7 @@ def optimizer(
 
     ``defaults`` go into every group (and, where they are constructor arguments, into the
     optimizer's own ``defaults``, so ``add_param_group`` inherits them). Returns the optimizer
-    itself; regularizer options are lowered/attached as described in :mod:`paramwise.hooks`.
+    itself; regularizer options are lowered/attached as described in :mod:`paramwise.step.hooks`.
     """
     if "optimizer" in defaults:
         raise ParamwiseError("paramwise.optimizer() got optimizer=... as a default option",
@@ -173,7 +173,7 @@ def _construct(cls: type, groups: list[dict], defaults: dict[str, object]
 
 def _check_open_keys(opt: torch.optim.Optimizer, groups: list[dict]) -> None:
     from .errors import closest
-    from .lowering import LOWERED_KEY
+    from .step.lowering import LOWERED_KEY
 
     valid = set(opt.defaults) | paramwise_keys() | {"params", "param_names", LOWERED_KEY}
     for g in groups:
@@ -202,7 +202,7 @@ def optimizer_of(obj: nn.Module | torch.optim.Optimizer, *, what: str) -> torch.
 
 
 def penalty(obj: nn.Module | torch.optim.Optimizer) -> torch.Tensor:
-    """The differentiable sum of every configured penalty (see :func:`paramwise.monitor.penalty`).
+    """The differentiable sum of every configured penalty (see :func:`paramwise.step.monitor.penalty`).
 
         >>> loss = task_loss + paramwise.penalty(model)   # doctest: +SKIP
     """
@@ -211,7 +211,7 @@ def penalty(obj: nn.Module | torch.optim.Optimizer) -> torch.Tensor:
 
 def stats(obj: nn.Module | torch.optim.Optimizer) -> dict:
     """Per group: penalty, exact-zero fraction, zero rows, norms (see
-    :func:`paramwise.monitor.stats`); cheap enough to log every few steps."""
+    :func:`paramwise.step.monitor.stats`); cheap enough to log every few steps."""
     return _stats(optimizer_of(obj, what="stats"))
 
 

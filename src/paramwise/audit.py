@@ -35,8 +35,8 @@ from torch import nn
 from ._auditfind import Finder
 from ._auditscan import Finding, GroupView, owners, read_keys, unwrap_optimizer, unwrap_scheduler
 from .errors import ParamwiseError, did_you_mean
-from .hooks import handle_of
 from .inventory import Inventory
+from .step.hooks import handle_of
 
 __all__ = ["audit", "AuditReport", "Finding", "KINDS"]
 

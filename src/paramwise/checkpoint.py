@@ -361,7 +361,7 @@ def _load_packed(optimizer: torch.optim.Optimizer, names: list[list[str]], laid:
             pid += 1
         packed_groups.append({**{k: v for k, v in g.items() if k != "params"}, "params": ids})
     packed: dict = {"state": packed_state, "param_groups": packed_groups}
-    if packed_anchors:  # read by paramwise.hooks' load pre-hook (l2_to_init anchors)
+    if packed_anchors:  # read by paramwise.step.hooks' load pre-hook (l2_to_init anchors)
         packed[ANCHORS_KEY] = packed_anchors
     groups_list, group_dicts = optimizer.param_groups, list(optimizer.param_groups)
     optimizer.load_state_dict(packed)

@@ -46,7 +46,7 @@ from .errors import ParamwiseError, did_you_mean, user_stacklevel
 __all__ = ["ANCHORS_KEY", "NOT_OPTIONS", "Saved", "check_state", "keep_keys", "parse"]
 
 #: Top-level key of the ``l2_to_init`` anchors (``{name: w0}``), beside ``state``/``param_groups``;
-#: the same key under which :mod:`paramwise.hooks` puts them (by index) in ``opt.state_dict()``.
+#: the same key under which :mod:`paramwise.step.hooks` puts them (by index) in ``opt.state_dict()``.
 ANCHORS_KEY = "paramwise_anchors"
 NOT_OPTIONS = ("params", "param_names")
 _RESAVE = "pass paramwise.state_dict(opt) or optimizer.state_dict() as saved"

@@ -26,9 +26,9 @@ from collections.abc import Iterable, Mapping
 
 import torch
 
-from ._chunks import is_dtensor
 from .checkpoint import ANCHORS_KEY, LoadReport, _group_names, _loose, load_state_dict
 from .errors import ParamwiseError
+from .step._chunks import is_dtensor
 
 __all__ = ["load_dcp", "match_layout"]
 

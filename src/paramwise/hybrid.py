@@ -39,7 +39,7 @@ from .groups import freeze  # equal options, as groups are merged
 
 __all__ = ["Hybrid"]
 
-ANCHORS_KEY = "paramwise_anchors"  # paramwise.hooks' key: per-part anchors, by index
+ANCHORS_KEY = "paramwise_anchors"  # paramwise.step.hooks' key: per-part anchors, by index
 
 
 class _State(MutableMapping):

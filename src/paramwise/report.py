@@ -20,12 +20,12 @@ from torch import nn
 
 from .api import resolve_target
 from .errors import ParamwiseError
-from .hooks import runs_fused
 from .hybrid import Hybrid
 from .inventory import Inventory
 from .options.keys import MULTIPLIERS
 from .perclass import accepts, class_name
 from .plan import Plan, rule_ref
+from .step.hooks import runs_fused
 
 __all__ = ["Report", "report", "explain"]
 
@@ -245,7 +245,7 @@ def explain(obj: nn.Module | torch.optim.Optimizer, name: str, rules=None,
             entries.append(("lowered", f"{note} (runs inside {type(opt).__name__}.step)"))
         if runs_fused(opt, gidx):
             entries.append(("fused", f"{type(opt).__name__}'s update and the regularizers run "
-                            "in one pass in paramwise's post-step hook (paramwise.fused)"))
+                            "in one pass in paramwise's post-step hook (paramwise.step.fused.update)"))
     width = max(len(k) for k, _ in entries)
     lines.extend(f"  {k.ljust(width)}  {v}" for k, v in entries)
     return "\n".join(lines)

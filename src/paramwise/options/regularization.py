@@ -1,7 +1,7 @@
 r"""The regularization options a param group may carry, and their checks.
 
 The keys (:data:`REG_KEYS`, public API) and what each one means are in
-:mod:`paramwise.regularizers`; this module says which values are valid. :func:`check_options`
+:mod:`paramwise.step.regularizers`; this module says which values are valid. :func:`check_options`
 runs when groups are built and when :func:`paramwise.attach` is called (against each
 parameter's global shape), :func:`check_values` at every step (a value changed by hand after
 the build is caught before the step changes anything). Both return a message that names the

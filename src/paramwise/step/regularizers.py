@@ -1,6 +1,6 @@
 r"""Regularizers as pure math on lists of tensors: penalty, gradient term, proximal map, projection.
 
-This module knows nothing of rules or optimizers (:mod:`paramwise.hooks` wires it to a step;
+This module knows nothing of rules or optimizers (:mod:`paramwise.step.hooks` wires it to a step;
 :mod:`paramwise.options.regularization` holds the keys and checks which values are valid). In
 the formulas, :math:`w` is a parameter, :math:`g` its gradient, :math:`s` a step scale (a number,
 or one per element), :math:`w_r` one group of :math:`w` (a row / channel: a slice along
@@ -52,6 +52,13 @@ from collections.abc import Sequence
 import torch
 from torch import Tensor
 
+from ..options.regularization import (
+    PROX_SCALES,
+    REG_KEYS,
+    STRENGTH_KEYS,
+    check_options,
+    check_values,
+)
 from ._chunks import is_dtensor, plain
 from ._rows import (
     assign_,
@@ -61,13 +68,6 @@ from ._rows import (
     majorized_group_prox_scaled_,
     metric_group_prox_,
     mul_,
-)
-from .options.regularization import (
-    PROX_SCALES,
-    REG_KEYS,
-    STRENGTH_KEYS,
-    check_options,
-    check_values,
 )
 
 __all__ = [
@@ -323,11 +323,11 @@ def prox_group_lasso_(params: Sequence[Tensor], scale: Scale, lam: float, dims: 
     unchanged. For sparse group lasso apply :func:`prox_l1_` (without ``l2``) first.
 
     ``rho`` (per-element :math:`s` only): for each parameter the inverse row norms
-    :math:`1/n_r` *before* the optimizer's step (:func:`paramwise._rows.inverse_radius`,
+    :math:`1/n_r` *before* the optimizer's step (:func:`paramwise.step._rows.inverse_radius`,
     keepdim-shaped). Then the nonzero rows take one closed-form majorize-minimize step instead
     of Newton's method, :math:`w_i ← w_i\,n/((1 + s_iλ_2)n + s_iτ)` — equal to the exact
     metric prox at every fixed point of step + prox, so the iteration still reaches the group
-    lasso's KKT points (:func:`paramwise._rows.majorized_group_prox_` has the derivation). The
+    lasso's KKT points (:func:`paramwise.step._rows.majorized_group_prox_` has the derivation). The
     zero test stays exact. This is what the step hooks use.
     """
     for i, w in enumerate(params):

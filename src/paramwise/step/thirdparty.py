@@ -1,5 +1,5 @@
 r"""Step scales of the optimizers users bring: pytorch-optimizer 4.x, lion-pytorch, schedulefree
-1.4 and heavyball 3.2, looked up by ``"module:qualname"`` the first time :mod:`paramwise.prox`
+1.4 and heavyball 3.2, looked up by ``"module:qualname"`` the first time :mod:`paramwise.step.prox`
 meets a class it has no rule for. Nothing here imports those packages: a class is only ever
 matched by name, so there is no import cost and no dependency.
 
@@ -31,7 +31,7 @@ SophiaH               :math:`s = \mathrm{lr}/\max(h, ε)` (:math:`h` its Hessian
 heavyball AdamW,      :math:`s = \mathrm{lr}/\mathrm{clip}(v, ε)` (heavyball debiases its betas,
 LaProp, RMSprop       so :math:`v` is already unbiased)
 heavyball SGD         :math:`s = \mathrm{lr}/(1-β)` (heavy-ball momentum :math:`m ← βm + g`)
-schedule-free         the scale of the :math:`z` step (:mod:`paramwise.schedfree`):
+schedule-free         the scale of the :math:`z` step (:mod:`paramwise.step.schedfree`):
                       SGD :math:`γ_t`; AdamW :math:`γ_t/(\sqrt{v/b_2}+ε)`; RAdam the same times
                       its rectification (:math:`γ_t` once :math:`ρ_t ≤ 4`)
 ===================== =======================================================================
@@ -188,7 +188,7 @@ def heavy_sgd(group: Mapping[str, Any], lr: float, pieces: Sequence[Piece], stat
     return lr / (1 - _num(group["beta"]))
 
 
-# -- schedule-free: the scale of the z step (paramwise.schedfree applies the maps there) --------
+# -- schedule-free: the scale of the z step (paramwise.step.schedfree applies the maps there) --------
 
 def _sf_lr(group: Mapping[str, Any], lr: float) -> float:
     """``lr`` times the warmup factor the last step used (``scheduled_lr / lr``)."""
@@ -254,7 +254,7 @@ RULES: dict[str, Any] = {
     _PO + "schedulefree:ScheduleFreeAdamW": sf_adamw,
     _PO + "schedulefree:ScheduleFreeRAdam": sf_radam,
 }
-#: the schedule-free classes whose x/y/z :mod:`paramwise.schedfree` maps (all with ``state['z']``).
+#: the schedule-free classes whose x/y/z :mod:`paramwise.step.schedfree` maps (all with ``state['z']``).
 SCHEDULE_FREE = frozenset(k for k, r in RULES.items() if r in (sf_sgd, sf_adamw, sf_radam))
 
 _ROT = ("its update is preconditioned or orthogonalized as a whole (a non-diagonal map of the "
@@ -287,7 +287,7 @@ GRAPH_READERS = frozenset({_PO + "sophia:SophiaH", _PO + "adahessian:AdaHessian"
 
 def lookup(cls: type) -> Any:
     """The rule for exactly ``cls``, else ``(why, fix)`` if ``cls`` or a base is refused,
-    else None (then :func:`paramwise.prox.generic` applies)."""
+    else None (then :func:`paramwise.step.prox.generic` applies)."""
     rule = RULES.get(key(cls))
     if rule is not None:
         return rule
@@ -312,7 +312,7 @@ def check(opt: torch.optim.Optimizer, index: int, group: Mapping[str, Any], labe
           adaptive_prox: bool, more: str) -> None:
     """Raise :class:`~paramwise.errors.ParamwiseError` for a group whose options the class's rule
     does not cover, when ``adaptive_prox`` (an adaptive proximal map runs in the group)."""
-    from .errors import ParamwiseError
+    from ..errors import ParamwiseError
     k = key(type(opt))
     for cls_key, option, bad, what in _OPTIONS:
         if adaptive_prox and k == cls_key and group.get(option, not bad) == bad:

@@ -1,7 +1,7 @@
 r"""What one param group asks of a step: its regularization options resolved once per step
 (:class:`StepCfg`), and the proximal maps they select.
 
-The step hooks (:mod:`paramwise.hooks`) read a :class:`StepCfg` from every group at every step,
+The step hooks (:mod:`paramwise.step.hooks`) read a :class:`StepCfg` from every group at every step,
 so option changes (a scheduler's ``lr``, a strength set by hand) apply at once. Which options
 run where follows from the cascade of keys:
 
@@ -26,12 +26,12 @@ from typing import Any
 
 from torch import Tensor
 
+from ..errors import ParamwiseError
+from ..options.regularization import REG_KEYS, check_values
 from . import regularizers as R
 from ._chunks import as_float as _num
 from ._chunks import is_dtensor
-from .errors import ParamwiseError
 from .lowering import LOWERED_KEY
-from .options.regularization import REG_KEYS, check_values
 
 __all__ = ["StepCfg", "group_label", "buckets", "split", "prox_", "prox_scaled_"]
 

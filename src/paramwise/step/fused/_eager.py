@@ -1,9 +1,9 @@
-r"""The eager forms of the fused updates (:mod:`paramwise.fused` says when they run):
+r"""The eager forms of the fused updates (:mod:`paramwise.step.fused.update` says when they run):
 torch's ``_single_tensor_adam``, ``_sgd``, ``_rmsprop`` and ``_adagrad``, operation for
 operation, on cache-sized chunks of whole slices, with a ``before`` callback (the gradient
 terms) ahead of each batch's update and an ``apply`` callback (the proximal maps, which get
 the update's own denominator) after it. While ``torch.compile`` traces, each hands over to its
-twin in :mod:`paramwise._traced`.
+twin in :mod:`paramwise.step.fused._traced`.
 
 Example (the Adagrad update alone, no map: one step of ``Adagrad.step``)::
 
@@ -24,13 +24,13 @@ from typing import TYPE_CHECKING, Any
 import torch
 from torch import Tensor
 
+from .._chunks import Piece, batches, chunk_limit
+from ..prox import decayed_lr, momentum_scale
+from ..regularizers import Tail
 from . import _traced
-from ._chunks import Piece, batches, chunk_limit
-from .prox import decayed_lr, momentum_scale
-from .regularizers import Tail
 
 if TYPE_CHECKING:
-    from .fused import Apply, Before
+    from .update import Apply, Before
 
 __all__ = ["adam_update_", "sgd_update_", "rmsprop_update_", "adagrad_update_"]
 
@@ -141,7 +141,7 @@ def _prep(g: Tensor, w: Tensor, maximize: bool, wd: float, buf: Tensor | None) -
 def adam_update_(opt: torch.optim.Optimizer, group: dict, params: Sequence[Tensor],
                  dims: Sequence[int], apply: Apply, before: Before | None = None, *,
                  defer: bool = False) -> None:
-    r"""Run ``Adam.step``'s update for ``params`` (all :func:`~paramwise.fused.fusable`), in
+    r"""Run ``Adam.step``'s update for ``params`` (all :func:`~paramwise.step.fused.update.fusable`), in
     batches of whole slices along ``dims``; call ``before`` on each batch first and ``apply``
     after, with its denominators (:math:`k = \mathrm{lr}`).
 
@@ -149,7 +149,7 @@ def adam_update_(opt: torch.optim.Optimizer, group: dict, params: Sequence[Tenso
     ``_single_tensor_adam``, operation for operation (``grad.add(param)``, ``lerp_``,
     ``mul_().addcmul_()``, ``sqrt() / bc2 + eps``, ``addcdiv_``), on slices instead of whole
     tensors, so every element is computed as ``Adam.step`` computes it. ``defer`` (see
-    :func:`paramwise.fused.update_`): the last ``addcdiv_`` is left to ``apply`` as the tail
+    :func:`paramwise.step.fused.update.update_`): the last ``addcdiv_`` is left to ``apply`` as the tail
     :math:`(m,\ a = \mathrm{lr}/(1-β_1^t))`, with :math:`\tilde d = -d/a` computed as
     :math:`-\sqrt{\hat v}/(a\sqrt{1-β_2^t}) - ε/a` (as many operations as :math:`d`).
     """
@@ -201,7 +201,7 @@ def adam_update_(opt: torch.optim.Optimizer, group: dict, params: Sequence[Tenso
 def sgd_update_(opt: torch.optim.Optimizer, group: dict, params: Sequence[Tensor],
                 dims: Sequence[int], apply: Apply, before: Before | None = None, *,
                 defer: bool = False) -> None:
-    r"""Run ``SGD.step``'s update for ``params`` (all :func:`~paramwise.fused.fusable`) like
+    r"""Run ``SGD.step``'s update for ``params`` (all :func:`~paramwise.step.fused.update.fusable`) like
     :func:`adam_update_`: torch's ``_single_tensor_sgd`` operation for operation on slices,
     ``before`` first and ``apply`` (the proximal maps, with one scale for the whole group)
     after each batch.
@@ -245,7 +245,7 @@ def rmsprop_update_(opt: torch.optim.Optimizer, group: dict, params: Sequence[Te
     r"""Run ``RMSprop.step``'s update (torch's ``_single_tensor_rmsprop``, operation for
     operation) like :func:`adam_update_`; ``apply`` gets :math:`d = \sqrt{v} + ε` (centered:
     :math:`\sqrt{v - \bar g^2} + ε`) and :math:`k = \mathrm{lr}/(1-μ)` (:math:`\mathrm{lr}`
-    without momentum). ``defer`` (see :func:`paramwise.fused.update_`) leaves
+    without momentum). ``defer`` (see :func:`paramwise.step.fused.update.update_`) leaves
     :math:`(g, \mathrm{lr})` to ``apply``, without momentum only.
 
     .. math:: v ← αv + (1-α)g^2,\quad \bar g ← \bar g + (1-α)(g - \bar g);\quad
@@ -297,7 +297,7 @@ def adagrad_update_(opt: torch.optim.Optimizer, group: dict, params: Sequence[Te
     r"""Run ``Adagrad.step``'s update (torch's ``_single_tensor_adagrad``, operation for
     operation, dense gradients) like :func:`adam_update_`; ``apply`` gets
     :math:`d = \sqrt{G} + ε` and :math:`k = \mathrm{lr}_t`; ``defer`` (see
-    :func:`paramwise.fused.update_`) leaves :math:`(g, \mathrm{lr}_t)` to ``apply`` (traced:
+    :func:`paramwise.step.fused.update.update_`) leaves :math:`(g, \mathrm{lr}_t)` to ``apply`` (traced:
     only without ``lr_decay``, whose traced lr has no lower bound to check).
 
     .. math:: G ← G + g^2,\quad \mathrm{lr}_t = \frac{\mathrm{lr}}{1 + (t-1)\,

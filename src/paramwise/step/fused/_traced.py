@@ -1,4 +1,4 @@
-r"""The fused updates of :mod:`paramwise.fused` in the form ``torch.compile`` wants (Adam,
+r"""The fused updates of :mod:`paramwise.step.fused.update` in the form ``torch.compile`` wants (Adam,
 AdamW, RMSprop, Adagrad; SGD's eager form traces as it is).
 
 While dynamo traces, the eager forms would hurt: cutting tensors into chunks makes one kernel
@@ -6,7 +6,7 @@ per chunk where inductor fuses the whole update and the proximal map into one lo
 step count read with ``.item()`` breaks the graph, and scratch buffers written with ``out=``
 would reach the graph as real buffers. So these work on whole tensors with functional ops
 (besides the in-place writes of weights and state), keep step counts as tensors, and compute
-bias corrections as :math:`e^{t\ln β}` (:func:`paramwise._chunks.power`), which inductor
+bias corrections as :math:`e^{t\ln β}` (:func:`paramwise.step._chunks.power`), which inductor
 evaluates once per loop. Each computes what its eager twin computes, up to rounding (tested in
 ``tests/test_compile.py`` against the eager step); the step counts are float32 tensors unless
 the default dtype is float64 (as torch makes them), so bias corrections and Adagrad's decayed
@@ -14,7 +14,7 @@ lr are rounded to float32 here, as in torch's own compiled step (float64 weights
 from the eager step by about 1e-6 relative under Adam). Per parameter, with the optimizer's own
 denominator :math:`d` and step-scale number :math:`k` handed to ``apply`` (:math:`s = k/d`;
 with ``defer``, :math:`\tilde d = -d/a` and the tail :math:`(u, a)` of the last operation
-:math:`w ← w - a\,u/d` instead, as in :func:`paramwise.fused.update_`):
+:math:`w ← w - a\,u/d` instead, as in :func:`paramwise.step.fused.update.update_`):
 
 .. math::
     \text{Adam: } d = \sqrt{\hat v}/\sqrt{1-β_2^t} + ε,\ k = \mathrm{lr};\quad
@@ -40,12 +40,12 @@ from typing import TYPE_CHECKING, Any
 import torch
 from torch import Tensor
 
-from ._chunks import Piece, power
-from .prox import decayed_lr, momentum_scale
+from .._chunks import Piece, power
+from ..prox import decayed_lr, momentum_scale
 
 if TYPE_CHECKING:
-    from .fused import Apply, Before
-    from .regularizers import Tail
+    from ..regularizers import Tail
+    from .update import Apply, Before
 
 __all__ = ["adam", "rmsprop", "adagrad"]
 
@@ -62,7 +62,7 @@ def _start(params: Sequence[Tensor], before: Before | None) -> tuple[list[Piece]
 def _finish(w: Tensor, u: Tensor, d: Tensor, a: Any, defer: bool, ds: list[Tensor],
             tails: list[Tail]) -> None:
     r"""The update's last operation :math:`w ← w - a\,u/d`, or with ``defer`` its
-    :data:`~paramwise.regularizers.Tail` and :math:`\tilde d = -d/a` for ``apply`` (one division per
+    :data:`~paramwise.step.regularizers.Tail` and :math:`\tilde d = -d/a` for ``apply`` (one division per
     element less in the fused kernel: the proximal map divides once)."""
     if defer:
         ds.append(d * (-1 / a))
@@ -81,7 +81,7 @@ def _grad(g: Tensor, w: Tensor, group: dict[str, Any], wd: float) -> Tensor:
 def adam(group: dict[str, Any], params: Sequence[Tensor], states: Sequence[dict],
          apply: Apply, before: Before | None, defer: bool = False) -> None:
     """``Adam.step`` / ``AdamW.step`` (coupled or decoupled ``weight_decay``, amsgrad);
-    ``defer``: hand the last operation to ``apply`` as in :func:`paramwise.fused.update_`."""
+    ``defer``: hand the last operation to ``apply`` as in :func:`paramwise.step.fused.update.update_`."""
     lr, eps, wd = float(group["lr"]), float(group["eps"]), float(group["weight_decay"])
     beta1, beta2 = (float(b) for b in group["betas"])
     decoupled = bool(group.get("decoupled_weight_decay", False))

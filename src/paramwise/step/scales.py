@@ -2,13 +2,13 @@ r"""The step-scale rules of ``torch.optim``'s optimizers: how far each one's ste
 per unit of gradient, read from its group and state right after the step.
 
 A rule ``rule(group, lr, pieces, state, *, foreach) -> s`` returns a number or one new tensor
-per piece (see :data:`paramwise.prox.Scaling`); it is linear in ``lr``, so called with
+per piece (see :data:`paramwise.step.prox.Scaling`); it is linear in ``lr``, so called with
 ``lr·λ`` it returns the threshold :math:`sλ`. Each formula follows the update code of torch
 2.13 (``torch/optim/<name>.py``, ``_single_tensor_<name>``) and is the update's coefficient on
 the gradient :math:`g` once the momentum buffers have caught up with it (:math:`m = g`): the
 step then moves a weight by exactly :math:`s·g`, so a proximal map shrinking by :math:`s·λ`
-has the regularized problem's fixed points. The table of formulas is in :mod:`paramwise.prox`;
-:mod:`paramwise.prox` registers the rules. Example (NAdam at steady state, step 2000)::
+has the regularized problem's fixed points. The table of formulas is in :mod:`paramwise.step.prox`;
+:mod:`paramwise.step.prox` registers the rules. Example (NAdam at steady state, step 2000)::
 
     >>> import torch
     >>> w = torch.nn.Parameter(torch.zeros(2)); opt = torch.optim.NAdam([w], lr=0.1)
@@ -42,7 +42,7 @@ _ONE_PASS = (torch.float32, torch.float64)
 def momentum_scale(lr: float, mu: float) -> float:
     r"""RMSprop's :math:`k`: :math:`\mathrm{lr}/(1-μ)`, the steady-state step of a momentum
     buffer per unit of input (``inf`` for :math:`μ ≥ 1`, which has none: see
-    :func:`paramwise.prox.scale_problem`), :math:`\mathrm{lr}` without momentum. One definition
+    :func:`paramwise.step.prox.scale_problem`), :math:`\mathrm{lr}` without momentum. One definition
     for the post-step rules and the fused updates."""
     if mu <= 0:
         return lr

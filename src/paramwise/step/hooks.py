@@ -16,14 +16,14 @@ parameters with a gradient (others are skipped, as the optimizer skips them):
   so the pre-hook wraps it: the terms go in right after each call of the closure, the decay
   after the first.
 * **after** the step: the proximal maps of ``l1`` / ``group_lasso`` (with ``l2`` folded in:
-  elastic net) with step scale :math:`s` from :mod:`paramwise.prox`, then ``max_norm``'s
+  elastic net) with step scale :math:`s` from :mod:`paramwise.step.prox`, then ``max_norm``'s
   projection.
 * **in place of** the step, for ``Adam``, ``AdamW``, ``SGD``, ``RMSprop`` and ``Adagrad``
   groups on plain CPU tensors (where torch runs its per-tensor loop): the pre-hook sets their
   gradients aside, so ``step()`` skips them; the post-hook puts them back and runs the
   gradient terms, torch's own update (operation for operation), the proximal maps (the
   adaptive ones with the update's own denominator) and the max-norm projection in one pass
-  over each chunk (:mod:`paramwise.fused`). A step that raises in
+  over each chunk (:mod:`paramwise.step.fused.update`). A step that raises in
   between applies nothing to these groups. Step pre-hooks registered after :func:`attach` (and
   post-hooks registered before it) see their ``.grad`` as ``None``. :func:`runs_fused` (and
   ``explain``) says which groups run this way; ``attach(opt, foreach=True)`` turns it off.
@@ -50,27 +50,27 @@ parameter has its anchor, its ``l2_to_init`` term is 0 (:math:`w_0 = w`), in the
 (the attach-time anchor, or a new reference point at any time).
 
 **Bad values.** Before the pre-hook changes anything it checks every regularized group
-(:mod:`paramwise.stepcheck`: values, lr, ranges per dtype, shapes, dtypes, sparse rows, step
+(:mod:`paramwise.step.stepcheck`: values, lr, ranges per dtype, shapes, dtypes, sparse rows, step
 scale), so a step that cannot run raises :class:`~paramwise.errors.ParamwiseError` and changes
 no parameter and no optimizer state; :func:`attach` runs the same checks, and so does
 ``add_param_group`` on an attached optimizer (the group is not added).
 A NaN/inf parameter or gradient element stays where it is: no regularizer spreads it to other
-elements (see :mod:`paramwise.regularizers`); :func:`paramwise.stats` counts them.
+elements (see :mod:`paramwise.step.regularizers`); :func:`paramwise.stats` counts them.
 
 **Speed.** Parameters are bucketed by device, dtype and DTensor-ness. Plain accelerator tensors
 use multi-tensor ``torch._foreach_*`` kernels; on CPU a per-tensor loop (as fast there, measured,
 and it can use one-pass kernels such as ``softshrink``); DTensors a per-tensor loop of ordinary
 ops, whose sharding rules DTensor owns (row norms across shards included). Work that needs
-temporaries runs in batches of about :func:`paramwise._chunks.chunk_limit` elements (big tensors
+temporaries runs in batches of about :func:`paramwise.step._chunks.chunk_limit` elements (big tensors
 cut into whole rows), so extra memory stays one batch. With an adaptive scale on plain CPU float
 tensors the proximal maps work in the scaled variable :math:`w·d` (:math:`s = k/d`, read from the
 optimizer's state into two half-chunk buffers): l1 costs one read of the state and one
-read-modify-write of the weights (:func:`paramwise.regularizers.prox_l1_scaled_`). Adaptive group
+read-modify-write of the weights (:func:`paramwise.step.regularizers.prox_l1_scaled_`). Adaptive group
 lasso takes one closed-form majorize-minimize step per row around the row norm captured by the
-pre-hook, exact at fixed points (:func:`paramwise.regularizers.prox_group_lasso_`), instead of
+pre-hook, exact at fixed points (:func:`paramwise.step.regularizers.prox_group_lasso_`), instead of
 Newton iterations. Under ``torch.compile`` the hooks trace without graph breaks (no
 ``.item()``; the plain loop, uncut, which inductor fuses). Sparse gradients are
-regularized lazily, on the rows they hold (:mod:`paramwise._sparse`).
+regularized lazily, on the rows they hold (:mod:`paramwise.step._sparse`).
 
 :func:`lower` rewrites options to the optimizer's native equivalent before it is built (coupled
 ``l2`` → ``weight_decay``; ``decoupled_decay`` → AdamW's ``weight_decay`` or
@@ -93,12 +93,12 @@ from typing import Any
 import torch
 from torch import Tensor
 
+from ..errors import ParamwiseError
 from . import _groupstep as G
 from . import _watch
 from ._chunks import as_float as _num
 from ._stepcfg import StepCfg
-from .errors import ParamwiseError
-from .fused import fusable
+from .fused.update import fusable
 from .lowering import LOWERED_KEY, lower
 from .schedfree import check_all as check_thirdparty
 from .stepcheck import StepCheck, check_attach, check_sparse, wrap_add_param_group
@@ -150,7 +150,7 @@ class Handle:
 
     def check(self) -> None:
         """Raise what the next ``step()`` would raise before changing anything (the checks of
-        :mod:`paramwise.stepcheck`, on the gradients present now); do nothing else."""
+        :mod:`paramwise.step.stepcheck`, on the gradients present now); do nothing else."""
         opt = self._opt()
         if opt is not None and self._hooks:
             self._check.groups(opt)
@@ -389,7 +389,7 @@ def attach(optimizer: torch.optim.Optimizer, *, foreach: bool | None = None) -> 
 
 def runs_fused(optimizer: torch.optim.Optimizer, group_index: int) -> bool:
     """Whether the attached hooks would run group ``group_index``'s update together with its
-    regularizers (:mod:`paramwise.fused`) at the next eager ``step()`` without a closure, given
+    regularizers (:mod:`paramwise.step.fused.update`) at the next eager ``step()`` without a closure, given
     the tensors it holds now (a compiled step leaves group lasso to the hooks)."""
     handle = _ATTACHED.get(optimizer)
     group = optimizer.param_groups[group_index]

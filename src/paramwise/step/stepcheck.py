@@ -21,11 +21,11 @@ names the param group, the parameter and the fix. For every group that carries a
 * **shapes**: group lasso needs ≥ 2 dims and ``group_dim`` in range, ``max_norm`` ≥ 1 dim
   and ``max_norm_dim`` in range (:func:`paramwise.options.regularization.check_options`);
 * **dtypes**: complex parameters are refused (soft-thresholding has no complex kernel);
-* **sparse gradients** (regularized lazily, :mod:`paramwise._sparse`): group lasso and
+* **sparse gradients** (regularized lazily, :mod:`paramwise.step._sparse`): group lasso and
   ``max_norm`` need their rows along dim 0 and a gradient sparse along dim 0 only;
 * **step scale**: an adaptive prox with no step scale — SGD/RMSprop with momentum ≥ 1, Rprop,
-  LBFGS, Muon (:func:`paramwise.prox.scale_problem`; the fix from
-  :func:`paramwise.prox.scale_fix`).
+  LBFGS, Muon (:func:`paramwise.step.prox.scale_problem`; the fix from
+  :func:`paramwise.step.prox.scale_fix`).
 
 Cost per group and step: a few comparisons. What the parameters contribute (smallest ndim,
 dtypes, complex) is summarized once per group and again only when the group's ``params`` list
@@ -50,12 +50,12 @@ from typing import Any
 
 import torch
 
+from ..errors import ParamwiseError, closest
+from ..options.keys import MULTIPLIERS, optimizer_keys
+from ..options.regularization import REG_KEYS, check_options, check_values
 from ._chunks import as_float as _num
 from ._stepcfg import StepCfg, group_label
-from .errors import ParamwiseError, closest
 from .lowering import LOWERED_KEY
-from .options.keys import MULTIPLIERS, optimizer_keys
-from .options.regularization import REG_KEYS, check_options, check_values
 from .prox import momentum_scale, per_element, scale_fix, scale_problem, scaling_for
 
 __all__ = ["StepCheck", "check_attach", "check_added", "check_group", "check_sparse",
@@ -235,7 +235,7 @@ def _range_error(i: int, group: dict, cfg: StepCfg, c: float, more: str) -> None
 def check_sparse(opt: torch.optim.Optimizer, cfgs: Sequence[tuple[dict, StepCfg]],
                  more: str) -> None:
     """Group lasso's and ``max_norm``'s rows under a sparse gradient: regularized lazily
-    (:mod:`paramwise._sparse`), a row must be wholly in or out of the gradient: rows along
+    (:mod:`paramwise.step._sparse`), a row must be wholly in or out of the gradient: rows along
     dim 0 (``group_dim=0`` / ``max_norm_dim=0``), the gradient sparse along dim 0 only."""
     for g, c in cfgs:
         if not (c.group_on or c.group_grad or c.max_norm is not None):
@@ -303,7 +303,7 @@ def check_added(opt: torch.optim.Optimizer, i: int) -> None:
 def wrap_add_param_group(opt: torch.optim.Optimizer) -> Callable[[dict], None]:
     """Make ``opt.add_param_group`` (an instance attribute over the class's method) run
     :func:`check_added` on the group it adds, and take the group out again when the check
-    fails. Returns the wrapper (:meth:`paramwise.hooks.Handle.remove` deletes it); an
+    fails. Returns the wrapper (:meth:`paramwise.step.hooks.Handle.remove` deletes it); an
     optimizer that is copied or pickled gets torch's own method back, as it loses its hooks."""
     ref = weakref.ref(opt)
     own = opt.__dict__.get("add_param_group")    # someone's wrapper already: keep calling it

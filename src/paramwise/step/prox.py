@@ -5,7 +5,7 @@ step the optimizer takes per unit of gradient. Then the iteration's fixed points
 regularized problem's (for l1: :math:`0 ∈ ∇f(w) + λ∂\|w\|_1`, the lasso's): at a fixed point the
 update moves an element by :math:`s·g` and the prox moves it back by :math:`s·λ`.
 
-``prox_scale="adaptive"`` (the default) uses these rules (:mod:`paramwise.scales`, derived from
+``prox_scale="adaptive"`` (the default) uses these rules (:mod:`paramwise.step.scales`, derived from
 torch 2.13's update code), evaluated *after* the step, so the state holds the step count
 :math:`t` and the moments this step used; :math:`b = \sqrt{1-β_2^t}`, :math:`\hat v = v/b^2`,
 and momentum buffers are taken at steady state (:math:`m = g`):
@@ -34,7 +34,7 @@ Adafactor       :math:`s = (α/D)/\sqrt{\max(\hat V, ε_1^2)}`, :math:`\hat V` i
                 \mathrm{RMS}(w))\min(\mathrm{lr}, t^{-1/2})` with :math:`w` before the step,
                 :math:`D = \max(1, \mathrm{RMS}(g/\sqrt{\hat V})/d)`
 SparseAdam      :math:`s = \mathrm{lr}\,b/(\sqrt v+ε)` (on the rows of the gradient:
-                :mod:`paramwise._sparse`)
+                :mod:`paramwise.step._sparse`)
 Rprop           refused: :math:`w ← w - η_i\operatorname{sign}(g)` has no step per unit of
                 gradient (use ``prox=False``: see :func:`scale_fix`)
 Muon, LBFGS     refused: an orthogonalized matrix update, a line search along a quasi-Newton
@@ -49,7 +49,7 @@ per-element denominator, :math:`s = k/d` (Adam: :math:`k = \mathrm{lr}\,b`,
 :math:`d = \sqrt{v} + ε b`). :func:`denominator_for` returns a rule that writes :math:`d` into
 caller-owned buffers and returns :math:`k`, so the proximal maps can work in the scaled variable
 :math:`w·d` (fewer passes, no temporaries, exact zeros; see
-:func:`paramwise.regularizers.prox_l1_scaled_`). A rule returns ``None`` where :math:`d` could be
+:func:`paramwise.step.regularizers.prox_l1_scaled_`). A rule returns ``None`` where :math:`d` could be
 0 (:math:`ε = 0`); callers then use the per-element :math:`s` rule.
 
 **Other optimizers** (:func:`generic`). A class without a rule is assumed Adam-like when, for
@@ -80,11 +80,11 @@ from typing import Any
 import torch
 from torch import Tensor
 
+from ..errors import user_stacklevel
 from . import scales as S
 from . import thirdparty as _third
 from ._chunks import Piece
 from ._chunks import as_float as _num
-from .errors import user_stacklevel
 from .scales import adam as _adam
 from .scales import decayed_lr, momentum_scale
 
@@ -145,7 +145,7 @@ def register_scaling(cls: type, rule: Scaling) -> None:
 
 
 def _meet(cls: type) -> None:
-    """First sight of ``cls``: take its rule or refusal from :mod:`paramwise.thirdparty`."""
+    """First sight of ``cls``: take its rule or refusal from :mod:`paramwise.step.thirdparty`."""
     if cls not in _RULES and cls not in _MET:
         _MET.add(cls)
         found = _third.lookup(cls)
@@ -286,7 +286,7 @@ def _warn_generic(cls: type, key: str, beta2: float | None) -> None:
         f"paramwise: prox_scale='adaptive' has no rule for {cls.__name__}; it found an "
         f"Adam-like second moment v = state[{key!r}] and uses s = lr/(√v̂ + ε), v̂ {bc}, ε the "
         f"group's eps. That is {cls.__name__}'s step per unit of gradient only if its update "
-        f"divides by √v̂ as Adam's does; if not, teach it with paramwise.prox.register_scaling("
+        f"divides by √v̂ as Adam's does; if not, teach it with paramwise.step.prox.register_scaling("
         f"{cls.__name__}, rule), or set prox_scale='lr'", stacklevel=user_stacklevel())
 
 
@@ -303,7 +303,7 @@ def warn_unknown(cls: type) -> None:
         f"the regularized problem's only if {name} moves a weight by lr per unit of gradient "
         f"(plain SGD does); where its steps are larger (adaptive, sign-based or normalized "
         f"updates with small gradients) expect fewer exact zeros than the penalty implies, "
-        f"where smaller, more. Teach it with paramwise.prox.register_scaling({name}, rule), or "
+        f"where smaller, more. Teach it with paramwise.step.prox.register_scaling({name}, rule), or "
         f"set prox_scale='lr' to keep lr·λ and silence this", stacklevel=user_stacklevel())
 
 

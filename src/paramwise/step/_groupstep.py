@@ -1,10 +1,10 @@
-r"""One param group's share of a step, read from its :class:`~paramwise._stepcfg.StepCfg`:
+r"""One param group's share of a step, read from its :class:`~paramwise.step._stepcfg.StepCfg`:
 the gradient terms before the optimizer's update (:func:`pre_group_`), the proximal maps and
 the max-norm projection after it (:func:`post_group_`), or all of them in one pass with the
-update itself (:func:`fused_group_`, :mod:`paramwise.fused`). :mod:`paramwise.hooks` decides
+update itself (:func:`fused_group_`, :mod:`paramwise.step.fused.update`). :mod:`paramwise.step.hooks` decides
 when each runs; this module decides what runs, in which batches and with which step scale.
 
-Per element, for a group with ``lr`` :math:`η` and step scale :math:`s` (:mod:`paramwise.prox`):
+Per element, for a group with ``lr`` :math:`η` and step scale :math:`s` (:mod:`paramwise.step.prox`):
 
 .. math::
     g &← g + λ_2 w + λ_1 \operatorname{sign}(w) + λ_0 (w - w_0) + λ_g \sqrt{m}\,w_r/\|w_r\|
@@ -36,7 +36,7 @@ from ._chunks import Piece, batches, chunk_limit
 from ._rows import any_zero_row, inverse_radius
 from ._sparse import post_sparse_, pre_sparse_
 from ._stepcfg import StepCfg, buckets, prox_, prox_scaled_, split
-from .fused import fusable, update_
+from .fused.update import fusable, update_
 from .prox import Denominator, Scaling, denominator_for, per_element, scaling_for, warn_unknown
 from .schedfree import maps_xyz
 from .schedfree import post_group_ as sf_post_group_
@@ -48,7 +48,7 @@ __all__ = ["Foreach", "Anchor", "terms_", "pre_group_", "wants_fusion", "fusable
 
 #: ``foreach(device, is_dtensor) -> bool``: whether a bucket takes the multi-tensor path.
 Foreach = Callable[[torch.device, bool], bool]
-#: ``anchor(param, take) -> w0``: ``l2_to_init``'s anchor (see :class:`paramwise.hooks.Handle`).
+#: ``anchor(param, take) -> w0``: ``l2_to_init``'s anchor (see :class:`paramwise.step.hooks.Handle`).
 Anchor = Callable[[Tensor, bool], Tensor]
 
 
@@ -75,7 +75,7 @@ def pre_group_(group: dict, cfg: StepCfg, gscale: float, foreach: Foreach, ancho
     """The gradient terms and ``decoupled_decay`` of one group, before the optimizer's step:
     in batches (whole rows along ``group_dim`` for group lasso's gradient form), times
     ``gscale`` (a ``fused=True`` optimizer's grad scale) and ``cfg.sign``; sparse gradients
-    lazily, on the rows they hold (:mod:`paramwise._sparse`)."""
+    lazily, on the rows they hold (:mod:`paramwise.step._sparse`)."""
     items, sparse = [], []
     for p in group["params"]:
         if p.grad is not None:
@@ -92,7 +92,7 @@ def pre_group_(group: dict, cfg: StepCfg, gscale: float, foreach: Foreach, ancho
 
 def reads_graph(opt: torch.optim.Optimizer, group: dict) -> bool:
     """Whether ``opt``'s step may differentiate through the gradients' autograd graph (SophiaH,
-    AdaHessian: :data:`paramwise.thirdparty.GRAPH_READERS`, or any gradient made with
+    AdaHessian: :data:`paramwise.step.thirdparty.GRAPH_READERS`, or any gradient made with
     ``backward(create_graph=True)``): then nothing may change a parameter in place before it."""
     return key(type(opt)) in GRAPH_READERS or any(
         p.grad is not None and p.grad.grad_fn is not None for p in group["params"])
@@ -143,7 +143,7 @@ def wants_fusion(opt: torch.optim.Optimizer, cfg: StepCfg, foreach: bool | None)
 
 def fusable_params(opt: torch.optim.Optimizer, group: dict, cfg: StepCfg,
                    foreach: bool | None) -> list[Tensor]:
-    """The parameters whose update, gradient terms and adaptive prox :mod:`paramwise.fused`
+    """The parameters whose update, gradient terms and adaptive prox :mod:`paramwise.step.fused.update`
     runs in one pass (all of the group's with a gradient), or ``[]``."""
     if not wants_fusion(opt, cfg, foreach):
         return []
@@ -211,7 +211,7 @@ def fused_group_(opt: torch.optim.Optimizer, group: dict, cfg: StepCfg, ps: list
 def capture_rows(opt: torch.optim.Optimizer, cfgs: list[tuple[dict, StepCfg]],
                  skip: set[int]) -> dict[Tensor, Tensor]:
     """Inverse row norms before the step, for the adaptive group-lasso prox (a
-    majorize-minimize step around them; see :func:`paramwise.regularizers.prox_group_lasso_`).
+    majorize-minimize step around them; see :func:`paramwise.step.regularizers.prox_group_lasso_`).
     The groups in ``skip`` (run by :func:`fused_group_`) take theirs chunk by chunk."""
     out: dict[Tensor, Tensor] = {}
     if not per_element(type(opt)):
@@ -231,10 +231,10 @@ def post_group_(opt: torch.optim.Optimizer, group: dict, cfg: StepCfg, foreach: 
     """One group's proximal maps (unless ``prox_done``: the fused pass ran them) and max-norm
     projection (unless ``projected``), after the optimizer's step; ``prev_all`` holds the
     pre-step inverse row norms from :func:`capture_rows`. Parameters with a sparse gradient
-    get them lazily, on the rows it holds (:mod:`paramwise._sparse`). ``stepped``: the
+    get them lazily, on the rows it holds (:mod:`paramwise.step._sparse`). ``stepped``: the
     parameters that had a gradient before the step (an optimizer such as heavyball's sets
     ``p.grad = None`` inside ``step()``), else those with a gradient now. Schedule-free
-    optimizers get their maps on :math:`x` and :math:`z` (:mod:`paramwise.schedfree`)."""
+    optimizers get their maps on :math:`x` and :math:`z` (:mod:`paramwise.step.schedfree`)."""
     ps_all, sparse = [], []
     for p in group["params"] if stepped is None else stepped:
         g = p.grad

@@ -63,7 +63,7 @@ def penalty(optimizer: torch.optim.Optimizer) -> Tensor:
     """The differentiable total penalty of ``optimizer``'s regularization options (0-d tensor).
 
     On the first parameter's device and dtype; ``torch.zeros(())`` when nothing is configured.
-    ``l2_to_init`` counts only when :func:`paramwise.hooks.attach` holds the anchors.
+    ``l2_to_init`` counts only when :func:`paramwise.step.hooks.attach` holds the anchors.
 
         >>> loss = criterion(model(x), y) + paramwise.penalty(opt)   # doctest: +SKIP
     """
@@ -85,7 +85,7 @@ def stats(optimizer: torch.optim.Optimizer) -> dict[int, dict[str, float | int]]
     the group's parameters); with ``group_lasso`` also ``rows`` and ``zero_rows`` (all-zero
     groups along ``group_dim``); with ``max_norm`` also ``max_row_norm``.
 
-    Sums are taken in float64, a chunk of about :func:`paramwise._chunks.chunk_limit` elements
+    Sums are taken in float64, a chunk of about :func:`paramwise.step._chunks.chunk_limit` elements
     at a time. DTensor parameters (FSDP2) are never gathered: each rank sums its own shard, and
     per-row sums are placed at the shard's global row offset, so rows split across ranks add up;
     one ``all_reduce`` per process group (one for FSDP2) then makes the numbers global. The

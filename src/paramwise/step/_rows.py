@@ -75,7 +75,7 @@ def metric_group_prox_(w: Tensor, s: Tensor, tau: float, l2: float, dim: int,
     Row :math:`r` becomes 0 iff :math:`\|w_r/s_r\| ≤ τ`, else
     :math:`w_i ← w_i v/((1 + s_iλ_2)v + s_i)` with :math:`v` from Newton's method on
     :math:`\|w_r/((1+sλ_2)v + s)\|^{-1} = 1/τ` (see
-    :func:`paramwise.regularizers.prox_group_lasso_`). At most ``steps`` steps; stops early
+    :func:`paramwise.step.regularizers.prox_group_lasso_`). At most ``steps`` steps; stops early
     when every row's relative change is below :math:`\sqrt{ε}` (not under ``torch.compile``).
     """
     y2 = w.square()

@@ -1,7 +1,7 @@
 r"""One global step pre-hook for the optimizers paramwise did not attach to.
 
 Installed once (``torch.optim.optimizer.register_optimizer_step_pre_hook``) when
-:mod:`paramwise.hooks` is imported; it runs before every optimizer's ``step()``. An attached
+:mod:`paramwise.step.hooks` is imported; it runs before every optimizer's ``step()``. An attached
 optimizer returns at once (its own pre-hook checks it). Any other optimizer is surveyed once,
 and again only when its number of param groups changes:
 
@@ -12,7 +12,7 @@ and again only when its number of param groups changes:
   does nothing with them, so the parameters are not regularized;
 * a group that an attached optimizer owns (a composite optimizer such as
   :class:`paramwise.hybrid.Hybrid`, whose ``param_groups`` are its parts' own group dicts)
-  makes the hook run those parts' pre-step checks (:meth:`paramwise.hooks.Handle.check`)
+  makes the hook run those parts' pre-step checks (:meth:`paramwise.step.hooks.Handle.check`)
   before the composite steps any part, so a part that cannot step raises before another
   part moved.
 
@@ -40,9 +40,9 @@ from typing import Any
 import torch
 from torch.optim.optimizer import register_optimizer_step_pre_hook
 
+from ..errors import ParamwiseError
+from ..options.regularization import REG_KEYS
 from ._stepcfg import StepCfg, group_label
-from .errors import ParamwiseError
-from .options.regularization import REG_KEYS
 
 __all__ = ["install", "quiet"]
 

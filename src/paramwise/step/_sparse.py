@@ -16,9 +16,9 @@ with the step scale the optimizer used for them.
   SparseAdam      :math:`s = \mathrm{lr}\sqrt{1-β_2^t}/(\sqrt{v}+ε)` (its update is
                   :math:`s\,m/(1-β_1^t)`: ε is added before the bias correction, unlike
                   Adam's)
-  Adagrad         :math:`s = \mathrm{lr}_t/(\sqrt{G}+ε)` (:func:`paramwise.prox.decayed_lr`)
+  Adagrad         :math:`s = \mathrm{lr}_t/(\sqrt{G}+ε)` (:func:`paramwise.step.prox.decayed_lr`)
   SGD             :math:`\mathrm{lr}(1-d)/(1-μ)`, one number
-  other           a rule registered with :func:`paramwise.prox.register_scaling`, evaluated
+  other           a rule registered with :func:`paramwise.step.prox.register_scaling`, evaluated
                   on the whole tensor and read at the rows; none: ``lr`` (with its warning)
   =============== ======================================================================
 
@@ -26,12 +26,12 @@ with the step scale the optimizer used for them.
 :math:`r` then follows exactly the proximal iteration the dense optimizer would follow if
 only the steps in :math:`T_r` existed (:math:`w_r ← \operatorname{prox}_{s_rλ}(w_r - s_r
 \hat g_r)`), so its fixed points are the regularized problem's (for l1, :math:`0 ∈ ∇_r f +
-λ∂\|w_r\|_1`, as in :mod:`paramwise.prox`), and a row never looked up is never changed. As
+λ∂\|w_r\|_1`, as in :mod:`paramwise.step.prox`), and a row never looked up is never changed. As
 with SparseAdam's moments, a row is regularized as often as it is looked up: one seen in a
 fraction :math:`q` of the steps is shrunk :math:`q` times as often as under a dense step
 (the lazy convention of TensorFlow's ``LazyAdam`` and of FTRL's lazy l1). Group lasso and
 ``max_norm`` need whole rows: rows along dim 0 (``group_dim=0`` / ``max_norm_dim=0``) of a
-gradient sparse along dim 0 only (:func:`paramwise.stepcheck.check_sparse` refuses others
+gradient sparse along dim 0 only (:func:`paramwise.step.stepcheck.check_sparse` refuses others
 before the step). SGD with momentum moves rows whose buffer is nonzero even without a
 gradient; they get their maps at the steps they have one.
 
@@ -63,7 +63,7 @@ from .prox import decayed_lr, per_element, scaling_for, warn_unknown
 
 __all__ = ["pre_sparse_", "post_sparse_", "sparse_scale"]
 
-#: ``anchor(param, take) -> w0``, as in :mod:`paramwise._groupstep`.
+#: ``anchor(param, take) -> w0``, as in :mod:`paramwise.step._groupstep`.
 Anchor = Callable[[Tensor, bool], Tensor]
 
 

@@ -8,7 +8,7 @@ v} + ε)`), whose denominator the optimizer computes inside its update and drops
 and a division per weight again, about as much arithmetic as the update itself on a CPU. Where
 torch runs its per-tensor loop anyway — plain CPU float32/float64 tensors with dense gradients,
 ``foreach``, ``fused``, ``capturable`` and ``differentiable`` off, a float ``lr`` (and betas),
-no closure — paramwise's step hooks run that update themselves (:mod:`paramwise._eager`), with
+no closure — paramwise's step hooks run that update themselves (:mod:`paramwise.step.fused._eager`), with
 torch's operations in torch's order (``_single_tensor_adam``, ``_sgd``, ``_rmsprop``,
 ``_adagrad``), on chunks that stay in cache: per chunk the gradient terms and
 ``decoupled_decay``, the update, the proximal map (the adaptive ones with the update's own
@@ -21,7 +21,7 @@ rounding (tested, with the same exact zeros). The state is torch's own, so ``sta
 and schedulers see nothing different. The pre-hook sets these parameters' gradients aside (so
 ``step()`` skips them); the post-hook puts them back and runs the fused update, so a step that
 raises in between applies nothing to them. Under ``torch.compile`` the updates are traced whole
-(:mod:`paramwise._traced`), step counts kept tensors, so inductor puts the update and the
+(:mod:`paramwise.step.fused._traced`), step counts kept tensors, so inductor puts the update and the
 proximal map in one kernel (group lasso and max-norm stay with the hooks there: inductor 2.13
 fails on row norms and the update in one graph). All this only on the torch releases whose
 steps the updates were checked against (:data:`TESTED_TORCH`); on any other torch every group
@@ -56,9 +56,9 @@ from collections.abc import Callable, Sequence
 import torch
 from torch import Tensor
 
-from ._chunks import Piece, is_dtensor
+from .._chunks import Piece, is_dtensor
+from ..regularizers import Tail
 from ._eager import adagrad_update_, adam_update_, rmsprop_update_, sgd_update_
-from .regularizers import Tail
 
 __all__ = ["fusable", "update_", "TESTED_TORCH", "TORCH_TESTED", "torch_tested", "adam_update_",
            "sgd_update_", "rmsprop_update_", "adagrad_update_", "ADAM_KEYS", "SGD_KEYS",
@@ -106,14 +106,14 @@ ADAGRAD_KEYS = frozenset({"lr", "lr_decay", "weight_decay", "initial_accumulator
 _KEYS = {torch.optim.Adam: ADAM_KEYS, torch.optim.AdamW: ADAM_KEYS, torch.optim.SGD: SGD_KEYS,
          torch.optim.RMSprop: RMSPROP_KEYS, torch.optim.Adagrad: ADAGRAD_KEYS}
 
-# Tail (paramwise.regularizers.Tail): the last operation of an adaptive update, w ← w - a·u/d,
+# Tail (paramwise.step.regularizers.Tail): the last operation of an adaptive update, w ← w - a·u/d,
 # as (u, a). With ``defer=True`` the update leaves it undone and hands over d~ = -d/a instead of
 # d; ``apply`` folds both into its proximal map (a pass less; see
-# paramwise.regularizers.prox_l1_scaled_).
+# paramwise.step.regularizers.prox_l1_scaled_).
 #: Receives each updated batch: its pieces, the parameter slices, then per piece the
 #: denominator :math:`d` (:math:`\tilde d` with a tail), one scratch tensor, the number
 #: :math:`k` of the step scale :math:`s = k/d` and the deferred tails
-#: (:data:`paramwise.regularizers.Tail`; SGD: four empty lists; no tails unless deferred).
+#: (:data:`paramwise.step.regularizers.Tail`; SGD: four empty lists; no tails unless deferred).
 Apply = Callable[[list[Piece], list[Tensor], list[Tensor], list[Tensor], list[float],
                   list[Tail]], None]
 #: Receives each batch before its update: its pieces, the parameter and gradient slices (to add
@@ -162,8 +162,8 @@ def update_(opt: torch.optim.Optimizer, group: dict, params: Sequence[Tensor],
     ``defer``: leave the last operation to ``apply`` where the update ends in
     :math:`w ← w - a\,u/d` with :math:`a > 0` (Adam, AdamW, Adagrad, RMSprop without
     momentum; eager and traced); ``apply`` then gets a tail ``(u, a)`` and :math:`\tilde d =
-    -d/a` per piece, and must finish the update. The updates live in :mod:`paramwise._eager`
-    (and, while ``torch.compile`` traces, :mod:`paramwise._traced`)."""
+    -d/a` per piece, and must finish the update. The updates live in :mod:`paramwise.step.fused._eager`
+    (and, while ``torch.compile`` traces, :mod:`paramwise.step.fused._traced`)."""
     _UPDATES[type(opt)](opt, group, params, dims, apply, before, defer=defer)
 
 

@@ -18,7 +18,7 @@ in train mode became 0% after ``eval()``):
 
 1. recover :math:`x = (y - (1-β)z)/β` from the parameter and ``state['z']``;
 2. the proximal maps (l1, group lasso, elastic net) on :math:`z` with the step scale of the
-   :math:`z` step (:mod:`paramwise.thirdparty`: :math:`γ_t`, or :math:`γ_t/(\sqrt{\hat
+   :math:`z` step (:mod:`paramwise.step.thirdparty`: :math:`γ_t`, or :math:`γ_t/(\sqrt{\hat
    v}+ε)`), then ``max_norm``'s projection of :math:`z`: proximal (projected) SGD/AdamW in the
    base sequence, so at a fixed point :math:`z^* = \operatorname{prox}(z^* - γ g(y^*))`, and
    since :math:`x^* = y^* = z^*` there, :math:`0 ∈ ∇f(z^*) + λ∂\|z^*\|_1`: the lasso's point;
@@ -57,11 +57,11 @@ from typing import Any
 import torch
 from torch import Tensor
 
+from ..errors import ParamwiseError
 from . import regularizers as R
 from ._chunks import Piece
 from ._chunks import as_float as _num
 from ._stepcfg import StepCfg, group_label, prox_
-from .errors import ParamwiseError
 from .thirdparty import SCHEDULE_FREE, key
 from .thirdparty import check as check_options
 
@@ -122,7 +122,7 @@ def check(opt: torch.optim.Optimizer, label: str, group: Mapping[str, Any], cfg:
 
 def check_all(opt: torch.optim.Optimizer, cfgs: list[tuple[dict, StepCfg]], more: str,
               stepping: bool = False) -> None:
-    """The refusals of third-party optimizers' options (:func:`paramwise.thirdparty.check`) and
+    """The refusals of third-party optimizers' options (:func:`paramwise.step.thirdparty.check`) and
     of schedule-free layouts (:func:`check`) for every regularized group, before anything
     changes."""
     if type(opt).__module__.startswith("torch."):
@@ -138,7 +138,7 @@ def check_all(opt: torch.optim.Optimizer, cfgs: list[tuple[dict, StepCfg]], more
 def post_group_(opt: torch.optim.Optimizer, group: dict, cfg: StepCfg, params: list[Tensor],
                 scale: Any) -> None:
     """Steps 1–4 of the module docstring for ``params`` (those the step moved) of one group;
-    ``scale``: the :math:`z` step's rule (:data:`paramwise.prox.Scaling`), or None for
+    ``scale``: the :math:`z` step's rule (:data:`paramwise.step.prox.Scaling`), or None for
     :math:`s = \\mathrm{lr}`."""
     beta = momentum(group)
     for p in params:

@@ -2,7 +2,7 @@ r"""Lowering: move regularization options into the optimizer's own, fused equiva
 
 Before the optimizer is built, :func:`lower` rewrites each param group so that what the optimizer
 can do itself runs inside its (foreach / fused) ``step()`` at no extra cost; the step hooks of
-:mod:`paramwise.hooks` skip whatever a group's ``"paramwise_lowered"`` lists, and
+:mod:`paramwise.step.hooks` skip whatever a group's ``"paramwise_lowered"`` lists, and
 ``report``/``explain`` show it. Both forms compute the same update (equal up to rounding, since
 ``(wd + λ)·w`` and ``wd·w + λ·w`` round differently)::
 
@@ -20,8 +20,8 @@ from typing import Any
 
 import torch
 
+from ..options.keys import optimizer_defaults
 from ._chunks import as_float as _num
-from .options.keys import optimizer_defaults
 
 __all__ = ["lower", "LOWERED_KEY"]
 
