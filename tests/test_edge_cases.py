@@ -9,7 +9,7 @@ from torch import nn
 
 import paramwise
 from paramwise import ParamwiseError, Rule
-from paramwise.inventory import Inventory
+from paramwise.grouping.inventory import Inventory
 
 
 def names_by_group(groups):

@@ -5,7 +5,7 @@ import torch
 from torch import nn
 
 import paramwise
-from paramwise.inventory import Inventory, is_norm_module
+from paramwise.grouping.inventory import Inventory, is_norm_module
 
 
 class MyRMSNorm(nn.Module):
@@ -81,7 +81,7 @@ def test_roles_never_come_from_name_substrings():
 
 @pytest.fixture
 def restore_norm_classes():
-    from paramwise import inventory
+    from paramwise.grouping import inventory
 
     saved = list(inventory._NORM_CLASSES)
     yield

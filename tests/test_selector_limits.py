@@ -18,9 +18,9 @@ from torch import nn
 
 import paramwise
 from paramwise import ParamwiseError, Rule
-from paramwise._regexguard import check
-from paramwise.inventory import Inventory, mask_to_str
-from paramwise.selectors import parse
+from paramwise.grouping._regexguard import check
+from paramwise.grouping.inventory import Inventory, mask_to_str
+from paramwise.grouping.selectors import parse
 
 
 class _Lin(nn.Linear):

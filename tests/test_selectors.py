@@ -6,8 +6,8 @@ import pytest
 from torch import nn
 
 import paramwise
-from paramwise.inventory import Inventory, mask_to_str
-from paramwise.selectors import as_selector, parse
+from paramwise.grouping.inventory import Inventory, mask_to_str
+from paramwise.grouping.selectors import as_selector, parse
 
 
 class Net(nn.Module):

@@ -13,13 +13,13 @@ from .checkpoint import LoadReport, load_state_dict, state_dict
 from .config import from_config
 from .dcp import load_dcp
 from .errors import ParamwiseError
-from .hidden import hidden_matrices
+from .grouping.hidden import hidden_matrices
+from .grouping.inventory import register_norm, register_wrapper
+from .grouping.layerdecay import layer_decay
+from .grouping.rules import Rule, no_decay
+from .grouping.selectors import Selector, parse
 from .hybrid import Hybrid
-from .inventory import register_norm, register_wrapper
-from .layerdecay import layer_decay
 from .report import Report, explain, report
-from .rules import Rule, no_decay
-from .selectors import Selector, parse
 from .step.hooks import attach
 from .step.prox import register_scaling
 

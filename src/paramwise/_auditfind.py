@@ -37,7 +37,7 @@ from ._auditscan import (
     verb,
 )
 from .errors import closest
-from .inventory import ROLES, Inventory
+from .grouping.inventory import ROLES, Inventory
 from .options.keys import MULTIPLIERS
 from .options.regularization import REG_KEYS
 

@@ -23,13 +23,13 @@ import torch
 from torch import nn
 
 from .errors import ParamwiseError
-from .groups import groups_by_class
+from .grouping.groups import groups_by_class
+from .grouping.perclass import class_name
+from .grouping.plan import Plan, make_plan
+from .grouping.rules import RuleLike
 from .hybrid import Hybrid
 from .options.keys import optimizer_keys, paramwise_keys, resolve_optimizer
 from .options.regularization import REG_KEYS
-from .perclass import class_name
-from .plan import Plan, make_plan
-from .rules import RuleLike
 from .step.hooks import attach
 from .step.lowering import lower
 from .step.monitor import penalty as _penalty

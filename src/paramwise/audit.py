@@ -2,7 +2,7 @@
 against its model, and say what it gets wrong, in the model's own parameter names.
 
 ``audit(model, optimizer)`` reads the optimizer's param groups once against the model's
-inventory (canonical names, roles, tied aliases; see :mod:`paramwise.inventory`) and returns an
+inventory (canonical names, roles, tied aliases; see :mod:`paramwise.grouping.inventory`) and returns an
 :class:`AuditReport` whose ``findings`` each have a ``kind`` (one of :data:`KINDS`), the canonical
 ``names`` concerned, a ``message``, a one-line ``fix`` and the paramwise ``rule`` (or call) that
 fixes it. Nothing is changed. The tutorial optimizer decays its biases::
@@ -35,7 +35,7 @@ from torch import nn
 from ._auditfind import Finder
 from ._auditscan import Finding, GroupView, owners, read_keys, unwrap_optimizer, unwrap_scheduler
 from .errors import ParamwiseError, did_you_mean
-from .inventory import Inventory
+from .grouping.inventory import Inventory
 from .step.hooks import handle_of
 
 __all__ = ["audit", "AuditReport", "Finding", "KINDS"]

@@ -55,8 +55,8 @@ import torch
 from .ckptcheck import ANCHORS_KEY, Saved, _what, check_state, foreign_state, keep_keys, parse
 from .ckptcheck import NOT_OPTIONS as _NOT_OPTIONS
 from .errors import ParamwiseError, user_stacklevel
-from .groups import freeze
-from .inventory import WRAPPER_ATTRS
+from .grouping.groups import freeze
+from .grouping.inventory import WRAPPER_ATTRS
 
 __all__ = ["LoadReport", "state_dict", "load_state_dict", "ANCHORS_KEY"]
 
@@ -147,7 +147,7 @@ def _group_names(optimizer: torch.optim.Optimizer, model: torch.nn.Module | None
                              f"{_what(model)}", fix="pass model=the_model, or leave it out")
     by_id: dict[int, str] | None = None
     if model is not None:
-        from .inventory import Inventory
+        from .grouping.inventory import Inventory
 
         inv = Inventory.build(model)
         by_id = {}

@@ -45,12 +45,12 @@ import torch
 from torch import nn
 
 from .errors import ParamwiseError, closest
-from .hidden import HiddenMatrices, hidden_matrices
-from .layerdecay import LayerDecay, layer_decay
+from .grouping.hidden import HiddenMatrices, hidden_matrices
+from .grouping.layerdecay import LayerDecay, layer_decay
+from .grouping.perclass import check_key_any
+from .grouping.rules import Rule, no_decay
 from .options.keys import REAL_KEYS, check_key, check_value, known_keys, resolve_optimizer
 from .options.regularization import STRENGTH_KEYS
-from .perclass import check_key_any
-from .rules import Rule, no_decay
 
 __all__ = ["from_config", "load_config", "PRESETS", "TOP_LEVEL_KEYS"]
 

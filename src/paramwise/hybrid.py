@@ -35,7 +35,7 @@ from typing import Any
 import torch
 
 from .errors import ParamwiseError
-from .groups import freeze  # equal options, as groups are merged
+from .grouping.groups import freeze  # equal options, as groups are merged
 
 __all__ = ["Hybrid"]
 

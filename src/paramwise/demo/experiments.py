@@ -17,7 +17,8 @@ from dataclasses import dataclass, field
 
 import torch
 
-from .. import api, rules
+from .. import api
+from ..grouping import rules
 from ._train import Data, accuracy, clusters, digits, fit, mlp, zero_fraction
 
 __all__ = ["Settings", "FULL", "QUICK", "BiasResult", "L1Result", "GroupResult",

@@ -12,7 +12,7 @@ a model without one) simply matches nothing, so one config serves several models
 is neither is an error with the closest class names in the model::
 
     >>> import torch.nn as nn
-    >>> from paramwise.inventory import Inventory
+    >>> from paramwise.grouping.inventory import Inventory
     >>> inv = Inventory.build(nn.Sequential(nn.Linear(2, 2), nn.LayerNorm(2)))
     >>> bin(TypeTerm("LayerNorm", "type:LayerNorm", 0, "type:LayerNorm").mask(inv))
     '0b1100'
@@ -30,8 +30,8 @@ import weakref
 
 from torch import nn
 
+from ..errors import ParamwiseError, closest
 from ._selnodes import Selector, _syntax
-from .errors import ParamwiseError, closest
 from .inventory import Inventory, bools_to_mask
 
 __all__ = ["TypeTerm"]

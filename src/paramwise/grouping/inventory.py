@@ -32,7 +32,7 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
-from .errors import ParamwiseError
+from ..errors import ParamwiseError
 
 __all__ = [
     "Inventory",
@@ -399,7 +399,7 @@ class Inventory:
             lookup.update({n: i for i, n in enumerate(self.names)})
             self._index = lookup
         if name not in lookup:
-            from .errors import did_you_mean
+            from ..errors import did_you_mean
 
             raise ParamwiseError(
                 f"the model has no parameter named {name!r}{did_you_mean(name, self.names)}",

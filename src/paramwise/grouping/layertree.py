@@ -1,7 +1,7 @@
 """Where the repeated blocks are: depths for ``layer_decay`` read from the module tree.
 
 Two readers, each returning per inventory entry the steps below the top (``e``; see
-:mod:`paramwise.layerdecay` for the convention):
+:mod:`paramwise.grouping.layerdecay` for the convention):
 
 - :func:`group_matcher_ids`: a timm model's own declaration, ``model.group_matcher()``;
 - :func:`detect`: the module tree. The *blocks* are the numbered children of the list with the
@@ -26,7 +26,7 @@ from __future__ import annotations
 import re
 from dataclasses import dataclass, field
 
-from .errors import ParamwiseError
+from ..errors import ParamwiseError
 from .inventory import Inventory
 
 __all__ = ["Layout", "detect", "group_matcher_ids"]

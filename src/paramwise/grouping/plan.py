@@ -31,10 +31,10 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
-from .errors import ParamwiseError, user_stacklevel
+from ..errors import ParamwiseError, user_stacklevel
+from ..options import regularization as reg
+from ..options.keys import MULTIPLIERS, bool_problem, check_key, check_value, optimizer_defaults
 from .inventory import Inventory, mask_to_str
-from .options import regularization as reg
-from .options.keys import MULTIPLIERS, bool_problem, check_key, check_value, optimizer_defaults
 from .perclass import accepts, check_key_any, class_name, wrong_class_fix
 from .rules import Partition, Rule, RuleLike, expand_rules
 

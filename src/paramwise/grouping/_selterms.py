@@ -1,12 +1,12 @@
 """The terms of the selector language (roles, globs, ``module:``, ``ndim``, ``re:``, ``all``) and
-selector callables; ``type:`` lives in :mod:`paramwise._seltype`, the grammar in
-:mod:`paramwise.selectors`.
+selector callables; ``type:`` lives in :mod:`paramwise.grouping._seltype`, the grammar in
+:mod:`paramwise.grouping.selectors`.
 
 Each term computes its bitmask once per inventory (``Inventory.cached_mask``). A ``re:`` regex
-is bounded before it runs (:mod:`paramwise._regexguard`), and a callable's answer must be a
+is bounded before it runs (:mod:`paramwise.grouping._regexguard`), and a callable's answer must be a
 bool::
 
-    >>> from paramwise.selectors import parse
+    >>> from paramwise.grouping.selectors import parse
     >>> parse("re:(a+)+b")
     Traceback (most recent call last):
     ...
@@ -23,9 +23,9 @@ from collections.abc import Callable
 
 import torch
 
+from ..errors import ParamwiseError, closest
 from ._regexguard import REF_LEN, check
 from ._selnodes import Selector, _syntax
-from .errors import ParamwiseError, closest
 from .inventory import Inventory, bools_to_mask
 
 __all__ = ["Role", "All", "Glob", "Module", "Ndim", "Regex", "FromCallable", "longest_name"]
@@ -108,7 +108,7 @@ def longest_name(inv: Inventory) -> int:
 
 class Regex(Selector):
     """``re:<regex>``: a full match, refused when its backtracking could hang (see
-    :mod:`paramwise._regexguard`): checked for names of 256 characters when parsed, and again
+    :mod:`paramwise.grouping._regexguard`): checked for names of 256 characters when parsed, and again
     for the model's longest name if that is longer."""
 
     def __init__(self, regex: str, text: str, pos: int, source: str) -> None:

@@ -21,9 +21,9 @@ from dataclasses import dataclass, field
 
 from torch import nn
 
-from .errors import ParamwiseError
+from ..errors import ParamwiseError
+from ..options.keys import check_value, resolve_optimizer
 from .inventory import Inventory
-from .options.keys import check_value, resolve_optimizer
 from .selectors import Selector, SelectorLike, as_selector
 
 __all__ = ["Rule", "no_decay", "Preset", "Partition", "RuleLike", "expand_rules"]
@@ -33,7 +33,7 @@ __all__ = ["Rule", "no_decay", "Preset", "Partition", "RuleLike", "expand_rules"
 class Rule:
     """One rule: ``Rule(select, **options)``.
 
-    ``select`` is a selector string (see :mod:`paramwise.selectors`), a :class:`Selector`, or a
+    ``select`` is a selector string (see :mod:`paramwise.grouping.selectors`), a :class:`Selector`, or a
     callable ``(name, param, module) -> bool``. ``options`` are any keys of the optimizer
     (``lr``, ``weight_decay``, ``momentum``, ``betas`` ...) or of paramwise (``lr_mult``,
     ``weight_decay_mult``, the regularizers ``l1``, ``l2``, ...). ``label`` names the rule in
@@ -102,7 +102,7 @@ def no_decay(*, bias: bool = True, norm: bool = True, embedding: bool = True,
              gain: bool = True, key: str = "weight_decay") -> Rule:
     """The no-decay rule: ``key = 0`` for biases, norm-layer parameters, embeddings and gains.
 
-    The roles (see :mod:`paramwise.inventory`): ``bias``; ``norm`` (norm layers' scales and
+    The roles (see :mod:`paramwise.grouping.inventory`): ``bias``; ``norm`` (norm layers' scales and
     shifts); ``embedding`` (``Embedding`` tables, learned positions and tokens, names a module's
     ``no_weight_decay()`` lists); ``gain`` (layer scales, PReLU slopes, ``(C, 1, 1)`` scales,
     CLIP's ``logit_scale``: at most one dimension larger than 1 and no layer's weight). Decay

@@ -1,12 +1,12 @@
 """The selector base class and its combinators: n-ary ``|`` and ``&``, ``!``, and the root of a
-parsed string; see :mod:`paramwise.selectors` for the language.
+parsed string; see :mod:`paramwise.grouping.selectors` for the language.
 
 Combinators hold their operands in a flat tuple (``a | b | c`` is one node of three, also when
 built with ``sel = sel | name`` in a loop), and :func:`evaluate` and :func:`render` walk a tree
 with an explicit stack, so neither a selector of thousands of terms nor one nested thousands of
 levels deep meets Python's recursion limit::
 
-    >>> from paramwise.selectors import parse
+    >>> from paramwise.grouping.selectors import parse
     >>> sel = parse("bias")
     >>> for _ in range(3000):
     ...     sel = ~sel
@@ -22,7 +22,7 @@ import fnmatch
 import re
 from collections.abc import Callable
 
-from .errors import ParamwiseError
+from ..errors import ParamwiseError
 from .inventory import Inventory, bools_to_mask
 
 __all__ = ["Selector", "SelectorLike", "evaluate", "render"]

@@ -39,11 +39,11 @@ import re
 from collections.abc import Callable
 from dataclasses import dataclass
 
+from ..errors import ParamwiseError
+from ..options.keys import check_value
 from ._regexguard import REF_LEN, check
-from .errors import ParamwiseError
 from .inventory import Inventory
 from .layertree import detect, group_matcher_ids
-from .options.keys import check_value
 from .rules import Partition, Preset, Rule
 from .selectors import Selector
 
@@ -156,7 +156,7 @@ class _Depth(Selector):
 
 def layer_decay(rate: float, *, depth: Callable[[str], int] | str | None = None,
                 min_scale: float = 0.0) -> LayerDecay:
-    """Per-depth ``lr_mult = max(min_scale, rate ** (D - depth))``; see :mod:`paramwise.layerdecay`.
+    """Per-depth ``lr_mult = max(min_scale, rate ** (D - depth))``; see :mod:`paramwise.grouping.layerdecay`.
 
         >>> rules = [no_decay(), layer_decay(0.75)]                      # doctest: +SKIP
         >>> layer_decay(0.75, depth=r"layers\\.(\\d+)\\.blocks\\.(\\d+)\\.")  # doctest: +SKIP

@@ -1,5 +1,5 @@
-"""The parser of the selector language (the grammar is in :mod:`paramwise.selectors`; use
-:func:`paramwise.selectors.parse`, which caches): one left-to-right pass over the string with an
+"""The parser of the selector language (the grammar is in :mod:`paramwise.grouping.selectors`; use
+:func:`paramwise.grouping.selectors.parse`, which caches): one left-to-right pass over the string with an
 explicit stack of open parentheses, so neither thousands of ``|``-ed terms nor thousands of
 nested ``(`` or ``!`` meet Python's recursion limit. ``a | b | c`` becomes one n-ary node and
 ``!!x`` is ``x``. Every syntax error names the position, shows it with a caret and says how to
@@ -19,10 +19,10 @@ from __future__ import annotations
 
 import re
 
+from ..errors import did_you_mean
 from ._selnodes import Selector, _And, _Not, _Or, _syntax
 from ._selterms import All, Glob, Module, Ndim, Regex, Role
 from ._seltype import TypeTerm
-from .errors import did_you_mean
 from .inventory import ROLES
 
 __all__ = ["Parser"]
@@ -52,7 +52,7 @@ class _Group:
 
 
 class Parser:
-    """One selector string → its :class:`~paramwise.selectors.Selector` tree (``parse()``)."""
+    """One selector string → its :class:`~paramwise.grouping.selectors.Selector` tree (``parse()``)."""
 
     def __init__(self, text: str) -> None:
         self.s, self.i = text, 0

@@ -29,10 +29,10 @@ from dataclasses import dataclass, field
 
 import torch
 
-from .errors import ParamwiseError
+from ..errors import ParamwiseError
+from ..options.keys import resolve_optimizer
 from .inventory import Inventory, bools_to_mask
 from .layertree import detect
-from .options.keys import resolve_optimizer
 from .rules import Partition, Preset, Rule
 from .selectors import Selector
 
@@ -103,7 +103,7 @@ def hidden_matrices(optimizer: str | type = "muon", **options: object) -> Hidden
         opts.setdefault("adjust_lr_fn", "match_rms_adamw")
         if opts["adjust_lr_fn"] is None:
             del opts["adjust_lr_fn"]
-    from .options.keys import check_key, check_value
+    from ..options.keys import check_key, check_value
 
     for k, v in opts.items():
         check_key(k, cls, where="hidden_matrices()")

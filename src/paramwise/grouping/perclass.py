@@ -24,8 +24,8 @@ from collections.abc import Iterable, Sequence
 import torch
 from torch import nn
 
-from .errors import ParamwiseError, closest
-from .options.keys import known_keys, paramwise_keys
+from ..errors import ParamwiseError, closest
+from ..options.keys import known_keys, paramwise_keys
 
 __all__ = ["accepts", "check_key_any", "check_constraints", "class_name"]
 

@@ -23,7 +23,7 @@ Strings are parsed once into :class:`Selector` objects, which combine in Python 
     >>> (parse("bias") | parse("norm")).text
     '(bias) | (norm)'
 
-A selector evaluates to a bitmask over the entries of an :class:`~paramwise.inventory.Inventory`
+A selector evaluates to a bitmask over the entries of an :class:`~paramwise.grouping.inventory.Inventory`
 (bit i set when entry i matches), so ``&``/``|``/``!`` cost one big-integer operation each.
 
 Limits, none of them Python's recursion limit: ``|`` and ``&`` are n-ary (a ``select:`` list of
@@ -32,23 +32,23 @@ thousands of names is one node, and exact names are looked up in one set); nesti
 walk the tree with explicit stacks. The parts that run user input are bounded too:
 
 - ``re:`` regexes are refused when parsed if their backtracking could hang: paramwise bounds the
-  steps of Python's ``re`` from the pattern (:mod:`paramwise._regexguard`) and refuses a regex
+  steps of Python's ``re`` from the pattern (:mod:`paramwise.grouping._regexguard`) and refuses a regex
   that could take more than 10**8 on a 256-character name (or on the model's longest name, when
   longer): a repeat over a part that can end in several ways (``(a+)+``, ``(a|ab)*``) or four
   unbounded repeats in a row (``.*a.*b.*c.*``). Globs never backtrack (fnmatch's regexes use
   atomic groups).
 - ``type:`` names are resolved against the classes in the model (and module classes already
-  loaded), never by importing (:mod:`paramwise._seltype`).
+  loaded), never by importing (:mod:`paramwise.grouping._seltype`).
 - a callable must return a ``bool`` (or a NumPy bool, or a 0-d bool tensor); what it raises is
   re-raised as a :class:`ParamwiseError` naming it and the parameter.
 """
 
 from __future__ import annotations
 
+from ..errors import ParamwiseError
 from ._selnodes import Selector, SelectorLike, _Parsed
 from ._selparse import Parser
 from ._selterms import FromCallable
-from .errors import ParamwiseError
 
 __all__ = ["Selector", "parse", "as_selector", "SelectorLike"]
 
