@@ -103,7 +103,7 @@ def main(argv: list[str] | None = None) -> None:
     from torch.distributed.device_mesh import init_device_mesh
     from torch.distributed.fsdp import fully_shard
 
-    from paramwise.checkpoint import state_dict
+    from paramwise.state.checkpoint import state_dict
     from paramwise.step.monitor import stats
 
     torch.manual_seed(0)  # the same initial weights on every rank
@@ -140,7 +140,7 @@ def main(argv: list[str] | None = None) -> None:
         dcp.save({"model": get_model_state_dict(model), "optim": state_dict(opt)},
                  checkpoint_id=args.save)
         if rank == 0:
-            print(f"saved {args.save} (resume with paramwise.dcp.load_dcp(opt, path))")
+            print(f"saved {args.save} (resume with paramwise.state.dcp.load_dcp(opt, path))")
     dist.destroy_process_group()
 
 

@@ -11,7 +11,7 @@ import torch
 from torch import nn
 
 import paramwise
-from paramwise.checkpoint import LoadReport, load_state_dict, state_dict
+from paramwise.state.checkpoint import LoadReport, load_state_dict, state_dict
 
 RULES_A = [paramwise.no_decay()]
 # Other rules: 2.weight leaves the decayed group, biases get their own lr, a norm lr_mult.
@@ -410,7 +410,7 @@ def test_load_dcp_single_process_with_new_and_vanished_parameters(tmp_path):
     """A DCP checkpoint (no process group needed) loads by name: the template comes from the
     checkpoint's metadata, so added, removed and reshaped parameters are all fine."""
     dcp = pytest.importorskip("torch.distributed.checkpoint")
-    from paramwise.dcp import load_dcp
+    from paramwise.state.dcp import load_dcp
 
     model = net(extra=True)
     opt = adamw(model, RULES_A)

@@ -1,4 +1,4 @@
-"""Checkpoints are validated whole before anything is loaded (paramwise.ckptcheck).
+"""Checkpoints are validated whole before anything is loaded (paramwise.state.saved).
 
 Every malformed case starts from a real state dict (torch's own optimizers, built, stepped,
 saved) mutated by hand; each must raise a ParamwiseError naming the key path, the parameter and
@@ -19,7 +19,7 @@ from torch import nn
 
 import paramwise
 from paramwise import ParamwiseError, load_state_dict, state_dict
-from paramwise.checkpoint import LoadReport
+from paramwise.state.checkpoint import LoadReport
 
 
 def net(seed: int = 0) -> nn.Module:
@@ -563,7 +563,7 @@ def test_groups_are_put_back_when_torchs_own_load_raises(saved):
 # --------------------------------------------------------------------------------- DCP
 def test_load_dcp_validates_before_loading(tmp_path, saved):
     dcp = pytest.importorskip("torch.distributed.checkpoint")
-    from paramwise.dcp import load_dcp
+    from paramwise.state.dcp import load_dcp
 
     bad = copy.deepcopy(saved[0])
     bad["state"]["2.weight"]["exp_avg_sq"] = torch.zeros(3, 5)

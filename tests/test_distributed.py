@@ -138,7 +138,7 @@ def ddp_groups_and_checkpoint_names() -> None:
     from torch.nn.parallel import DistributedDataParallel as DDP
 
     import paramwise
-    from paramwise.checkpoint import state_dict
+    from paramwise.state.checkpoint import state_dict
 
     ddp = DDP(tiny())
     assert next(n for n, _ in ddp.named_parameters()) == "module.emb.weight"
@@ -247,8 +247,8 @@ def fsdp2_dcp_save_change_rules_load_continue() -> None:
     import torch.distributed.checkpoint as dcp
     from torch.distributed.checkpoint.state_dict import get_model_state_dict, set_model_state_dict
 
-    from paramwise.checkpoint import state_dict
-    from paramwise.dcp import load_dcp
+    from paramwise.state.checkpoint import state_dict
+    from paramwise.state.dcp import load_dcp
 
     rules_a, rules_b = _checkpoint_rules()
     path = str(OUT / "ckpt")
@@ -303,8 +303,8 @@ def fsdp2_dcp_cycle_with_regularizers() -> None:
     from torch.distributed.checkpoint.state_dict import get_model_state_dict, set_model_state_dict
 
     import paramwise
-    from paramwise.checkpoint import state_dict
-    from paramwise.dcp import load_dcp
+    from paramwise.state.checkpoint import state_dict
+    from paramwise.state.dcp import load_dcp
     from paramwise.step.hooks import handle_of
 
     R = paramwise.Rule
@@ -352,7 +352,7 @@ def fsdp2_fqn_state_dicts_interoperate() -> None:
         set_optimizer_state_dict,
     )
 
-    from paramwise.checkpoint import load_state_dict, state_dict
+    from paramwise.state.checkpoint import load_state_dict, state_dict
 
     rules_a, rules_b = _checkpoint_rules()
     model = shard(tiny())

@@ -14,7 +14,7 @@ from torch import nn
 from torch.distributed.algorithms._checkpoint.checkpoint_wrapper import checkpoint_wrapper
 
 import paramwise
-from paramwise.checkpoint import load_state_dict, state_dict
+from paramwise.state.checkpoint import load_state_dict, state_dict
 
 
 class Block(nn.Module):

@@ -9,9 +9,7 @@
 
 from .api import optimizer, param_groups, penalty, stats
 from .audit import AuditReport, audit
-from .checkpoint import LoadReport, load_state_dict, state_dict
 from .config import from_config
-from .dcp import load_dcp
 from .errors import ParamwiseError
 from .grouping.hidden import hidden_matrices
 from .grouping.inventory import register_norm, register_wrapper
@@ -20,6 +18,8 @@ from .grouping.rules import Rule, no_decay
 from .grouping.selectors import Selector, parse
 from .hybrid import Hybrid
 from .report import Report, explain, report
+from .state.checkpoint import LoadReport, load_state_dict, state_dict
+from .state.dcp import load_dcp
 from .step.hooks import attach
 from .step.prox import register_scaling
 

@@ -41,7 +41,7 @@ from dataclasses import dataclass, field
 
 import torch
 
-from .errors import ParamwiseError, did_you_mean, user_stacklevel
+from ..errors import ParamwiseError, did_you_mean, user_stacklevel
 
 __all__ = ["ANCHORS_KEY", "NOT_OPTIONS", "Saved", "check_state", "keep_keys", "parse"]
 

@@ -1,7 +1,7 @@
 """Sharded checkpoints: state laid out like DTensor parameters, and name-keyed DCP loading.
 
 Under FSDP2 each rank holds shards (DTensors); DCP saves them once, globally, and reshards on
-load. Save with the name-keyed dict of :func:`paramwise.checkpoint.state_dict` (it has
+load. Save with the name-keyed dict of :func:`paramwise.state.checkpoint.state_dict` (it has
 ``get_optimizer_state_dict``'s layout, so either works)::
 
     dcp.save({"model": get_model_state_dict(model), "optim": paramwise.state_dict(opt)},
@@ -17,7 +17,7 @@ Loading into a template built from the *current* optimizer would not do: DCP rea
 template's keys, so after a change of rules its param groups would be half old, half new, and
 parameters added since the save would be missing from the checkpoint. :func:`load_dcp` builds the
 template from the checkpoint's metadata instead (only what exists on both sides), then hands the
-result to :func:`paramwise.checkpoint.load_state_dict`.
+result to :func:`paramwise.state.checkpoint.load_state_dict`.
 """
 
 from __future__ import annotations
@@ -26,9 +26,9 @@ from collections.abc import Iterable, Mapping
 
 import torch
 
+from ..errors import ParamwiseError
+from ..step._chunks import is_dtensor
 from .checkpoint import ANCHORS_KEY, LoadReport, _group_names, _loose, load_state_dict
-from .errors import ParamwiseError
-from .step._chunks import is_dtensor
 
 __all__ = ["load_dcp", "match_layout"]
 

@@ -21,7 +21,7 @@ fails with "a parameter group that doesn't match the size". paramwise groups car
   tuple of keys restores only those (e.g. ``("lr", "initial_lr")``).
 
 Like torch's, loading shares tensors with the dict it was given (no copy). The checkpoint is
-validated whole first (:mod:`paramwise.ckptcheck`); when that raises, nothing was loaded.
+validated whole first (:mod:`paramwise.state.saved`); when that raises, nothing was loaded.
 
 Example::
 
@@ -34,7 +34,7 @@ Example::
 
 Sharded (FSDP2): build the optimizer *after* ``fully_shard``; save with
 ``dcp.save({"optim": paramwise.state_dict(opt)}, checkpoint_id=path)`` and resume, rules
-changed or not, with :func:`paramwise.dcp.load_dcp` (it reads the checkpoint's metadata, loads
+changed or not, with :func:`paramwise.state.dcp.load_dcp` (it reads the checkpoint's metadata, loads
 what the current parameters need, resharded, then calls :func:`load_state_dict`). A full (unsharded)
 checkpoint, e.g. ``get_optimizer_state_dict(model, opt, options=StateDictOptions(
 full_state_dict=True))`` loaded on every rank, is sharded locally to each parameter's placement.
@@ -52,11 +52,11 @@ from dataclasses import dataclass, field
 
 import torch
 
-from .ckptcheck import ANCHORS_KEY, Saved, _what, check_state, foreign_state, keep_keys, parse
-from .ckptcheck import NOT_OPTIONS as _NOT_OPTIONS
-from .errors import ParamwiseError, user_stacklevel
-from .grouping.groups import freeze
-from .grouping.inventory import WRAPPER_ATTRS
+from ..errors import ParamwiseError, user_stacklevel
+from ..grouping.groups import freeze
+from ..grouping.inventory import WRAPPER_ATTRS
+from .saved import ANCHORS_KEY, Saved, _what, check_state, foreign_state, keep_keys, parse
+from .saved import NOT_OPTIONS as _NOT_OPTIONS
 
 __all__ = ["LoadReport", "state_dict", "load_state_dict", "ANCHORS_KEY"]
 
@@ -147,7 +147,7 @@ def _group_names(optimizer: torch.optim.Optimizer, model: torch.nn.Module | None
                              f"{_what(model)}", fix="pass model=the_model, or leave it out")
     by_id: dict[int, str] | None = None
     if model is not None:
-        from .grouping.inventory import Inventory
+        from ..grouping.inventory import Inventory
 
         inv = Inventory.build(model)
         by_id = {}
@@ -254,7 +254,7 @@ def load_state_dict(optimizer: torch.optim.Optimizer, state: Mapping, *,
     a warning. Options: the current groups' (i.e. the current rules'), unless
     ``keep_saved_options`` is True (all saved options, per parameter) or a collection of
     keys (only those). ``strict=True`` raises instead when any parameter is new or vanished.
-    The checkpoint is validated whole first (:mod:`paramwise.ckptcheck`: structure, duplicate
+    The checkpoint is validated whole first (:mod:`paramwise.state.saved`: structure, duplicate
     names, state shapes and keys): when it raises, nothing was loaded.
 
         >>> report = load_state_dict(opt, torch.load("optim.pt"))  # doctest: +SKIP
@@ -374,7 +374,7 @@ def _load_packed(optimizer: torch.optim.Optimizer, names: list[list[str]], laid:
 
 def _restore_options(optimizer, names, match, saved: Saved, keep) -> bool:
     """Put saved options back per parameter; rebuild the groups if they no longer agree."""
-    from .options.keys import paramwise_keys
+    from ..options.keys import paramwise_keys
 
     own = paramwise_keys() | {"paramwise_lowered"}
     pieces: dict[object, dict] = {}
