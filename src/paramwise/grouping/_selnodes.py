@@ -25,7 +25,7 @@ from collections.abc import Callable
 from ..errors import ParamwiseError
 from .inventory import Inventory, bools_to_mask
 
-__all__ = ["Selector", "SelectorLike", "evaluate", "render"]
+__all__ = ["Selector", "SelectorLike", "coerce_with", "evaluate", "render"]
 
 
 def _syntax(source: str, pos: int, what: str, fix: str) -> ParamwiseError:
@@ -75,10 +75,24 @@ class Selector:
 SelectorLike = str | Selector | Callable[..., bool]
 
 
-def _coerce(obj: SelectorLike) -> Selector:
-    from .selectors import as_selector  # the parser builds on this module
+#: How an operand of ``&``/``|`` that is not yet a Selector (a string, a callable) becomes one:
+#: :func:`paramwise.grouping.selectors.as_selector`, which parses strings with a parser built on
+#: this module, hands itself over through :func:`coerce_with` when it is imported (always before
+#: any selector exists: importing any part of paramwise imports it).
+_as_selector: Callable[[SelectorLike], Selector] | None = None
 
-    return as_selector(obj)
+
+def coerce_with(as_selector: Callable[[SelectorLike], Selector]) -> None:
+    """Set how the operators turn a string or a callable operand into a Selector."""
+    global _as_selector
+    _as_selector = as_selector
+
+
+def _coerce(obj: SelectorLike) -> Selector:
+    if isinstance(obj, Selector):
+        return obj
+    assert _as_selector is not None, "paramwise.grouping.selectors sets it when imported"
+    return _as_selector(obj)
 
 
 class _Node(Selector):

@@ -46,7 +46,7 @@ walk the tree with explicit stacks. The parts that run user input are bounded to
 from __future__ import annotations
 
 from ..errors import ParamwiseError
-from ._selnodes import Selector, SelectorLike, _Parsed
+from ._selnodes import Selector, SelectorLike, _Parsed, coerce_with
 from ._selparse import Parser
 from ._selterms import FromCallable
 
@@ -85,3 +85,4 @@ def as_selector(obj: SelectorLike) -> Selector:
     )
 
 
+coerce_with(as_selector)  # the operators of every Selector accept strings and callables

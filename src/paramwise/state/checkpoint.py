@@ -54,20 +54,14 @@ import torch
 
 from ..errors import ParamwiseError, user_stacklevel
 from ..grouping.groups import freeze
-from ..grouping.inventory import WRAPPER_ATTRS
-from .saved import ANCHORS_KEY, Saved, _what, check_state, foreign_state, keep_keys, parse
+from ..options.keys import paramwise_keys
+from .names import _group_names, _match
+from .placement import match_layout
+from .saved import ANCHORS_KEY, Saved, keep_keys, parse
 from .saved import NOT_OPTIONS as _NOT_OPTIONS
+from .statecheck import check_state, foreign_state
 
 __all__ = ["LoadReport", "state_dict", "load_state_dict", "ANCHORS_KEY"]
-
-# Wrapper segments dropped when an exact name does not match (names saved from a wrapped
-# model by code that did not canonicalise them, e.g. a plain optimizer's ``param_names``).
-def _loose(name: str) -> str:
-    parts = [s for s in name.split(".") if s not in WRAPPER_ATTRS]
-    while len(parts) > 1 and parts[0] == "module":
-        parts = parts[1:]
-    return ".".join(parts)
-
 
 def _same(a: object, b: object) -> bool:
     if isinstance(a, torch.Tensor) or isinstance(b, torch.Tensor):
@@ -135,54 +129,6 @@ class LoadReport:
         return "; ".join(out)
 
 
-# ------------------------------------------------------------------------------- names
-def _group_names(optimizer: torch.optim.Optimizer, model: torch.nn.Module | None
-                 ) -> list[list[str]]:
-    """Canonical names of every group's parameters, from the module tree or ``param_names``."""
-    if not isinstance(getattr(optimizer, "param_groups", None), list):
-        raise ParamwiseError(f"expected a torch.optim.Optimizer, got {_what(optimizer)}",
-                             fix="pass the optimizer first, e.g. load_state_dict(opt, state)")
-    if model is not None and not isinstance(model, torch.nn.Module):
-        raise ParamwiseError(f"model= expects the nn.Module the optimizer was built for, got "
-                             f"{_what(model)}", fix="pass model=the_model, or leave it out")
-    by_id: dict[int, str] | None = None
-    if model is not None:
-        from ..grouping.inventory import Inventory
-
-        inv = Inventory.build(model)
-        by_id = {}
-        for e in inv.first:
-            by_id.setdefault(id(inv.params[e]), inv.names[e])
-    out: list[list[str]] = []
-    for gi, g in enumerate(optimizer.param_groups):
-        if by_id is not None:
-            missing = [p for p in g["params"] if id(p) not in by_id]
-            if missing:
-                raise ParamwiseError(f"param group {gi} holds a tensor of shape "
-                                     f"{tuple(missing[0].shape)} that is not a parameter of the "
-                                     "model passed as model=",
-                                     fix="pass the model this optimizer was built for")
-            out.append([by_id[id(p)] for p in g["params"]])
-        elif "param_names" in g and len(g["param_names"]) == len(g["params"]):
-            out.append([str(n) for n in g["param_names"]])
-        else:
-            raise ParamwiseError(
-                f"param group {gi} of this {type(optimizer).__name__} has no 'param_names', so "
-                "its parameters cannot be keyed by name",
-                fix="build the optimizer with paramwise.optimizer()/param_groups(), or pass "
-                "model=the_model so names come from the module tree")
-    seen: dict[str, int] = {}
-    for gi, names in enumerate(out):
-        for n in names:
-            if n in seen:
-                raise ParamwiseError(
-                    f"the name {n!r} appears twice in the optimizer's param_names (param "
-                    f"groups {seen[n]} and {gi})", fix="every parameter needs its own name; "
-                    "rebuild the groups with paramwise.param_groups()")
-            seen[n] = gi
-    return out
-
-
 # ------------------------------------------------------------------------------- saving
 def state_dict(optimizer: torch.optim.Optimizer, *, model: torch.nn.Module | None = None
                ) -> dict:
@@ -218,32 +164,6 @@ def state_dict(optimizer: torch.optim.Optimizer, *, model: torch.nn.Module | Non
 
 
 # ------------------------------------------------------------------------------- loading
-def _match(current: Mapping[str, object], saved_names: list[str], report: LoadReport
-           ) -> dict[str, str]:
-    """Current name -> saved name: exact names, then names equal without wrapper segments
-    (``report.renamed``); saved names matching nothing go to ``report.vanished``."""
-    match = {s: s for s in saved_names if s in current}
-    loose_current: dict[str, list[str]] = {}
-    for n in current:
-        loose_current.setdefault(_loose(n), []).append(n)
-    renamed_to: set[str] = set()
-    for s in (s for s in saved_names if s not in current):
-        hits = [n for n in loose_current.get(_loose(s), []) if n not in match or n in renamed_to]
-        if len(hits) == 1 and hits[0] in renamed_to:
-            raise ParamwiseError(
-                f"the saved names {match[hits[0]]!r} and {s!r} both load as parameter "
-                f"{hits[0]!r} once wrapper segments are dropped",
-                fix="keep one of the two in the checkpoint (paramwise.state_dict(opt) saves "
-                "canonical names)")
-        if len(hits) == 1:
-            match[hits[0]] = s
-            report.renamed[s] = hits[0]
-            renamed_to.add(hits[0])
-        else:
-            report.vanished.append(s)
-    return match
-
-
 def load_state_dict(optimizer: torch.optim.Optimizer, state: Mapping, *,
                     keep_saved_options: bool | Iterable[str] = False, strict: bool = False,
                     model: torch.nn.Module | None = None) -> LoadReport:
@@ -269,7 +189,8 @@ def load_state_dict(optimizer: torch.optim.Optimizer, state: Mapping, *,
     current = {n: (gi, p) for gi, (g, gn) in enumerate(zip(optimizer.param_groups, names))
                for n, p in zip(gn, g["params"])}
     report = LoadReport()
-    match = _match(current, list(dict.fromkeys([*saved.group_of, *saved.state])), report)
+    match = _match(current, list(dict.fromkeys([*saved.group_of, *saved.state])),
+                        report.renamed, report.vanished)
 
     def option(n: str, key: str) -> object:  # the group option in effect after loading
         sg = saved.group_of.get(match[n])
@@ -307,8 +228,6 @@ def load_state_dict(optimizer: torch.optim.Optimizer, state: Mapping, *,
 
     # Everything is checked; the state laid out like the parameters, then the optimizer changes
     # (its groups are put back if torch's own load still raises).
-    from .dcp import match_layout
-
     laid = {n: match_layout(p, saved.state[match[n]]) for n, (_, p) in current.items()
             if n in match and match[n] in saved.state}
     anchors = {n: match_layout(p, saved.anchors[match[n]]) for n, (_, p) in current.items()
@@ -374,8 +293,6 @@ def _load_packed(optimizer: torch.optim.Optimizer, names: list[list[str]], laid:
 
 def _restore_options(optimizer, names, match, saved: Saved, keep) -> bool:
     """Put saved options back per parameter; rebuild the groups if they no longer agree."""
-    from ..options.keys import paramwise_keys
-
     own = paramwise_keys() | {"paramwise_lowered"}
     pieces: dict[object, dict] = {}
     per_group_keys: list[set] = []

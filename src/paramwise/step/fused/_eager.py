@@ -19,18 +19,16 @@ Example (the Adagrad update alone, no map: one step of ``Adagrad.step``)::
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import torch
 from torch import Tensor
 
 from .._chunks import Piece, batches, chunk_limit
-from ..prox import decayed_lr, momentum_scale
+from ..scales import decayed_lr, momentum_scale
 from ..regularizers import Tail
 from . import _traced
-
-if TYPE_CHECKING:
-    from .update import Apply, Before
+from .callbacks import Apply, Before
 
 __all__ = ["adam_update_", "sgd_update_", "rmsprop_update_", "adagrad_update_"]
 

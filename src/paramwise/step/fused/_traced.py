@@ -35,17 +35,15 @@ They run eagerly too (the same numbers, without the speed)::
 from __future__ import annotations
 
 from collections.abc import Sequence
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import torch
 from torch import Tensor
 
 from .._chunks import Piece, power
-from ..prox import decayed_lr, momentum_scale
-
-if TYPE_CHECKING:
-    from ..regularizers import Tail
-    from .update import Apply, Before
+from ..scales import decayed_lr, momentum_scale
+from ..regularizers import Tail
+from .callbacks import Apply, Before
 
 __all__ = ["adam", "rmsprop", "adagrad"]
 

@@ -51,14 +51,14 @@ Example (what :func:`paramwise.attach` does under the hood)::
 from __future__ import annotations
 
 import re
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 
 import torch
 from torch import Tensor
 
-from .._chunks import Piece, is_dtensor
-from ..regularizers import Tail
+from .._chunks import is_dtensor
 from ._eager import adagrad_update_, adam_update_, rmsprop_update_, sgd_update_
+from .callbacks import Apply, Before
 
 __all__ = ["fusable", "update_", "TESTED_TORCH", "TORCH_TESTED", "torch_tested", "adam_update_",
            "sgd_update_", "rmsprop_update_", "adagrad_update_", "ADAM_KEYS", "SGD_KEYS",
@@ -105,20 +105,6 @@ ADAGRAD_KEYS = frozenset({"lr", "lr_decay", "weight_decay", "initial_accumulator
                           "foreach", "maximize", "differentiable", "fused"})
 _KEYS = {torch.optim.Adam: ADAM_KEYS, torch.optim.AdamW: ADAM_KEYS, torch.optim.SGD: SGD_KEYS,
          torch.optim.RMSprop: RMSPROP_KEYS, torch.optim.Adagrad: ADAGRAD_KEYS}
-
-# Tail (paramwise.step.regularizers.Tail): the last operation of an adaptive update, w ← w - a·u/d,
-# as (u, a). With ``defer=True`` the update leaves it undone and hands over d~ = -d/a instead of
-# d; ``apply`` folds both into its proximal map (a pass less; see
-# paramwise.step.regularizers.prox_l1_scaled_).
-#: Receives each updated batch: its pieces, the parameter slices, then per piece the
-#: denominator :math:`d` (:math:`\tilde d` with a tail), one scratch tensor, the number
-#: :math:`k` of the step scale :math:`s = k/d` and the deferred tails
-#: (:data:`paramwise.step.regularizers.Tail`; SGD: four empty lists; no tails unless deferred).
-Apply = Callable[[list[Piece], list[Tensor], list[Tensor], list[Tensor], list[float],
-                  list[Tail]], None]
-#: Receives each batch before its update: its pieces, the parameter and gradient slices (to add
-#: gradient terms in place, as a step pre-hook would have).
-Before = Callable[[list[Piece], list[Tensor], list[Tensor]], None]
 
 _DTYPES = (torch.float32, torch.float64)
 
