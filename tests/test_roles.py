@@ -5,7 +5,8 @@ import torch
 from torch import nn
 
 import paramwise
-from paramwise.grouping.inventory import Inventory, is_norm_module
+from paramwise.grouping.inventory import Inventory
+from paramwise.grouping.roles import is_norm_module
 
 
 class MyRMSNorm(nn.Module):
@@ -81,11 +82,11 @@ def test_roles_never_come_from_name_substrings():
 
 @pytest.fixture
 def restore_norm_classes():
-    from paramwise.grouping import inventory
+    from paramwise.grouping import roles
 
-    saved = list(inventory._NORM_CLASSES)
+    saved = list(roles.NORM_CLASSES)
     yield
-    inventory._NORM_CLASSES[:] = saved
+    roles.NORM_CLASSES[:] = saved
 
 
 def test_norm_heuristic_and_registration(restore_norm_classes):

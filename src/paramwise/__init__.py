@@ -12,8 +12,8 @@ from .audit import AuditReport, audit
 from .config import from_config
 from .errors import ParamwiseError
 from .grouping.hidden import hidden_matrices
-from .grouping.inventory import register_norm, register_wrapper
 from .grouping.layerdecay import layer_decay
+from .grouping.roles import register_norm, register_wrapper
 from .grouping.rules import Rule, no_decay
 from .grouping.selectors import Selector, parse
 from .hybrid import Hybrid

@@ -37,7 +37,8 @@ from ._auditscan import (
     verb,
 )
 from .errors import closest
-from .grouping.inventory import ROLES, Inventory
+from .grouping.inventory import Inventory
+from .grouping.roles import ROLES
 from .options.keys import MULTIPLIERS
 from .options.regularization import REG_KEYS
 

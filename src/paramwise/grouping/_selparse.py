@@ -23,7 +23,7 @@ from ..errors import did_you_mean
 from ._selnodes import Selector, _And, _Not, _Or, _syntax
 from ._selterms import All, Glob, Module, Ndim, Regex, Role
 from ._seltype import TypeTerm
-from .inventory import ROLES
+from .roles import ROLES
 
 __all__ = ["Parser"]
 

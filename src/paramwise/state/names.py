@@ -17,7 +17,8 @@ from collections.abc import Mapping
 import torch
 
 from ..errors import ParamwiseError
-from ..grouping.inventory import WRAPPER_ATTRS, Inventory
+from ..grouping.inventory import Inventory
+from ..grouping.roles import WRAPPER_ATTRS
 from .saved import _what
 
 

@@ -28,12 +28,13 @@ from dataclasses import dataclass, field
 import torch
 
 from ..errors import ParamwiseError, did_you_mean, user_stacklevel
+from ..step.anchors import ANCHORS_KEY
 
 __all__ = ["ANCHORS_KEY", "NOT_OPTIONS", "Saved", "keep_keys", "parse"]
 
-#: Top-level key of the ``l2_to_init`` anchors (``{name: w0}``), beside ``state``/``param_groups``;
-#: the same key under which :mod:`paramwise.step.hooks` puts them (by index) in ``opt.state_dict()``.
-ANCHORS_KEY = "paramwise_anchors"
+# ANCHORS_KEY: the top-level key of the ``l2_to_init`` anchors (``{name: w0}``), beside
+# ``state``/``param_groups``; the key under which the step hooks put them (by index) in
+# ``opt.state_dict()`` (paramwise.step.anchors).
 NOT_OPTIONS = ("params", "param_names")
 _RESAVE = "pass paramwise.state_dict(opt) or optimizer.state_dict() as saved"
 _CORRUPT = ("the checkpoint is corrupt or was edited: re-save it from the run that wrote it, or "

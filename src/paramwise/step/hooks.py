@@ -35,19 +35,8 @@ torch's ``fused=True`` optimizers the pre-hook reads ``optimizer.found_inf`` (on
 multiplies gradient terms by ``optimizer.grad_scale``, since there the gradients are still
 scaled.
 
-**Anchors** (``l2_to_init``'s :math:`w_0`) are taken lazily, just before the first step that
-can change the parameter: when its first gradient arrives (a post-accumulate-grad hook, run
-eagerly even when the step is compiled, so a compiled step never recompiles for it) or, for a
-gradient set by hand or ``l2_to_init`` added after :func:`attach`, at the first ``step()`` in
-which it has a gradient and its group's ``lr`` is not 0. So the usual resume order (build the
-model, build the optimizer, load the model's weights, load the optimizer's state) anchors every
-parameter at the loaded (pretrained) weights, never at the random initialisation the optimizer
-was built with. Anchors restored by ``load_state_dict`` (saved under ``"paramwise_anchors"``)
-replace any taken before and are never re-taken; the lr = 0 step that
-``torch.distributed.checkpoint.state_dict`` runs to create optimizer state takes none. Until a
-parameter has its anchor, its ``l2_to_init`` term is 0 (:math:`w_0 = w`), in the hooks and in
-:func:`paramwise.penalty`. :meth:`Handle.capture_anchors` anchors at the current values at once
-(the attach-time anchor, or a new reference point at any time).
+**Anchors** (``l2_to_init``'s :math:`w_0`) are taken lazily, at the first step that can change
+a parameter, and travel with ``state_dict()`` (:mod:`paramwise.step.anchors`).
 
 **Bad values.** Before the pre-hook changes anything it checks every regularized group
 (:mod:`paramwise.step.stepcheck`: values, lr, ranges per dtype, shapes, dtypes, sparse rows, step
@@ -87,7 +76,6 @@ a group's ``"paramwise_lowered"`` lists. Example::
 from __future__ import annotations
 
 import weakref
-from collections.abc import Iterable
 from typing import Any
 
 import torch
@@ -98,6 +86,7 @@ from . import _groupstep as G
 from . import _watch
 from ._chunks import as_float as _num
 from ._stepcfg import StepCfg
+from .anchors import Anchors
 from .fused.update import fusable
 from .lowering import LOWERED_KEY, lower
 from .schedfree import check_all as check_thirdparty
@@ -105,12 +94,10 @@ from .stepcheck import StepCheck, check_attach, check_sparse, wrap_add_param_gro
 
 __all__ = ["attach", "Handle", "handle_of", "runs_fused", "lower", "LOWERED_KEY"]
 
-_ANCHORS_KEY = "paramwise_anchors"
-
 _ATTACHED: weakref.WeakKeyDictionary[torch.optim.Optimizer, Handle] = weakref.WeakKeyDictionary()
 
 
-class Handle:
+class Handle(Anchors):
     """What :func:`attach` returns: ``remove()`` detaches the hooks; ``anchors`` maps each
     parameter with ``l2_to_init`` to its anchor :math:`w_0` once it has one (taken at its first
     step, loaded from a checkpoint, or set by :meth:`capture_anchors`; saved in
@@ -119,8 +106,8 @@ class Handle:
     def __init__(self, optimizer: torch.optim.Optimizer, foreach: bool | None) -> None:
         self._opt = weakref.ref(optimizer)
         self.foreach = foreach
-        self.anchors: dict[Tensor, Tensor] = {}
-        self._grad_hooks: dict[Tensor, Any] = {}  # take the anchor when the first grad arrives
+        self.anchors = {}
+        self._grad_hooks = {}
         self._skip = False
         self._post_cfgs: list[tuple[dict, StepCfg]] = []
         self._set_aside: list[tuple[Tensor, Tensor]] = []  # grads hidden from a fused step
@@ -137,12 +124,7 @@ class Handle:
         if hasattr(optimizer, "register_state_dict_post_hook"):
             self._hooks += [optimizer.register_state_dict_post_hook(self._save),
                             optimizer.register_load_state_dict_pre_hook(self._load)]
-        for group in optimizer.param_groups:
-            if group.get("l2_to_init") is not None:
-                for p in group["params"]:
-                    if p.requires_grad and p.is_leaf and p not in self._grad_hooks:
-                        self._grad_hooks[p] = p.register_post_accumulate_grad_hook(
-                            self._first_grad)
+        self._watch_first_grads(optimizer)
 
     @property
     def attached(self) -> bool:
@@ -168,71 +150,6 @@ class Handle:
             _watch.quiet(opt)     # detached on purpose: no "forgot attach()" warning
         if opt is not None and _ATTACHED.get(opt) is self:
             del _ATTACHED[opt]
-
-    def capture_anchors(self, params: Iterable[Tensor] | None = None) -> int:
-        """Anchor ``params`` at their current values now, replacing any anchor they had (taken
-        at a step or loaded); by default every parameter of a group with ``l2_to_init``.
-        Returns how many were anchored. For the attach-time anchor, call it right after
-        :func:`attach` (or ``paramwise.optimizer``)::
-
-            >>> w = torch.nn.Parameter(torch.ones(3))
-            >>> opt = torch.optim.SGD([{"params": [w], "l2_to_init": 0.1}], lr=0.1)
-            >>> handle = attach(opt)
-            >>> handle.capture_anchors()
-            1
-        """
-        if params is None:
-            opt = self._opt()
-            params = [] if opt is None else [p for g in opt.param_groups
-                                             if g.get("l2_to_init") is not None
-                                             for p in g["params"]]
-        n = 0
-        with torch.no_grad():
-            for p in params:
-                self.anchors[p] = p.detach().clone()
-                n += 1
-        return n
-
-    # --- state_dict: anchors travel with the optimizer's state ------------------------------
-    def _indexed(self, opt: torch.optim.Optimizer) -> list[Tensor]:
-        return [p for g in opt.param_groups for p in g["params"]]
-
-    def _save(self, opt: torch.optim.Optimizer, sd: dict) -> dict:
-        if self.anchors:
-            sd[_ANCHORS_KEY] = {i: self.anchors[p] for i, p in enumerate(self._indexed(opt))
-                                if p in self.anchors}
-        return sd
-
-    def _load(self, opt: torch.optim.Optimizer, sd: dict) -> dict:
-        saved = sd.pop(_ANCHORS_KEY, None)
-        if saved:
-            params = self._indexed(opt)
-            for i, a in saved.items():
-                p = params[int(i)]
-                self.anchors[p] = a.detach().to(device=p.device, dtype=p.dtype, copy=True)
-        return sd
-
-    def _first_grad(self, p: Tensor) -> None:
-        """Post-accumulate-grad hook (eager, in backward): the weights the first step starts
-        from are these. A restored or explicitly captured anchor is kept."""
-        if p not in self.anchors:
-            self.anchors[p] = p.detach().clone()
-
-    def _drop_grad_hooks(self) -> None:
-        """Remove the grad hooks of anchored parameters (not from inside a hook: the autograd
-        engine iterates over the hook dict while it runs them)."""
-        for p in [p for p in self._grad_hooks if p in self.anchors]:
-            self._grad_hooks.pop(p).remove()
-
-    def _anchor(self, p: Tensor, take: bool) -> Tensor:
-        """``p``'s anchor; a parameter without one gets its current value, kept if ``take``
-        (its first step that can change it), else only for this step (``w0 = w``: no pull)."""
-        a = self.anchors.get(p)
-        if a is None:
-            if not take:
-                return p.detach()
-            a = self.anchors[p] = p.detach().clone()
-        return a
 
     def _foreach(self, device: torch.device, dtensor: bool) -> bool:
         if dtensor or torch.compiler.is_compiling():  # compiled: inductor fuses the plain loop

@@ -81,6 +81,7 @@ import torch
 from torch import Tensor
 
 from ..errors import user_stacklevel
+from . import denominators as D
 from . import scales as S
 from . import thirdparty as _third
 from ._chunks import Piece
@@ -286,7 +287,7 @@ def _warn_generic(cls: type, key: str, beta2: float | None) -> None:
         f"paramwise: prox_scale='adaptive' has no rule for {cls.__name__}; it found an "
         f"Adam-like second moment v = state[{key!r}] and uses s = lr/(√v̂ + ε), v̂ {bc}, ε the "
         f"group's eps. That is {cls.__name__}'s step per unit of gradient only if its update "
-        f"divides by √v̂ as Adam's does; if not, teach it with paramwise.step.prox.register_scaling("
+        f"divides by √v̂ as Adam's does; if not, teach it with paramwise.register_scaling("
         f"{cls.__name__}, rule), or set prox_scale='lr'", stacklevel=user_stacklevel())
 
 
@@ -303,7 +304,7 @@ def warn_unknown(cls: type) -> None:
         f"the regularized problem's only if {name} moves a weight by lr per unit of gradient "
         f"(plain SGD does); where its steps are larger (adaptive, sign-based or normalized "
         f"updates with small gradients) expect fewer exact zeros than the penalty implies, "
-        f"where smaller, more. Teach it with paramwise.step.prox.register_scaling({name}, rule), or "
+        f"where smaller, more. Teach it with paramwise.register_scaling({name}, rule), or "
         f"set prox_scale='lr' to keep lr·λ and silence this", stacklevel=user_stacklevel())
 
 
@@ -315,7 +316,7 @@ for _cls, _rule in [(_O.SGD, S.sgd), (_O.ASGD, S.asgd), (_O.Adam, _adam), (_O.Ad
 if hasattr(_O, "Adafactor"):
     register_scaling(_O.Adafactor, S.adafactor)
 _BUILTIN: dict[type, Scaling] = dict(_RULES)
-for _cls, _den in [(_O.Adam, S.adam_den), (_O.AdamW, S.adam_den), (_O.NAdam, S.nadam_den),
-                   (_O.RAdam, S.radam_den), (_O.Adamax, S.adamax_den),
-                   (_O.RMSprop, S.rmsprop_den), (_O.Adagrad, S.adagrad_den)]:
+for _cls, _den in [(_O.Adam, D.adam_den), (_O.AdamW, D.adam_den), (_O.NAdam, D.nadam_den),
+                   (_O.RAdam, D.radam_den), (_O.Adamax, D.adamax_den),
+                   (_O.RMSprop, D.rmsprop_den), (_O.Adagrad, D.adagrad_den)]:
     _DENOMS[_cls] = _den

@@ -25,8 +25,8 @@ import torch
 from torch import Tensor
 
 from .._chunks import Piece, batches, chunk_limit
-from ..scales import decayed_lr, momentum_scale
 from ..regularizers import Tail
+from ..scales import decayed_lr, momentum_scale
 from . import _traced
 from .callbacks import Apply, Before
 

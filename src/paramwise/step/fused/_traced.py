@@ -41,8 +41,8 @@ import torch
 from torch import Tensor
 
 from .._chunks import Piece, power
-from ..scales import decayed_lr, momentum_scale
 from ..regularizers import Tail
+from ..scales import decayed_lr, momentum_scale
 from .callbacks import Apply, Before
 
 __all__ = ["adam", "rmsprop", "adagrad"]

@@ -1,0 +1,162 @@
+"""Roles: what a parameter *is* (``bias``, ``norm``, ``embedding``, ``gain``, ``weight``), read
+from the class of its owning module, the attribute that holds it and its shape; and the
+registries users extend (:func:`register_norm`, :func:`register_wrapper`).
+
+    >>> import torch.nn as nn
+    >>> is_norm_module(nn.LayerNorm(4)), is_norm_module(nn.Linear(4, 4))
+    (True, False)
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+from torch import nn
+
+from ..errors import ParamwiseError
+
+__all__ = ["ROLES", "WRAPPER_ATTRS", "NORM_CLASSES", "EMBEDDING_CLASSES", "register_norm",
+           "register_wrapper", "is_norm_module", "wrapper_attrs", "is_layer_class", "attr_flags",
+           "tensor_roles"]
+
+ROLES = ("bias", "norm", "embedding", "gain", "weight")
+
+# Layer classes whose ``weight*`` parameters are weight matrices/filters whatever their shape
+# (a ``Linear(d, 1).weight`` of shape (1, d) is a weight, not a gain). Other classes qualify by
+# name (``Conv1D`` of Hugging Face GPT-2, ``ScaledStdConv2d``, ``QuantLinear`` ...).
+_LAYER_CLASSES: tuple[type, ...] = (nn.Linear, nn.Bilinear, nn.modules.conv._ConvNd,
+                                    nn.MultiheadAttention, nn.RNNBase, nn.RNNCellBase)
+# Bare parameters (not a layer's weight or bias) that are learned positions or tokens: the
+# ``cls_token``/``pos_embed`` of ViTs, Swin's ``relative_position_bias_table``, CLIP's
+# ``class_embedding``. Matched on the attribute name, lower-cased.
+_EMBEDDING_WORDS = ("embed", "token", "position")
+
+NORM_CLASSES: list[type] = [
+    nn.modules.batchnorm._BatchNorm,  # BatchNorm1d/2d/3d, SyncBatchNorm, lazy variants
+    nn.modules.instancenorm._InstanceNorm,
+    nn.LayerNorm,
+    nn.GroupNorm,
+    nn.LocalResponseNorm,
+    nn.CrossMapLRN2d,
+]
+if hasattr(nn, "RMSNorm"):
+    NORM_CLASSES.append(nn.RMSNorm)
+
+EMBEDDING_CLASSES: tuple[type, ...] = (nn.Embedding, nn.EmbeddingBag)
+
+# Edges that are always wrapper edges, whatever the parent: torch.compile, FSDP1, activation
+# checkpointing (names no user module takes). Other edges are wrapper edges only below the
+# classes registered for them: ``module`` below DDP/DataParallel, and register_wrapper's pairs.
+WRAPPER_ATTRS = frozenset({"_orig_mod", "_fsdp_wrapped_module", "_checkpoint_wrapped_module"})
+_CLASS_WRAPPERS: list[tuple[type, str]] = [
+    (nn.DataParallel, "module"), (nn.parallel.DistributedDataParallel, "module")]
+
+
+def register_norm(cls: type) -> type:
+    """Treat every parameter of modules of class ``cls`` (and subclasses) as role ``norm``.
+
+    Usable as a decorator::
+
+        @paramwise.register_norm
+        class ScaleNorm(nn.Module): ...
+    """
+    if not (isinstance(cls, type) and issubclass(cls, nn.Module)):
+        raise ParamwiseError(f"register_norm expects an nn.Module subclass, got {cls!r}")
+    if cls not in NORM_CLASSES:
+        NORM_CLASSES.append(cls)
+    return cls
+
+
+def register_wrapper(cls: type, attr: str = "module") -> type:
+    """Declare ``cls`` a wrapper whose child ``attr`` holds the real model: below instances of
+    ``cls`` (only there) the ``attr`` segment is dropped from canonical names."""
+    if not (isinstance(cls, type) and issubclass(cls, nn.Module)):
+        raise ParamwiseError(f"register_wrapper expects an nn.Module subclass, got {cls!r}")
+    if (cls, attr) not in _CLASS_WRAPPERS:
+        _CLASS_WRAPPERS.append((cls, attr))
+    return cls
+
+
+def wrapper_attrs(t: type) -> frozenset[str]:
+    return frozenset(a for c, a in _CLASS_WRAPPERS if issubclass(t, c))
+
+
+def is_norm_module(module: nn.Module) -> bool:
+    """Whether ``module``'s parameters get role ``norm``.
+
+    Known classes (BatchNorm*, SyncBatchNorm, InstanceNorm*, LayerNorm, GroupNorm, RMSNorm,
+    LocalResponseNorm and anything passed to :func:`register_norm`) always do. Other modules do
+    when all three hold: the class name contains ``norm`` (any case: ``MyRMSNorm``,
+    ``T5LayerNorm``), the module has no submodules, and every parameter it owns is at most 1-D
+    (a per-feature scale or shift, never a weight matrix).
+    """
+    if isinstance(module, tuple(NORM_CLASSES)):
+        return True
+    if "norm" not in type(module).__name__.lower() or next(module.children(), None) is not None:
+        return False
+    own = list(module._parameters.values())
+    return bool(own) and all(p is None or p.dim() <= 1 for p in own)
+
+
+def is_layer_class(t: type) -> bool:
+    if issubclass(t, _LAYER_CLASSES):
+        return True
+    low = t.__name__.lower()
+    return "linear" in low or "conv" in low
+
+
+_BIAS, _NORM, _EMB, _LAYER_WEIGHT = 1, 2, 4, 8
+_FLAG_ROLES = ((_BIAS, "bias"), (_NORM, "norm"), (_EMB, "embedding"))
+
+
+def attr_flags(attr: str, is_norm: bool, is_emb: bool, is_layer: bool) -> int:
+    """What one name says of its tensor, as bits: bias, norm, embedding, a layer's weight."""
+    bias = _is_bias_attr(attr)
+    weightish = attr.startswith("weight") or attr.endswith("_weight")
+    flags = _BIAS * bias | _NORM * is_norm | _EMB * is_emb
+    if is_layer and weightish:
+        flags |= _LAYER_WEIGHT
+    elif not (bias or is_norm or is_emb or weightish):
+        low = attr.lower()
+        if any(w in low for w in _EMBEDDING_WORDS):
+            flags |= _EMB
+    return flags
+
+
+def tensor_roles(unique: Sequence[int], shapes: Sequence[tuple[int, ...]], flags: list[int],
+                 emb_extra: set[int]) -> list[frozenset[str]]:
+    """Roles per entry, the same for every name of a tensor: the union of what its names say.
+    ``unique``: each entry's tensor; ``shapes``: each tensor's global shape; ``flags``: each
+    entry's :func:`attr_flags`; ``emb_extra``: entries that are embeddings by their owner.
+
+    ``bias``/``norm``/``embedding`` come from the names; a tensor with none of them is a
+    ``gain`` when at most one of its dimensions is larger than 1 (0-d, (C,), (1, 1, C),
+    (C, 1, 1)) and it is no layer's weight, else a ``weight`` when it has 2 or more dimensions.
+    """
+    per_tensor = [0] * len(shapes)
+    for i, f in enumerate(flags):
+        if i in emb_extra:
+            f |= _EMB
+        per_tensor[unique[i]] |= f
+    interned: dict[tuple[int, bool, int], frozenset[str]] = {}
+    out_t: list[frozenset[str]] = []
+    for u, f in enumerate(per_tensor):
+        shape = shapes[u]
+        key = (f, sum(1 for s in shape if s > 1) <= 1, len(shape))
+        fs = interned.get(key)
+        if fs is None:
+            got = {r for bit, r in _FLAG_ROLES if f & bit}
+            if not got:
+                if key[1] and not (f & _LAYER_WEIGHT and key[2] >= 2):
+                    got = {"gain"}
+                elif key[2] >= 2:
+                    got = {"weight"}
+            fs = interned[key] = frozenset(got)
+        out_t.append(fs)
+    return [out_t[u] for u in unique]
+
+
+def _is_bias_attr(attr: str) -> bool:
+    # Linear/Conv ``bias``, MultiheadAttention ``in_proj_bias``/``bias_k``/``bias_v``,
+    # RNN ``bias_ih_l0``/``bias_hh_l0``: read from the owning module's attribute, not the path.
+    return attr == "bias" or attr.endswith("_bias") or attr.startswith("bias_")
