@@ -32,7 +32,12 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from .errors import ParamwiseError
+from . import __version__, demo
+from .api import optimizer
+from .audit import KINDS, audit
+from .config import from_config
+from .errors import ParamwiseError, did_you_mean
+from .report import explain, report
 
 __all__ = ["main", "load_factory", "build_model", "build_audited"]
 
@@ -97,8 +102,6 @@ def load_factory(spec: str) -> object:
     try:
         return getattr(module, attr)
     except AttributeError:
-        from .errors import did_you_mean
-
         public = [n for n in vars(module) if not n.startswith("_")]
         raise _Usage(f"{where!r} has no attribute {attr!r}{did_you_mean(attr, public)}",
                      fix="name a function that builds the model, e.g. "
@@ -168,10 +171,6 @@ def build_audited(spec: str) -> tuple[nn.Module, torch.optim.Optimizer, object]:
 
 
 def _inspect(args: argparse.Namespace) -> int:
-    from .api import optimizer
-    from .config import from_config
-    from .report import explain, report
-
     model = build_model(args.factory)
     if args.config:
         over = {"optimizer": args.optimizer} if args.optimizer else {}
@@ -195,8 +194,6 @@ def _inspect(args: argparse.Namespace) -> int:
 
 
 def _audit(args: argparse.Namespace) -> int:
-    from .audit import audit
-
     model, opt, sched = build_audited(args.factory)
     ignore = [k.strip() for arg in args.ignore for k in arg.split(",") if k.strip()]
     rep = audit(model, opt, scheduler=sched, ignore=ignore)
@@ -221,16 +218,11 @@ def _jsonable(obj: object) -> object:
 
 
 def _demo(args: argparse.Namespace) -> int:
-    from .demo import run
-
-    run(quick=args.quick, out=args.out, parts=args.parts)
+    demo.run(quick=args.quick, out=args.out, parts=args.parts)
     return 0
 
 
 def _parser() -> argparse.ArgumentParser:
-    from . import __version__
-    from .audit import KINDS
-
     p = argparse.ArgumentParser(
         prog="paramwise",
         description="Inspect per-parameter optimizer settings, audit an optimizer built "

@@ -44,6 +44,7 @@ import torch
 from torch import nn
 
 from ._configload import _plain, load_config
+from .api import optimizer as build
 from .errors import ParamwiseError, closest
 from .grouping.hidden import HiddenMatrices, hidden_matrices
 from .grouping.layerdecay import LayerDecay, layer_decay
@@ -312,8 +313,6 @@ def from_config(model: nn.Module, cfg: Mapping | str | os.PathLike, *,
 
 def _from_config(model: nn.Module, cfg: Mapping | str | os.PathLike,
                  overrides: dict[str, object]) -> torch.optim.Optimizer:
-    from .api import optimizer as build  # the face imports the core, never the reverse
-
     data, src = load_config(cfg)
     data.update(_plain(overrides, "overrides"))  # type: ignore[arg-type]
     if "optimizer" not in data:

@@ -36,6 +36,7 @@ import torch
 
 from .errors import ParamwiseError
 from .grouping.groups import freeze  # equal options, as groups are merged
+from .options.keys import resolve_optimizer
 
 __all__ = ["Hybrid"]
 
@@ -130,8 +131,6 @@ class Hybrid(torch.optim.Optimizer):
 
     def part(self, cls: type | str) -> torch.optim.Optimizer:
         """The part of class ``cls`` (a class or a name such as ``"muon"``)."""
-        from .options.keys import resolve_optimizer
-
         want = resolve_optimizer(cls)
         for o in self.optimizers:
             if type(o) is want:

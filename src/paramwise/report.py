@@ -20,6 +20,7 @@ from torch import nn
 
 from .api import resolve_target
 from .errors import ParamwiseError
+from .grouping.groups import groups_by_class
 from .grouping.inventory import Inventory
 from .grouping.perclass import accepts, class_name
 from .grouping.plan import Plan, rule_ref
@@ -134,8 +135,6 @@ def report(obj: nn.Module | torch.optim.Optimizer, rules=None, *, sample: int = 
             of = {id(g): type(o).__name__ for o in opt.optimizers for g in o.param_groups}
             owner = [of.get(id(g), "?") for g in groups]
     else:
-        from .grouping.groups import groups_by_class
-
         parts = groups_by_class(plan)  # type: ignore[arg-type]
         groups = [g for _, gs in parts for g in gs]
         if len(parts) > 1:

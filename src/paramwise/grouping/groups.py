@@ -15,6 +15,7 @@ from numbers import Real
 
 import torch
 
+from .perclass import check_constraints
 from .plan import Plan, gc_paused, rule_ref
 
 __all__ = ["build_groups", "groups_by_class", "freeze"]
@@ -80,8 +81,6 @@ def _build_groups(plan: Plan) -> list[tuple[type | None, list[dict]]]:
 
 
 def _constraints(plan: Plan, parts: list[tuple[type | None, list[dict]]]) -> None:
-    from .perclass import check_constraints
-
     inv = plan.inv
     index = {id(inv.params[e]): e for e in inv.first}
 

@@ -34,7 +34,7 @@ from torch import nn
 from ..errors import ParamwiseError, user_stacklevel
 from ..options import regularization as reg
 from ..options.keys import MULTIPLIERS, bool_problem, check_key, check_value, optimizer_defaults
-from .inventory import Inventory, mask_to_str
+from .inventory import Inventory, bools_to_mask, mask_to_str
 from .perclass import accepts, check_key_any, class_name, wrong_class_fix
 from .rules import Partition, Rule, RuleLike, expand_rules
 
@@ -193,8 +193,6 @@ def make_plan(
             "(requires_grad=False), so there is nothing to optimize",
             fix="unfreeze what should train (p.requires_grad_(True)), or pass include_frozen=True",
         )
-    from .inventory import bools_to_mask
-
     live = bools_to_mask(considered)
     masks: list[int | None] = []
     cols: list[object] = []  # per column, a value per entry: '0'/'1', or a rule index / -1

@@ -70,6 +70,7 @@ from typing import Any
 import torch
 from torch import Tensor
 
+from ..errors import ParamwiseError
 from ._chunks import Piece
 from ._chunks import as_float as _num
 
@@ -312,7 +313,6 @@ def check(opt: torch.optim.Optimizer, index: int, group: Mapping[str, Any], labe
           adaptive_prox: bool, more: str) -> None:
     """Raise :class:`~paramwise.errors.ParamwiseError` for a group whose options the class's rule
     does not cover, when ``adaptive_prox`` (an adaptive proximal map runs in the group)."""
-    from ..errors import ParamwiseError
     k = key(type(opt))
     for cls_key, option, bad, what in _OPTIONS:
         if adaptive_prox and k == cls_key and group.get(option, not bad) == bad:
