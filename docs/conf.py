@@ -33,7 +33,10 @@ myst_heading_anchors = 3
 
 autodoc_member_order = "bysource"
 autodoc_typehints = "description"
-autodoc_default_options = {"members": True, "undoc-members": False, "show-inheritance": False}
+# Only "members": autodoc reads any value given for a flag option, False included, as the flag
+# set ("undoc-members": False documented undocumented members and "show-inheritance": False
+# printed "Bases: object" under every class); api.md asks for the bases where they say something.
+autodoc_default_options = {"members": True}
 napoleon_google_docstring = True
 napoleon_numpy_docstring = False
 

@@ -103,9 +103,6 @@ def main(argv: list[str] | None = None) -> None:
     from torch.distributed.device_mesh import init_device_mesh
     from torch.distributed.fsdp import fully_shard
 
-    from paramwise.state.checkpoint import state_dict
-    from paramwise.step.monitor import stats
-
     torch.manual_seed(0)  # the same initial weights on every rank
     model = TinyLM()
     mesh = init_device_mesh("cpu", (world,))
@@ -126,7 +123,7 @@ def main(argv: list[str] | None = None) -> None:
         opt.step()
         mean_loss = loss.detach().clone()
         dist.all_reduce(mean_loss)
-        per_group = stats(opt)  # global counts over all shards: every rank calls it
+        per_group = paramwise.stats(opt)  # global counts over all shards: every rank calls it
         zeros = (sum(per_group[i]["zeros"] for i in l1_groups)
                  / sum(per_group[i]["numel"] for i in l1_groups))
         if rank == 0:
@@ -137,10 +134,10 @@ def main(argv: list[str] | None = None) -> None:
         import torch.distributed.checkpoint as dcp
         from torch.distributed.checkpoint.state_dict import get_model_state_dict
 
-        dcp.save({"model": get_model_state_dict(model), "optim": state_dict(opt)},
+        dcp.save({"model": get_model_state_dict(model), "optim": paramwise.state_dict(opt)},
                  checkpoint_id=args.save)
         if rank == 0:
-            print(f"saved {args.save} (resume with paramwise.state.dcp.load_dcp(opt, path))")
+            print(f"saved {args.save} (resume with paramwise.load_dcp(opt, path))")
     dist.destroy_process_group()
 
 

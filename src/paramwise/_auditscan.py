@@ -200,11 +200,11 @@ _KNOWN = ALWAYS_READ | REG_KEYS
 
 @dataclass(frozen=True)
 class Finding:
-    """One problem: ``kind`` (a key of :data:`paramwise.audit.KINDS`), the canonical parameter
-    ``names``, a ``message``, a one-line ``fix``, the paramwise ``rule`` (or call) that fixes it
-    (None when the fix is to delete something), the ``groups`` concerned, the ``elements``
-    affected and their ``share`` of the model's trainable elements, and kind-specific
-    ``detail``."""
+    """One problem: ``kind`` (one of the kinds :func:`paramwise.audit` lists), the canonical
+    parameter ``names``, a ``message``, a one-line ``fix``, the paramwise ``rule`` (or call)
+    that fixes it (None when the fix is to delete something), the ``groups`` concerned, the
+    ``elements`` affected and their ``share`` of the model's trainable elements, and
+    kind-specific ``detail``."""
 
     kind: str
     names: tuple[str, ...]

@@ -22,7 +22,7 @@ from collections.abc import Iterable
 import torch
 from torch import nn
 
-from .errors import ParamwiseError
+from .errors import ParamwiseError, closest
 from .grouping.groups import groups_by_class
 from .grouping.perclass import class_name
 from .grouping.plan import Plan, make_plan
@@ -31,7 +31,7 @@ from .hybrid import Hybrid
 from .options.keys import optimizer_keys, paramwise_keys, resolve_optimizer
 from .options.regularization import REG_KEYS
 from .step.hooks import attach
-from .step.lowering import lower
+from .step.lowering import LOWERED_KEY, lower
 from .step.monitor import penalty as _penalty
 from .step.monitor import stats as _stats
 
@@ -59,20 +59,24 @@ def param_groups(
     exactly as in torch. Groups with identical options are merged, ordered by first appearance
     in ``model.named_parameters()``. Every trainable parameter is in exactly one group.
 
-    ``optimizer`` (a class or name) checks option keys against its signature; without it keys
-    are checked against every ``torch.optim`` optimizer's. ``strict=False`` turns "rule matched
-    no parameter" into a warning; ``include_frozen=True`` groups ``requires_grad=False``
-    parameters too.
+    ``rules`` and ``defaults`` are as in :func:`paramwise.optimizer`. ``optimizer`` (a class or
+    name) checks option keys against its signature; without it keys are checked against every
+    ``torch.optim`` optimizer's. ``strict=False`` turns "rule matched no parameter" into a
+    warning; ``include_frozen=True`` groups ``requires_grad=False`` parameters too. Rules that
+    send parameters to several optimizer classes need :func:`paramwise.optimizer`, which builds
+    one optimizer over all of them.
 
+        >>> import torch, paramwise
         >>> model = torch.nn.Sequential(torch.nn.Linear(4, 4), torch.nn.LayerNorm(4))
-        >>> from paramwise import Rule
-        >>> groups = param_groups(model, [Rule("bias | norm", weight_decay=0.0)], weight_decay=0.05)
+        >>> rules = [paramwise.Rule("bias | norm", weight_decay=0.0)]
+        >>> groups = paramwise.param_groups(model, rules, weight_decay=0.05)
         >>> [(len(g["params"]), g["weight_decay"]) for g in groups]
         [(1, 0.05), (3, 0.0)]
         >>> opt = torch.optim.AdamW(groups, lr=1e-3)
 
     Groups may carry regularizer options (``l1``, ``group_lasso``, ...): an optimizer built from
-    them by hand needs ``paramwise.attach(opt)`` for those to run (:func:`optimizer` does it).
+    them by hand needs ``paramwise.attach(opt)`` for those to run (:func:`paramwise.optimizer`
+    does it).
     """
     cls = resolve_optimizer(optimizer) if optimizer is not None else None
     plan = make_plan(model, rules, optimizer=cls, strict=strict, include_frozen=include_frozen,
@@ -97,11 +101,32 @@ def optimizer(
     include_frozen: bool = False,
     **defaults: object,
 ) -> torch.optim.Optimizer:
-    """Build ``optim`` (class or name such as ``"adamw"``) over ``model`` with ``rules``.
+    """Build the optimizer ``optim`` over ``model``, with per-parameter options from ``rules``.
 
+    ``optim`` is a ``torch.optim`` class or its name (``"adamw"``, ``"sgd"``, ``"muon"``), or any
+    optimizer class, or an import path such as ``"mypkg.optim:Lion"``. ``rules`` is one or a list
+    of :class:`paramwise.Rule` and presets (:func:`paramwise.no_decay`,
+    :func:`paramwise.layer_decay`, :func:`paramwise.hidden_matrices`), applied in order: a later
+    rule overrides what an earlier one set, and multipliers (``lr_mult``) compose.
     ``defaults`` go into every group (and, where they are constructor arguments, into the
-    optimizer's own ``defaults``, so ``add_param_group`` inherits them). Returns the optimizer
-    itself; regularizer options are lowered/attached as described in :mod:`paramwise.step.hooks`.
+    optimizer's own ``defaults``, so ``add_param_group`` inherits them). ``strict`` and
+    ``include_frozen`` are as in :func:`paramwise.param_groups`.
+
+    Returns the optimizer itself: a plain instance of ``optim``, or a :class:`paramwise.Hybrid`
+    when rules send parameters to other optimizer classes (``Rule(..., optimizer="muon")``).
+    Every key and value is checked first, against the class that will read it. Regularization
+    options move into the optimizer's own equivalent where it has one (a coupled ``l2`` into
+    ``weight_decay``); the rest run in step hooks (:func:`paramwise.attach`).
+
+        >>> import torch, paramwise
+        >>> model = torch.nn.Sequential(torch.nn.Linear(4, 4), torch.nn.LayerNorm(4),
+        ...                             torch.nn.Linear(4, 2))
+        >>> opt = paramwise.optimizer(model, "adamw", [paramwise.no_decay()], lr=1e-3,
+        ...                           weight_decay=0.05)
+        >>> type(opt).__name__, [g["weight_decay"] for g in opt.param_groups]
+        ('AdamW', [0.05, 0.0])
+        >>> opt.param_groups[1]["param_names"]
+        ['0.bias', '1.weight', '1.bias', '2.bias']
     """
     if "optimizer" in defaults:
         raise ParamwiseError("paramwise.optimizer() got optimizer=... as a default option",
@@ -172,9 +197,6 @@ def _construct(cls: type, groups: list[dict], defaults: dict[str, object]
 
 
 def _check_open_keys(opt: torch.optim.Optimizer, groups: list[dict]) -> None:
-    from .errors import closest
-    from .step.lowering import LOWERED_KEY
-
     valid = set(opt.defaults) | paramwise_keys() | {"params", "param_names", LOWERED_KEY}
     for g in groups:
         for k in g:
@@ -202,16 +224,47 @@ def optimizer_of(obj: nn.Module | torch.optim.Optimizer, *, what: str) -> torch.
 
 
 def penalty(obj: nn.Module | torch.optim.Optimizer) -> torch.Tensor:
-    """The differentiable sum of every configured penalty (see :func:`paramwise.step.monitor.penalty`).
+    """The differentiable total penalty of the regularization options (a 0-d tensor).
 
-        >>> loss = task_loss + paramwise.penalty(model)   # doctest: +SKIP
+    ``obj`` is an optimizer, or a model (then the last optimizer :func:`paramwise.optimizer`
+    built for it). The sum over every group of its ``l1``, ``l2``, ``group_lasso`` and
+    ``l2_to_init`` penalties, on the first parameter's device and dtype (``torch.zeros(())``
+    when nothing is configured). The step hooks already apply these terms, so a loss you
+    backpropagate with it would count them twice: log it (the regularized objective is the
+    loss plus this), or add it to the loss of an optimizer built without the hooks.
+    ``l2_to_init`` counts once :func:`paramwise.attach` holds the anchors (the hooks take them
+    at the first step).
+
+        >>> import torch, paramwise
+        >>> model = torch.nn.Linear(4, 2)
+        >>> opt = paramwise.optimizer(model, "sgd", [paramwise.Rule("weight", l1=1e-3)], lr=0.1)
+        >>> bool(paramwise.penalty(opt) == 1e-3 * model.weight.abs().sum())
+        True
     """
     return _penalty(optimizer_of(obj, what="penalty"))
 
 
 def stats(obj: nn.Module | torch.optim.Optimizer) -> dict:
-    """Per group: penalty, exact-zero fraction, zero rows, norms (see
-    :func:`paramwise.step.monitor.stats`); cheap enough to log every few steps."""
+    """Per param group (by index), what its regularization does; cheap enough to log often.
+
+    ``obj`` is an optimizer, or a model (then the last optimizer :func:`paramwise.optimizer`
+    built for it). Keys per group: ``penalty`` (its share of :func:`paramwise.penalty`),
+    ``numel``, ``zeros`` and ``zero_fraction`` (exact zeros), ``nonfinite`` (NaN/inf elements),
+    ``norm`` (the L2 norm of all its parameters); with ``group_lasso`` also ``rows`` and
+    ``zero_rows`` (all-zero rows along ``group_dim``); with ``max_norm`` also ``max_row_norm``.
+    Sums are taken in float64, a chunk at a time; under FSDP2 each rank sums its own shards
+    and one ``all_reduce`` makes the numbers global.
+
+        >>> import torch, paramwise
+        >>> model = torch.nn.Linear(4, 2)
+        >>> with torch.no_grad():
+        ...     _ = model.weight[0].zero_()
+        >>> opt = paramwise.optimizer(model, "sgd", [paramwise.Rule("weight", group_lasso=0.1)],
+        ...                           lr=0.1)
+        >>> s = paramwise.stats(opt)[0]
+        >>> s["numel"], s["zeros"], s["rows"], s["zero_rows"]
+        (8, 4, 2, 1)
+    """
     return _stats(optimizer_of(obj, what="stats"))
 
 

@@ -1,8 +1,8 @@
 """Audit: check an optimizer built anywhere (by hand, by HF Trainer, timm, Lightning, paramwise)
 against its model, and say what it gets wrong, in the model's own parameter names.
 
-``audit(model, optimizer)`` reads the optimizer's param groups once against the model's
-inventory (canonical names, roles, tied aliases; see :mod:`paramwise.grouping.inventory`) and returns an
+``audit(model, optimizer)`` reads the optimizer's param groups once against the model's inventory
+(canonical names, roles, tied aliases; see :mod:`paramwise.grouping.inventory`) and returns an
 :class:`AuditReport` whose ``findings`` each have a ``kind`` (one of :data:`KINDS`), the canonical
 ``names`` concerned, a ``message``, a one-line ``fix`` and the paramwise ``rule`` (or call) that
 fixes it. Nothing is changed. The tutorial optimizer decays its biases::
@@ -63,8 +63,12 @@ KINDS: dict[str, str] = {
 
 @dataclass
 class AuditReport:
-    """What :func:`audit` found. ``str()`` is a short table with one note per finding;
-    ``to_dict()`` is plain data for logs and ``--json``; ``ok`` is True with no findings."""
+    """What :func:`paramwise.audit` found: ``findings`` (each with a ``kind``, the canonical
+    ``names`` concerned, a ``message``, a one-line ``fix`` and the paramwise ``rule`` that fixes
+    it), the optimizer's class name, its ``groups``, and the trainable ``tensors`` and
+    ``elements`` of the model. ``str()`` is a short table with one note per finding;
+    :meth:`to_dict` is plain data for logs and ``paramwise audit --json``; ``ok`` is True with no
+    findings."""
 
     findings: list[Finding]
     optimizer: str
@@ -76,6 +80,7 @@ class AuditReport:
 
     @property
     def ok(self) -> bool:
+        """True when there is nothing to report."""
         return not self.findings
 
     def kinds(self) -> dict[str, int]:
@@ -91,6 +96,7 @@ class AuditReport:
         return [f for f in self.findings if f.kind == kind]
 
     def to_dict(self) -> dict[str, Any]:
+        """Plain data: the optimizer, counts per kind, and every finding as a dict."""
         return {"optimizer": self.optimizer, "groups": self.groups,
                 "trainable": {"tensors": self.tensors, "elements": self.elements},
                 "ok": self.ok, "counts": self.kinds(), "ignored": list(self.ignored),
@@ -163,17 +169,44 @@ def _schedulers(scheduler: Any, opt: torch.optim.Optimizer) -> list[Any]:
 
 def audit(model: nn.Module, optimizer: torch.optim.Optimizer, *, scheduler: Any = None,
           ignore: Iterable[str] = ()) -> AuditReport:
-    """Check ``optimizer``'s param groups against ``model``; see the module docstring.
+    """Check ``optimizer``'s param groups against ``model`` and say what they get wrong, in the
+    model's own parameter names. Nothing is changed.
 
     ``optimizer`` is any ``torch.optim.Optimizer`` (paramwise's, a hybrid holding inner
     optimizers as ``optimizers``, one built by hand or by a framework; accelerate's and
     Lightning's wrappers are unwrapped). ``scheduler`` (one or a list) is what steps its lr, so
     that keys a scheduler reads (timm's ``lr_scale``) are not reported. ``ignore`` lists kinds
-    (:data:`KINDS`) to leave out, e.g. a deliberate choice in CI.
+    to leave out, e.g. a deliberate choice in CI. Returns an :class:`paramwise.AuditReport`.
+    The kinds of finding, in the order a report lists them:
 
-        >>> net = nn.Sequential(nn.Linear(4, 8), nn.LayerNorm(8))
-        >>> import paramwise
-        >>> audit(net, paramwise.optimizer(net, "adamw", [paramwise.no_decay()])).ok
+    - ``decayed_bias``: biases that get weight decay (coupled or decoupled);
+    - ``decayed_norm``: norm-layer scales that get weight decay;
+    - ``decayed_embedding``: embeddings (tables, learned positions and tokens) that get weight
+      decay;
+    - ``decayed_gain``: gains and layer scales that get weight decay;
+    - ``unread_key``: a group option its optimizer never reads (a typo, or a framework's key);
+    - ``regularizer_not_attached``: paramwise regularizer options in groups of an optimizer
+      paramwise is not attached to (nothing applies them);
+    - ``not_in_optimizer``: trainable parameters in no group (they never update);
+    - ``frozen_in_optimizer``: ``requires_grad=False`` parameters in a group;
+    - ``tied_split``: a tied tensor that appears more than once, under its aliases;
+    - ``duplicate``: a tensor (not tied) that appears more than once in the groups;
+    - ``not_in_model``: tensors in the optimizer that are no parameter of the model;
+    - ``zero_lr``: groups whose lr is 0 (their parameters never change).
+
+    A tensor with several roles is reported under the first of bias, norm, embedding, gain;
+    decay is reported only where it acts (a trainable tensor in a group whose lr, or
+    ``initial_lr`` at a scheduler's warm-up start, is above 0).
+
+        >>> import torch, paramwise
+        >>> net = torch.nn.Sequential(torch.nn.Linear(4, 8), torch.nn.ReLU(), torch.nn.Linear(8, 1))
+        >>> rep = paramwise.audit(net, torch.optim.SGD(net.parameters(), lr=0.01,
+        ...                                            weight_decay=1e-5))
+        >>> [(f.kind, f.names) for f in rep.findings]
+        [('decayed_bias', ('0.bias', '2.bias'))]
+        >>> rep.findings[0].rule
+        "paramwise.Rule('bias', weight_decay=0.0)"
+        >>> paramwise.audit(net, paramwise.optimizer(net, "adamw", [paramwise.no_decay()])).ok
         True
     """
     if isinstance(model, torch.optim.Optimizer) and isinstance(optimizer, nn.Module):

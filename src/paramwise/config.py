@@ -283,7 +283,24 @@ def _in_config_words(err: ParamwiseError | str, src: str) -> str:
 # --------------------------------------------------------------------------------- face
 def from_config(model: nn.Module, cfg: Mapping | str | os.PathLike, *,
                 allow_imports: Iterable[str] = (), **overrides: object) -> torch.optim.Optimizer:
-    """Build the optimizer a config describes (see the module docstring for the shape).
+    """Build the optimizer a config describes: the YAML (or dict) form of
+    ``paramwise.optimizer(model, optimizer, rules, **defaults)``::
+
+        optimizer: adamw              # a torch.optim name, or an import path: mypkg.optim:Lion
+        lr: 3.0e-4                    # every other top-level key is a default option
+        weight_decay: 0.05
+        rules:                        # applied in order, exactly like a list of paramwise.Rule
+          - preset: no_decay          # presets: no_decay, layer_decay, hidden_matrices
+          - layer_decay: 0.75         # a preset's short form
+          - select: "module:head"     # a rule: a selector (string or list of strings, or-ed)
+            lr_mult: 10               #         and the options it sets
+        strict: true                  # optional: a rule that matches nothing is an error
+        include_frozen: false         # optional: also group requires_grad=False parameters
+
+    ``rules`` may also be a mapping from names to rules (order kept), which Hydra can override
+    one entry at a time (``optimizer.rules.head.lr_mult=5``) or switch off
+    (``rules.head: null``). Every check of the Python API applies; errors name the config, the
+    rule (``rules[2]`` or ``rules.head``) and the key.
 
     ``cfg`` is a dict, any Mapping (an OmegaConf ``DictConfig`` included) or a path to a YAML
     file. ``overrides`` replace top-level keys (``from_config(model, "optim.yaml", lr=1e-3)``).
@@ -295,8 +312,13 @@ def from_config(model: nn.Module, cfg: Mapping | str | os.PathLike, *,
     classes in the model, never by importing. YAML is read with a safe loader that refuses
     duplicate keys; aliases are shared, never expanded.
 
-        >>> opt = from_config(model, {"optimizer": "adamw", "lr": 3e-4, "weight_decay": 0.05,
-        ...                           "rules": [{"preset": "no_decay"}]})  # doctest: +SKIP
+        >>> import torch, paramwise
+        >>> model = torch.nn.Sequential(torch.nn.Linear(4, 4), torch.nn.LayerNorm(4))
+        >>> opt = paramwise.from_config(model, {"optimizer": "adamw", "lr": 3e-4,
+        ...                                     "weight_decay": 0.05,
+        ...                                     "rules": [{"preset": "no_decay"}]})
+        >>> [g["weight_decay"] for g in opt.param_groups]
+        [0.05, 0.0]
     """
     if not isinstance(model, nn.Module):
         raise ParamwiseError(f"from_config(model, cfg) takes the model first, got "

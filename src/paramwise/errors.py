@@ -22,11 +22,20 @@ _PACKAGE_DIR = os.path.dirname(os.path.abspath(__file__)) + os.sep
 
 
 class ParamwiseError(ValueError):
-    """Raised for every mistake in rules, selectors, options, models or configs.
+    """Raised for every mistake in rules, selectors, options, models, configs and checkpoints.
 
-    ``fix`` (optional) is appended after a semicolon, so messages read
+    A ``ValueError``. ``fix`` (optional) is appended after a semicolon, so messages read
     ``"<what went wrong>; <how to fix it>"``; ``detail`` (optional) goes on the lines below,
-    e.g. a selector with a caret under the problem.
+    e.g. a selector with a caret under the problem. ``problem`` and ``fix`` are kept as
+    attributes.
+
+        >>> import paramwise
+        >>> e = paramwise.ParamwiseError("rule 0 ('*.bais') matched no parameter",
+        ...                              fix="did you mean '*.bias'?")
+        >>> str(e)
+        "rule 0 ('*.bais') matched no parameter; did you mean '*.bias'?"
+        >>> e.problem, e.fix
+        ("rule 0 ('*.bais') matched no parameter", "did you mean '*.bias'?")
     """
 
     def __init__(self, message: str, *, fix: str | None = None, detail: str | None = None) -> None:

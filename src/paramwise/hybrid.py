@@ -1,30 +1,6 @@
 """One ``torch.optim.Optimizer`` made of several: Muon for the hidden matrices, AdamW for the rest.
 
-:func:`paramwise.optimizer` returns a :class:`Hybrid` when the rules send parameters to more
-than one optimizer class. It *is* a ``torch.optim.Optimizer``, built from one plain instance per
-class (``hybrid.optimizers``, in order of first appearance; the default optimizer's first), and
-its ``param_groups`` list holds those instances' own group dicts (the same objects), so
-whatever a scheduler, a gradient clipper, ``GradScaler`` or Lightning does to a group reaches
-the optimizer that owns it. A step is
-
-.. math::  \\mathrm{loss} = \\mathrm{closure}()\\ (\\text{once}),\\quad
-           \\text{then } o.\\mathrm{step}() \\text{ for each part } o,
-
-so every part updates its own parameters by its own rule, with its own state and its own
-regularizer hooks (step scales and lowering per class). ``zero_grad`` and ``state`` delegate;
-``state_dict()`` is torch's format over every group (indices across parts, in
-``param_groups`` order) and round-trips through ``torch.save``; ``add_param_group`` adds to the
-default part unless the group names another (``{"params": ..., "optimizer": "muon"}``).
-
-    >>> import torch
-    >>> a, b = torch.nn.Parameter(torch.ones(2, 2)), torch.nn.Parameter(torch.ones(2))
-    >>> opt = Hybrid([torch.optim.SGD([a], lr=0.1), torch.optim.Adam([b], lr=0.1)])
-    >>> [type(o).__name__ for o in opt.optimizers], len(opt.param_groups)
-    (['SGD', 'Adam'], 2)
-
-Torch's ``OneCycleLR`` cycles ``momentum`` *or* ``betas`` in every group, which no mix of
-Muon (``momentum``) and AdamW (``betas``) has: use ``cycle_momentum=False`` there (``defaults``
-holds only the options every part shares, so torch says so at construction).
+The class and how it steps, saves and loads are in :class:`Hybrid`'s docstring.
 """
 
 from __future__ import annotations
@@ -37,10 +13,9 @@ import torch
 from .errors import ParamwiseError
 from .grouping.groups import freeze  # equal options, as groups are merged
 from .options.keys import resolve_optimizer
+from .step.anchors import ANCHORS_KEY  # the step hooks' key: per-part anchors, by index
 
 __all__ = ["Hybrid"]
-
-ANCHORS_KEY = "paramwise_anchors"  # paramwise.step.hooks' key: per-part anchors, by index
 
 
 class _State(MutableMapping):
@@ -92,7 +67,34 @@ class _State(MutableMapping):
 
 
 class Hybrid(torch.optim.Optimizer):
-    """Several optimizers stepped as one (see the module docstring)."""
+    """Several optimizers stepped as one ``torch.optim.Optimizer``.
+
+    :func:`paramwise.optimizer` returns a Hybrid when the rules send parameters to more
+    than one optimizer class. It *is* a ``torch.optim.Optimizer``, built from one plain instance per
+    class (``hybrid.optimizers``, in order of first appearance; the default optimizer's first), and
+    its ``param_groups`` list holds those instances' own group dicts (the same objects), so
+    whatever a scheduler, a gradient clipper, ``GradScaler`` or Lightning does to a group reaches
+    the optimizer that owns it. A step is
+
+    .. math::  \\mathrm{loss} = \\mathrm{closure}()\\ (\\text{once}),\\quad
+               \\text{then } o.\\mathrm{step}() \\text{ for each part } o,
+
+    so every part updates its own parameters by its own rule, with its own state and its own
+    regularizer hooks (step scales and lowering per class). ``zero_grad`` and ``state`` delegate;
+    ``state_dict()`` is torch's format over every group (indices across parts, in
+    ``param_groups`` order) and round-trips through ``torch.save``; ``add_param_group`` adds to the
+    default part unless the group names another (``{"params": ..., "optimizer": "muon"}``).
+
+        >>> import torch, paramwise
+        >>> a, b = torch.nn.Parameter(torch.ones(2, 2)), torch.nn.Parameter(torch.ones(2))
+        >>> opt = paramwise.Hybrid([torch.optim.SGD([a], lr=0.1), torch.optim.Adam([b], lr=0.1)])
+        >>> [type(o).__name__ for o in opt.optimizers], len(opt.param_groups)
+        (['SGD', 'Adam'], 2)
+
+    Torch's ``OneCycleLR`` cycles ``momentum`` *or* ``betas`` in every group, which no mix of
+    Muon (``momentum``) and AdamW (``betas``) has: use ``cycle_momentum=False`` there (``defaults``
+    holds only the options every part shares, so torch says so at construction).
+    """
 
     def __init__(self, optimizers: Sequence[torch.optim.Optimizer]) -> None:
         parts = list(optimizers)
@@ -150,6 +152,7 @@ class Hybrid(torch.optim.Optimizer):
         return loss
 
     def zero_grad(self, set_to_none: bool = True) -> None:
+        """Zero every part's gradients (``None`` them, by default, as torch does)."""
         for o in self.optimizers:
             o.zero_grad(set_to_none=set_to_none)
 

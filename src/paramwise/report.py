@@ -48,7 +48,11 @@ def _fmt(v: object) -> str:
 
 @dataclass
 class Report:
-    """Rows per group, totals, frozen counts and the options every group shares."""
+    """What :func:`paramwise.report` returns: the data of the group table, apart from its
+    rendering. ``rows`` (one dict per group: ``index``, ``tensors``, ``elements``, ``options``,
+    ``names``), ``columns`` (the options shown, those that differ between groups plus ``lr``
+    and ``weight_decay``), ``shared`` (options equal in every group), the frozen parameters
+    counted apart. ``str()`` is the table; :meth:`to_dict` plain data for logs."""
 
     rows: list[dict] = field(default_factory=list)
     columns: list[str] = field(default_factory=list)
@@ -123,9 +127,25 @@ def report(obj: nn.Module | torch.optim.Optimizer, rules=None, *, sample: int = 
            **defaults: object) -> Report:
     """The group table of an optimizer, or of a model under ``rules`` (or its last optimizer).
 
-    Columns: group index, tensor count, element count, every option that differs between groups
-    (plus ``lr`` and ``weight_decay``), sample names; then totals and the frozen parameters
-    counted apart. Options equal in every group are listed once below the table.
+    ``obj`` is an optimizer (any: its groups are read as they are), or a model with ``rules`` and
+    ``defaults`` (the groups :func:`paramwise.optimizer` would build, nothing built; pass
+    ``optimizer=`` to check keys against a class), or a model alone (the last optimizer
+    :func:`paramwise.optimizer` built for it). Columns: group index, tensor count, element
+    count, every option that differs between groups (plus ``lr`` and ``weight_decay``),
+    ``sample`` names; then totals and the frozen parameters counted apart. Options equal in
+    every group are listed once below the table. Returns a :class:`paramwise.Report`.
+
+        >>> import torch, paramwise
+        >>> model = torch.nn.Sequential(torch.nn.Linear(4, 4), torch.nn.LayerNorm(4),
+        ...                             torch.nn.Linear(4, 2))
+        >>> opt = paramwise.optimizer(model, "sgd", [paramwise.Rule("bias", weight_decay=0.0)],
+        ...                           lr=0.1, weight_decay=1e-4)
+        >>> print(paramwise.report(opt))
+        group  tensors  elements  lr   weight_decay  names
+        0            3        28  0.1  0.0001        0.weight, 1.weight, 2.weight
+        1            3        10  0.1  0.0           0.bias, 1.bias, 2.bias
+        total        6        38
+        same in every group: dampening=0, differentiable=False, foreach=None, fused=None, maximize=False, momentum=0, nesterov=False
     """
     plan, opt = resolve_target(obj, rules, dict(defaults), what="report")
     owner: list[str] | None = None  # the optimizer class of each group, when several
@@ -177,11 +197,20 @@ def explain(obj: nn.Module | torch.optim.Optimizer, name: str, rules=None,
     """Why parameter ``name`` got its options: the defaults, each matching rule in order and
     what it set, multipliers, the resolved options, and (for an optimizer) its group now.
 
-        >>> print(paramwise.explain(opt, "0.bias"))                       # doctest: +SKIP
-        0.bias: shape (50,), roles bias; group 1 of 2
-          defaults           lr=0.01, momentum=0.9, weight_decay=1e-05
-          rule 0 ('bias')    weight_decay=0.0
-          resolved           lr=0.01, momentum=0.9, weight_decay=0.0
+    ``obj`` is as in :func:`paramwise.report`; ``name`` is a canonical parameter name (a name
+    the model does not have raises, with the closest one). For an optimizer paramwise did not
+    build, only its group's options are shown.
+
+        >>> import torch, paramwise
+        >>> model = torch.nn.Sequential(torch.nn.Linear(4, 4), torch.nn.LayerNorm(4),
+        ...                             torch.nn.Linear(4, 2))
+        >>> opt = paramwise.optimizer(model, "sgd", [paramwise.Rule("bias", weight_decay=0.0)],
+        ...                           lr=0.1, weight_decay=1e-4)
+        >>> print(paramwise.explain(opt, "0.bias"))
+        0.bias: shape (4,), roles bias; group 1 of 2
+          defaults         lr=0.1, weight_decay=0.0001
+          rule 0 ('bias')  weight_decay=0.0
+          resolved         lr=0.1, weight_decay=0.0
     """
     if not isinstance(name, str):
         raise ParamwiseError(f"explain(..., name) takes a parameter name, got {name!r} "
@@ -244,7 +273,7 @@ def explain(obj: nn.Module | torch.optim.Optimizer, name: str, rules=None,
             entries.append(("lowered", f"{note} (runs inside {type(opt).__name__}.step)"))
         if runs_fused(opt, gidx):
             entries.append(("fused", f"{type(opt).__name__}'s update and the regularizers run "
-                            "in one pass in paramwise's post-step hook (paramwise.step.fused.update)"))
+                            "in one pass in paramwise's post-step hook"))
     width = max(len(k) for k, _ in entries)
     lines.extend(f"  {k.ljust(width)}  {v}" for k, v in entries)
     return "\n".join(lines)

@@ -36,7 +36,18 @@ def _syntax(source: str, pos: int, what: str, fix: str) -> ParamwiseError:
 
 
 class Selector:
-    """A parsed selector. ``mask(inv)`` → bitmask over the inventory's entries."""
+    """A selector: *where* a rule applies. Made by :func:`paramwise.parse` (a :class:`Rule`
+    parses its string itself); ``&``, ``|`` and ``~`` combine selectors, and also a selector
+    with a string or a ``(name, param, module) -> bool`` callable. ``text`` is the selector
+    written out, as messages and :func:`paramwise.explain` show it.
+
+        >>> import paramwise
+        >>> sel = paramwise.parse("weight") & ~paramwise.parse("module:head")
+        >>> sel.text
+        '(weight) & (!(module:head))'
+        >>> (paramwise.parse("bias") | "norm").text
+        '(bias) | (norm)'
+    """
 
     text: str
     #: The exact parameter name this selector stands for (a glob without wildcards), else None:

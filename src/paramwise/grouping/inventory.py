@@ -32,7 +32,7 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
-from ..errors import ParamwiseError
+from ..errors import ParamwiseError, did_you_mean
 from .roles import (
     EMBEDDING_CLASSES,
     NORM_CLASSES,
@@ -261,8 +261,6 @@ class Inventory:
             lookup.update({n: i for i, n in enumerate(self.names)})
             self._index = lookup
         if name not in lookup:
-            from ..errors import did_you_mean
-
             raise ParamwiseError(
                 f"the model has no parameter named {name!r}{did_you_mean(name, self.names)}",
                 fix=f"names look like {self.names[0]!r}" if self.names else None,

@@ -1,28 +1,7 @@
 """Layer-wise learning-rate decay: one depth per tensor, found from the module tree.
 
-A parameter ``e`` steps below the top trains at ``lr * max(min_scale, rate ** e)``
-(BEiT/ELECTRA-style): the head at the base lr, the last block at ``rate``, the embeddings at
-``rate ** D``. Depth ``d = D - e`` counts up from the input:
-
-- ``0``: what comes before the blocks (stem, patch/word embeddings, tokens; an ``embedding``
-  tensor is depth 0 wherever it is registered);
-- ``1..L``: the repeated blocks, in order. On a hierarchical model (Swin, ConvNeXt, ResNet: a
-  list of stages, each holding a list of blocks) blocks are numbered *across* stages, and a
-  stage's own parameters outside its blocks (a downsampling layer) go with the nearest block
-  of that stage: its first block when registered before them (timm, Hugging Face ConvNeXt),
-  its last when registered after (Hugging Face / original Swin, as SimMIM's recipe counts);
-- ``L + 1``: what comes after (final norm, pooler, head), as BEiT's and MAE's recipes put the
-  final norm (timm's ``group_matcher`` puts it with the last block; paramwise follows a
-  model's ``group_matcher()`` exactly when it has one).
-
-Several towers (CLIP's text and vision encoders, T5's encoder and decoder: block lists with
-the same name in different subtrees) are numbered each on its own, top-aligned (EVA-CLIP): each
-tower's last block is one step below the top. Outside every tower, embeddings are the deepest
-and everything else (projections, ``logit_scale``) is top.
-
-How the depth is found, first that applies: ``depth=`` (a callable ``name -> int``, or a
-regex whose groups capture the indices: ``r"layers\\.(\\d+)\\.blocks\\.(\\d+)\\."`` numbers
-blocks across stages), the model's timm-style ``group_matcher()``, the module tree.
+How the depth of each tensor is found, and what the rate does with it, is in
+:func:`layer_decay`'s docstring. Example (the exponents :math:`e = D - d` per entry)::
 
     >>> import torch.nn as nn
     >>> net = nn.Sequential(nn.Linear(2, 2), nn.Linear(2, 2), nn.Linear(2, 2))
@@ -52,7 +31,8 @@ __all__ = ["LayerDecay", "layer_decay"]
 
 @dataclass
 class LayerDecay(Preset):
-    """The ``layer_decay`` preset: a rule generator expanded against the model (module doc)."""
+    """What :func:`paramwise.layer_decay` returns: a preset (a rule generator) that a rules list
+    holds and the build expands against the model."""
 
     rate: float
     depth: Callable[[str], int] | str | None = None
@@ -156,10 +136,41 @@ class _Depth(Selector):
 
 def layer_decay(rate: float, *, depth: Callable[[str], int] | str | None = None,
                 min_scale: float = 0.0) -> LayerDecay:
-    """Per-depth ``lr_mult = max(min_scale, rate ** (D - depth))``; see :mod:`paramwise.grouping.layerdecay`.
+    """Layer-wise learning-rate decay: ``lr_mult = max(min_scale, rate ** (D - depth))`` per
+    tensor, one depth per tensor found from the module tree.
 
-        >>> rules = [no_decay(), layer_decay(0.75)]                      # doctest: +SKIP
-        >>> layer_decay(0.75, depth=r"layers\\.(\\d+)\\.blocks\\.(\\d+)\\.")  # doctest: +SKIP
+    A parameter ``e`` steps below the top trains at ``lr * max(min_scale, rate ** e)``
+    (BEiT/ELECTRA-style): the head at the base lr, the last block at ``rate``, the embeddings at
+    ``rate ** D``. Depth ``d = D - e`` counts up from the input:
+
+    - ``0``: what comes before the blocks (stem, patch/word embeddings, tokens; an ``embedding``
+      tensor is depth 0 wherever it is registered);
+    - ``1..L``: the repeated blocks, in order. On a hierarchical model (Swin, ConvNeXt, ResNet: a
+      list of stages, each holding a list of blocks) blocks are numbered *across* stages, and a
+      stage's own parameters outside its blocks (a downsampling layer) go with the nearest block
+      of that stage: its first block when registered before them (timm, Hugging Face ConvNeXt),
+      its last when registered after (Hugging Face / original Swin, as SimMIM's recipe counts);
+    - ``L + 1``: what comes after (final norm, pooler, head), as BEiT's and MAE's recipes put the
+      final norm (timm's ``group_matcher`` puts it with the last block; paramwise follows a
+      model's ``group_matcher()`` exactly when it has one).
+
+    Several towers (CLIP's text and vision encoders, T5's encoder and decoder: block lists with
+    the same name in different subtrees) are numbered each on its own, top-aligned (EVA-CLIP): each
+    tower's last block is one step below the top. Outside every tower, embeddings are the deepest
+    and everything else (projections, ``logit_scale``) is top.
+
+    How the depth is found, first that applies: ``depth=`` (a callable ``name -> int``, or a
+    regex whose groups capture the indices: ``r"layers\\.(\\d+)\\.blocks\\.(\\d+)\\."`` numbers
+    blocks across stages), the model's timm-style ``group_matcher()``, the module tree.
+
+    The preset is a rule (it sets ``lr_mult``), so it composes with the others: a later rule's
+    ``lr_mult`` multiplies it.
+
+        >>> import paramwise, torch.nn as nn
+        >>> net = nn.Sequential(nn.Linear(2, 2), nn.Linear(2, 2), nn.Linear(2, 2))
+        >>> opt = paramwise.optimizer(net, "sgd", [paramwise.layer_decay(0.5)], lr=0.1)
+        >>> [(g["param_names"], g["lr"]) for g in opt.param_groups]
+        [(['0.weight', '0.bias'], 0.025), (['1.weight', '1.bias'], 0.05), (['2.weight', '2.bias'], 0.1)]
     """
     check_value("lr_mult", rate, where="layer_decay(rate)")
     if not 0 < float(rate) <= 1:

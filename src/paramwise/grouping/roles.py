@@ -55,10 +55,20 @@ _CLASS_WRAPPERS: list[tuple[type, str]] = [
 def register_norm(cls: type) -> type:
     """Treat every parameter of modules of class ``cls`` (and subclasses) as role ``norm``.
 
-    Usable as a decorator::
+    Without it, a module is a norm layer when it is one of torch's (BatchNorm, InstanceNorm,
+    LayerNorm, GroupNorm, RMSNorm, LocalResponseNorm), or when its class name contains ``norm``,
+    it has no submodules and every parameter it owns is at most 1-D. Returns ``cls``, so it is
+    usable as a decorator:
 
-        @paramwise.register_norm
-        class ScaleNorm(nn.Module): ...
+        >>> import paramwise, torch
+        >>> @paramwise.register_norm
+        ... class ScaleNorm(torch.nn.Module):
+        ...     def __init__(self):
+        ...         super().__init__()
+        ...         self.scale = torch.nn.Parameter(torch.ones(()))
+        >>> paramwise.report(torch.nn.Sequential(ScaleNorm()), [paramwise.no_decay()],
+        ...                  optimizer="sgd").rows[0]["names"]
+        ['0.scale']
     """
     if not (isinstance(cls, type) and issubclass(cls, nn.Module)):
         raise ParamwiseError(f"register_norm expects an nn.Module subclass, got {cls!r}")
@@ -69,7 +79,20 @@ def register_norm(cls: type) -> type:
 
 def register_wrapper(cls: type, attr: str = "module") -> type:
     """Declare ``cls`` a wrapper whose child ``attr`` holds the real model: below instances of
-    ``cls`` (only there) the ``attr`` segment is dropped from canonical names."""
+    ``cls`` (only there) the ``attr`` segment is dropped from canonical names, as the ``module``
+    segment of ``DistributedDataParallel`` and ``DataParallel`` is (and ``_orig_mod``,
+    ``_fsdp_wrapped_module`` and ``_checkpoint_wrapped_module`` everywhere). Returns ``cls``.
+
+        >>> import paramwise, torch
+        >>> class Wrapper(torch.nn.Module):
+        ...     def __init__(self, inner):
+        ...         super().__init__()
+        ...         self.inner = inner
+        >>> _ = paramwise.register_wrapper(Wrapper, "inner")
+        >>> groups = paramwise.param_groups(Wrapper(torch.nn.Linear(2, 2)))
+        >>> groups[0]["param_names"]
+        ['weight', 'bias']
+    """
     if not (isinstance(cls, type) and issubclass(cls, nn.Module)):
         raise ParamwiseError(f"register_wrapper expects an nn.Module subclass, got {cls!r}")
     if (cls, attr) not in _CLASS_WRAPPERS:

@@ -31,17 +31,32 @@ __all__ = ["Rule", "no_decay", "Preset", "Partition", "RuleLike", "expand_rules"
 
 @dataclass(frozen=True, init=False)
 class Rule:
-    """One rule: ``Rule(select, **options)``.
+    """One rule: *where* (``select``) and *what* (``options``).
 
-    ``select`` is a selector string (see :mod:`paramwise.grouping.selectors`), a :class:`Selector`, or a
-    callable ``(name, param, module) -> bool``. ``options`` are any keys of the optimizer
-    (``lr``, ``weight_decay``, ``momentum``, ``betas`` ...) or of paramwise (``lr_mult``,
-    ``weight_decay_mult``, the regularizers ``l1``, ``l2``, ...). ``label`` names the rule in
-    messages and in :func:`paramwise.explain` (default: its selector text); ``origin`` says where
-    the rule was written (``"rules[2]"`` in a config file) and replaces ``"rule <index>"`` there.
+    ``select`` is a selector string (the language is in :func:`paramwise.parse`), a
+    :class:`paramwise.Selector`, or a callable ``(name, param, module) -> bool``. ``options`` are
+    any keys of the optimizer (``lr``, ``weight_decay``, ``momentum``, ``betas`` ...) or of
+    paramwise: the multipliers ``lr_mult`` and ``weight_decay_mult``, the regularizers (``l1``,
+    ``l2``, ``group_lasso``, ``l2_to_init``, ``decoupled_decay``, ``max_norm`` and their
+    settings), and ``optimizer`` (a class or name: these parameters go to another optimizer,
+    see :class:`paramwise.Hybrid`). ``label`` names the rule in messages and in
+    :func:`paramwise.explain` (default: its selector text); ``origin`` says where the rule was
+    written (``"rules[2]"`` in a config file) and replaces ``"rule <index>"`` there.
 
-        >>> Rule("module:backbone", lr_mult=0.1)
+    Every matching rule applies, in order; a later rule's option overrides an earlier one's.
+    ``lr_mult`` and ``weight_decay_mult`` multiply the resolved base value instead, and several
+    multipliers on one parameter compose::
+
+        lr(p)           = (last rule's lr for p, else the default lr) * product of p's lr_mult
+        weight_decay(p) = (last weight_decay for p, else the default) * product of weight_decay_mult
+
+    Values are checked when the rule is made; keys, when it meets the optimizer class.
+
+        >>> import paramwise
+        >>> paramwise.Rule("module:backbone", lr_mult=0.1)
         Rule('module:backbone', lr_mult=0.1)
+        >>> paramwise.Rule("bias | norm", weight_decay=0.0, label="no decay")
+        Rule('no decay', weight_decay=0.0)
     """
 
     select: Selector
@@ -102,15 +117,20 @@ def no_decay(*, bias: bool = True, norm: bool = True, embedding: bool = True,
              gain: bool = True, key: str = "weight_decay") -> Rule:
     """The no-decay rule: ``key = 0`` for biases, norm-layer parameters, embeddings and gains.
 
-    The roles (see :mod:`paramwise.grouping.inventory`): ``bias``; ``norm`` (norm layers' scales and
-    shifts); ``embedding`` (``Embedding`` tables, learned positions and tokens, names a module's
-    ``no_weight_decay()`` lists); ``gain`` (layer scales, PReLU slopes, ``(C, 1, 1)`` scales,
-    CLIP's ``logit_scale``: at most one dimension larger than 1 and no layer's weight). Decay
-    pulls a gain towards 0, i.e. switches its branch off, which none of the recipes (timm,
-    DeiT III, ConvNeXt, DINOv2) want. Each role can be switched off; ``key`` picks the option
-    zeroed (``"decoupled_decay"`` or ``"l2"`` when decay comes from a paramwise regularizer).
+    The roles, read from the module tree (the class of the module that owns a parameter, the
+    attribute that holds it, its shape): ``bias``; ``norm`` (norm layers' scales and shifts;
+    :func:`paramwise.register_norm` adds a class); ``embedding`` (``Embedding`` tables, learned
+    positions and tokens, names a module's ``no_weight_decay()`` lists); ``gain`` (layer scales,
+    PReLU slopes, ``(C, 1, 1)`` scales, CLIP's ``logit_scale``: at most one dimension larger than 1
+    and no layer's weight). Decay pulls a gain towards 0, i.e. switches its branch off, which none
+    of the recipes (timm, DeiT III, ConvNeXt, DINOv2) want. Each role can be switched off; ``key``
+    picks the option zeroed (``"decoupled_decay"`` or ``"l2"`` when decay comes from a paramwise
+    regularizer).
 
-        >>> no_decay(gain=False)
+        >>> import paramwise
+        >>> paramwise.no_decay()
+        Rule('bias | norm | embedding | gain', weight_decay=0.0)
+        >>> paramwise.no_decay(gain=False)
         Rule('bias | norm | embedding', weight_decay=0.0)
     """
     roles = [r for r, on in (("bias", bias), ("norm", norm), ("embedding", embedding),

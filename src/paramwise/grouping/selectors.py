@@ -23,7 +23,8 @@ Strings are parsed once into :class:`Selector` objects, which combine in Python 
     >>> (parse("bias") | parse("norm")).text
     '(bias) | (norm)'
 
-A selector evaluates to a bitmask over the entries of an :class:`~paramwise.grouping.inventory.Inventory`
+A selector evaluates to a bitmask over the entries of an
+:class:`~paramwise.grouping.inventory.Inventory`
 (bit i set when entry i matches), so ``&``/``|``/``!`` cost one big-integer operation each.
 
 Limits, none of them Python's recursion limit: ``|`` and ``&`` are n-ary (a ``select:`` list of
@@ -57,7 +58,31 @@ _CACHE_SIZE = 4096
 
 
 def parse(text: str) -> Selector:
-    """Parse a selector string (cached); raises :class:`ParamwiseError` with the position."""
+    """Parse a selector string into a :class:`paramwise.Selector` (cached by text).
+
+    The grammar, the same in Python and in config files::
+
+        expr  := or
+        or    := and ('|' and)*
+        and   := not ('&' not)*
+        not   := '!' not | '(' expr ')' | term
+        term  := bias | norm | embedding | gain | weight roles read from the module tree
+               | type:Linear | type:torch.nn.Conv2d      owning module's class (subclasses too)
+               | module:backbone | module:blocks.*       everything under a submodule
+               | ndim<2 | ndim>=2 | ndim==1 ...          the parameter's (global) number of dims
+               | re:<regex> | re:"<regex>"              full match on the canonical name
+               | <glob> | name:<glob>                    fnmatch on the canonical name ('*.bias')
+               | all                                     every parameter
+
+    Names are canonical: wrapper segments (``module.`` of DDP, ``_orig_mod.`` of
+    ``torch.compile``, ``_fsdp_wrapped_module.``, ...) removed. A syntax error raises
+    :class:`paramwise.ParamwiseError` with the position and a caret; a ``re:`` regex whose
+    backtracking could hang is refused, and ``type:`` never imports anything.
+
+        >>> import paramwise
+        >>> paramwise.parse("weight & !module:head")
+        Selector('weight & !module:head')
+    """
     if not isinstance(text, str):
         raise ParamwiseError(f"a selector must be a string, got {type(text).__name__} {text!r}",
                              fix="join several with '|', e.g. 'bias | norm'")

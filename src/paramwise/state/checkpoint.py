@@ -75,7 +75,8 @@ def _same(a: object, b: object) -> bool:
 
 @dataclass
 class LoadReport:
-    """What :func:`load_state_dict` did, name by name.
+    """What :func:`paramwise.load_state_dict` (and :func:`paramwise.load_dcp`) did, name by
+    name; ``str()`` says it in one line.
 
     ``loaded``: parameters whose saved state (possibly empty) was restored; ``new``: current
     parameters absent from the checkpoint (fresh state); ``vanished``: saved names with no
@@ -132,16 +133,23 @@ class LoadReport:
 # ------------------------------------------------------------------------------- saving
 def state_dict(optimizer: torch.optim.Optimizer, *, model: torch.nn.Module | None = None
                ) -> dict:
-    """The optimizer's state keyed by canonical parameter names (FQNs).
+    """The optimizer's state keyed by canonical parameter names (FQNs), to save.
 
-    Same layout as ``get_optimizer_state_dict``: ``{"state": {name: {key: value}},
-    "param_groups": [{**options, "params": [names], "param_names": [names]}]}``. Tensors are
-    the optimizer's own (DTensor shards under FSDP2), not copies. Names come from each group's
-    ``param_names``, or from ``model``'s module tree when given.
+    Same layout as ``torch.distributed.checkpoint.state_dict.get_optimizer_state_dict``:
+    ``{"state": {name: {key: value}}, "param_groups": [{**options, "params": [names],
+    "param_names": [names]}]}``, so it saves with ``torch.save`` or DCP and loads with
+    :func:`paramwise.load_state_dict`, :func:`paramwise.load_dcp` or torch's
+    ``set_optimizer_state_dict``. Tensors are the optimizer's own (DTensor shards under FSDP2),
+    not copies. Names come from each group's ``param_names`` (every optimizer paramwise builds
+    has them), or from ``model``'s module tree when given (any optimizer).
 
-        >>> sd = state_dict(opt)                        # doctest: +SKIP
-        >>> sorted(sd["state"])[:2]                     # doctest: +SKIP
-        ['0.bias', '0.weight']
+        >>> import torch, paramwise
+        >>> model = torch.nn.Sequential(torch.nn.Linear(4, 4), torch.nn.LayerNorm(4))
+        >>> opt = paramwise.optimizer(model, "adamw", lr=1e-3)
+        >>> model(torch.randn(2, 4)).sum().backward(); opt.step()
+        >>> sd = paramwise.state_dict(opt)
+        >>> sorted(sd["state"]), sorted(sd["state"]["0.weight"])
+        (['0.bias', '0.weight', '1.bias', '1.weight'], ['exp_avg', 'exp_avg_sq', 'step'])
     """
     names = _group_names(optimizer, model)
     packed = optimizer.state_dict()  # runs the optimizer's state_dict hooks
@@ -169,17 +177,27 @@ def load_state_dict(optimizer: torch.optim.Optimizer, state: Mapping, *,
                     model: torch.nn.Module | None = None) -> LoadReport:
     """Load a name-keyed (or ``param_names``-carrying) optimizer state into ``optimizer``.
 
-    Each parameter gets the saved state of the parameter with its name, in whatever group it
-    sits now; unknown parameters start fresh; saved names without a parameter are dropped with
-    a warning. Options: the current groups' (i.e. the current rules'), unless
-    ``keep_saved_options`` is True (all saved options, per parameter) or a collection of
-    keys (only those). ``strict=True`` raises instead when any parameter is new or vanished.
-    The checkpoint is validated whole first (:mod:`paramwise.state.saved`: structure, duplicate
-    names, state shapes and keys): when it raises, nothing was loaded.
+    Each parameter gets the saved state of the parameter with its name, in whatever group it sits
+    now; unknown parameters start fresh; saved names without a parameter are dropped with a warning.
+    Options: the current groups' (i.e. the current rules'), unless ``keep_saved_options`` is True
+    (all saved options, per parameter) or a collection of keys (only those). ``strict=True`` raises
+    instead when any parameter is new or vanished. Saved names match current names exactly, or once
+    wrapper segments are dropped (names a wrapped model saved load into the unwrapped one, and
+    back). The checkpoint is validated whole first (structure, duplicate names, state shapes and
+    keys against the optimizer that will read them): when it raises, nothing was loaded. ``model``
+    is as in :func:`paramwise.state_dict`. Returns a :class:`paramwise.LoadReport`; new, vanished
+    and reshaped parameters are also warned about. LR schedulers: the scheduled ``lr`` is a group
+    option, so it comes from the current rules unless ``keep_saved_options=("lr", "initial_lr")``.
 
-        >>> report = load_state_dict(opt, torch.load("optim.pt"))  # doctest: +SKIP
-        >>> report.new, report.vanished                            # doctest: +SKIP
-        (['head.weight', 'head.bias'], [])
+        >>> import torch, paramwise
+        >>> model = torch.nn.Sequential(torch.nn.Linear(4, 4), torch.nn.LayerNorm(4))
+        >>> opt = paramwise.optimizer(model, "adamw", lr=1e-3)
+        >>> model(torch.randn(2, 4)).sum().backward(); opt.step()
+        >>> saved = paramwise.state_dict(opt)
+        >>> new = paramwise.optimizer(model, "adamw", [paramwise.no_decay()], lr=1e-3)
+        >>> report = paramwise.load_state_dict(new, saved)      # the rules changed in between
+        >>> report.exact, report.changed["0.bias"]
+        (True, {'weight_decay': (0.01, 0.0)})
     """
     if not isinstance(strict, bool):
         raise ParamwiseError(f"strict={strict!r}", fix="pass strict=True or strict=False")

@@ -44,9 +44,18 @@ def load_dcp(optimizer: torch.optim.Optimizer, checkpoint_id: object, *, key: st
     this after building its (sharded) model and optimizer. The load template is built from the
     checkpoint's metadata and the *current* parameters: state tensors of parameters that still
     exist are read straight into tensors laid out like them (DCP reshards), saved param groups
-    are read whole, nothing else is touched; then :func:`load_state_dict` does the rest.
+    are read whole, nothing else is touched; then :func:`paramwise.load_state_dict` does the
+    rest (the arguments after ``key`` are its own).
 
-        >>> report = load_dcp(opt, "ckpt/step-100")          # doctest: +SKIP
+        >>> import tempfile, torch, torch.distributed.checkpoint as dcp, paramwise
+        >>> model = torch.nn.Linear(4, 2)
+        >>> opt = paramwise.optimizer(model, "adamw", lr=1e-3)
+        >>> model(torch.randn(3, 4)).sum().backward(); opt.step()
+        >>> with tempfile.TemporaryDirectory() as path:
+        ...     _ = dcp.save({"optim": paramwise.state_dict(opt)}, checkpoint_id=path)
+        ...     report = paramwise.load_dcp(opt, path)
+        >>> report.exact
+        True
     """
     import torch.distributed.checkpoint as dcp
     from torch.distributed.checkpoint.metadata import TensorStorageMetadata

@@ -98,10 +98,11 @@ _ATTACHED: weakref.WeakKeyDictionary[torch.optim.Optimizer, Handle] = weakref.We
 
 
 class Handle(Anchors):
-    """What :func:`attach` returns: ``remove()`` detaches the hooks; ``anchors`` maps each
-    parameter with ``l2_to_init`` to its anchor :math:`w_0` once it has one (taken at its first
-    step, loaded from a checkpoint, or set by :meth:`capture_anchors`; saved in
-    ``state_dict()`` under ``"paramwise_anchors"``)."""
+    """What :func:`paramwise.attach` returns: :meth:`remove` detaches the hooks, :meth:`check`
+    raises now what the next step would; ``anchors`` maps each parameter with ``l2_to_init``
+    to its anchor :math:`w_0` once it has one (taken at its first step, loaded from a
+    checkpoint, or set by :meth:`capture_anchors`; saved in ``state_dict()`` under
+    ``"paramwise_anchors"``)."""
 
     def __init__(self, optimizer: torch.optim.Optimizer, foreach: bool | None) -> None:
         self._opt = weakref.ref(optimizer)
@@ -128,11 +129,12 @@ class Handle(Anchors):
 
     @property
     def attached(self) -> bool:
+        """Whether the hooks are still attached."""
         return bool(self._hooks)
 
     def check(self) -> None:
         """Raise what the next ``step()`` would raise before changing anything (the checks of
-        :mod:`paramwise.step.stepcheck`, on the gradients present now); do nothing else."""
+        ``paramwise.step.stepcheck``, on the gradients present now); do nothing else."""
         opt = self._opt()
         if opt is not None and self._hooks:
             self._check.groups(opt)
@@ -277,17 +279,30 @@ class Handle(Anchors):
 def attach(optimizer: torch.optim.Optimizer, *, foreach: bool | None = None) -> Handle:
     """Run the regularizers configured in ``optimizer``'s param groups at every step.
 
-    Checks every group's options against its parameters' shapes now (raising
-    :class:`~paramwise.errors.ParamwiseError` with the group and parameter names), registers the
-    step hooks and returns a :class:`Handle`. ``foreach`` forces the multi-tensor fast path on
-    (``True``) or off (``False``); by default it is on for accelerators and off on CPU, where a
-    per-tensor loop is as fast. Parameters with ``l2_to_init`` are anchored at their first step,
-    not now (see the module docstring; :meth:`Handle.capture_anchors` anchors now).
+    ``optimizer`` is any ``torch.optim.Optimizer`` whose groups carry regularization options
+    (``l1``, ``l2``, ``group_lasso``, ``l2_to_init``, ``decoupled_decay``, ``max_norm``):
+    :func:`paramwise.optimizer` calls this itself; call it for an optimizer built by hand from
+    :func:`paramwise.param_groups`. Every step, the hooks read the options from each group (so
+    ``state_dict()`` saves them and a scheduler's ``lr`` applies): gradient terms before the
+    step, proximal maps (with the optimizer's own step scale) and the max-norm projection after
+    it, or, for Adam, AdamW, SGD, RMSprop and Adagrad on plain CPU tensors, all of it in one
+    pass with the update.
 
+    Checks every group's options against its parameters' shapes now (raising
+    :class:`paramwise.ParamwiseError` with the group and parameter names), registers the step
+    hooks and returns a :class:`~paramwise.step.hooks.Handle`. ``foreach`` forces the
+    multi-tensor fast path on (``True``) or off (``False``); by default it is on for
+    accelerators and off on CPU, where a per-tensor loop is as fast. Parameters with
+    ``l2_to_init`` are anchored at their first step, not now
+    (:meth:`~paramwise.step.hooks.Handle.capture_anchors` anchors now).
+
+        >>> import torch, paramwise
         >>> model = torch.nn.Linear(4, 2)
         >>> opt = torch.optim.SGD([{"params": [model.weight], "l1": 1e-4},
         ...                        {"params": [model.bias]}], lr=0.1)
-        >>> handle = attach(opt)
+        >>> handle = paramwise.attach(opt)
+        >>> model(torch.randn(3, 4)).sum().backward(); opt.step()   # SGD's step, then the l1 prox
+        >>> handle.remove()
     """
     if not isinstance(optimizer, torch.optim.Optimizer):
         raise ParamwiseError(f"attach() needs a torch.optim.Optimizer, got "

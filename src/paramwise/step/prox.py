@@ -140,8 +140,26 @@ _REFUSED: list[tuple[type, str, str]] = [
 
 
 def register_scaling(cls: type, rule: Scaling) -> None:
-    """Use ``rule`` for ``prox_scale='adaptive'`` on optimizers of exactly class ``cls``
-    (it also lifts a refusal of ``cls``: see :func:`scale_problem`)."""
+    """Use ``rule`` for ``prox_scale='adaptive'`` on optimizers of exactly class ``cls``.
+
+    A proximal map (``l1``, ``group_lasso``) after a step shrinks each weight by :math:`s·λ`,
+    where :math:`s` is how far the optimizer's step moved that weight per unit of gradient.
+    paramwise knows :math:`s` for torch's optimizers and for some third-party ones; for another
+    class it guesses from an Adam-like second moment in the state (with a warning), and refuses
+    a class whose update has no such scale. ``rule(group, lr, pieces, state, *, foreach)``
+    returns :math:`s` right after the step: a number, or one tensor per piece (shaped like
+    ``piece.param``'s slice ``piece.view(t)``); ``state`` is ``optimizer.state``. It must be
+    linear in ``lr`` (it is called with ``lr·λ`` to get the threshold). Registering a rule also
+    lifts a refusal of ``cls``. Subclasses are not covered: their update may differ.
+
+        >>> import paramwise, torch
+        >>> class PlainSGD(torch.optim.SGD):     # moves a weight by lr per unit of gradient
+        ...     pass
+        >>> paramwise.register_scaling(PlainSGD, lambda group, lr, pieces, state, *, foreach: lr)
+        >>> model = torch.nn.Linear(4, 2)
+        >>> opt = paramwise.optimizer(model, PlainSGD, [paramwise.Rule("weight", l1=1e-3)], lr=0.1)
+        >>> model(torch.randn(3, 4)).sum().backward(); opt.step()     # no warning: s = lr
+    """
     _RULES[cls] = rule
 
 
