@@ -217,6 +217,7 @@ class Finding:
     detail: dict[str, Any] = field(default_factory=dict, compare=False)
 
     def to_dict(self) -> dict[str, Any]:
+        """Plain data: every field, lists for tuples (what ``AuditReport.to_dict()`` holds)."""
         return {"kind": self.kind, "names": list(self.names), "message": self.message,
                 "fix": self.fix, "rule": self.rule, "groups": list(self.groups),
                 "elements": self.elements, "share": self.share, "detail": dict(self.detail)}

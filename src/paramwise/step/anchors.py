@@ -54,7 +54,7 @@ class Anchors:
         Returns how many were anchored. For the attach-time anchor, call it right after
         :func:`paramwise.attach` (or :func:`paramwise.optimizer`)::
 
-            >>> import paramwise
+            >>> import torch, paramwise
             >>> w = torch.nn.Parameter(torch.ones(3))
             >>> opt = torch.optim.SGD([{"params": [w], "l2_to_init": 0.1}], lr=0.1)
             >>> handle = paramwise.attach(opt)
