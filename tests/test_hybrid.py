@@ -281,7 +281,7 @@ BAD = [
      r"rule 0 \('all'\) sets momentum, which AdamW does not take, for \d+ parameters that go "
      r"to AdamW \(e.g. 'embed.weight'\); momentum is an option of Muon: narrow the rule"),
     (lambda m: paramwise.optimizer(m, "adamw", [paramwise.hidden_matrices()], lr=0.1, rho=0.9),
-     r"the defaults sets unknown option 'rho' for AdamW or Muon"),
+     r"the defaults set unknown option 'rho' for AdamW or Muon"),
     (lambda m: paramwise.optimizer(m, "muon", [paramwise.no_decay()], lr=0.02),
      r"Muon takes only 2-D parameters, but the default optimizer \(Muon\) sent it \d+ that are "
      r"not: 'blocks.0.norm.weight' \(16,\), .*; make another optimizer the default and send the "

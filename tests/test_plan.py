@@ -68,7 +68,7 @@ def test_unknown_keys_get_the_closest_valid_one():
         paramwise.optimizer(net(), "adamw", [Rule("bias", weight_deacy=0.0)])
     with pytest.raises(ParamwiseError, match="'momentum' for Adam"):
         paramwise.optimizer(net(), "adam", [Rule("bias", momentum=0.9)])
-    with pytest.raises(ParamwiseError, match="the defaults sets unknown option 'lrr'"):
+    with pytest.raises(ParamwiseError, match="the defaults set unknown option 'lrr'"):
         paramwise.param_groups(net(), lrr=0.1)
     with pytest.raises(ParamwiseError, match="unknown optimizer 'adamww' \\(did you mean 'adamw'"):
         paramwise.optimizer(net(), "adamww")

@@ -25,7 +25,7 @@ import torch
 from torch import nn
 
 from ..errors import ParamwiseError, closest
-from ..options.keys import known_keys, paramwise_keys
+from ..options.keys import known_keys, paramwise_keys, sets
 
 __all__ = ["accepts", "check_key_any", "check_constraints", "class_name"]
 
@@ -53,7 +53,7 @@ def check_key_any(key: str, classes: Sequence[type | None], *, where: str) -> No
     owners = " or ".join(dict.fromkeys(class_name(c) for c in classes))
     fix = f"use {hit[0]!r}" if hit else (
         f"valid options include {', '.join(sorted(valid - paramwise_keys())[:8])}")
-    raise ParamwiseError(f"{where} sets unknown option {key!r} for {owners}"
+    raise ParamwiseError(f"{sets(where)} unknown option {key!r} for {owners}"
                          + (f" (did you mean {hit[0]!r}?)" if hit else ""), fix=fix)
 
 

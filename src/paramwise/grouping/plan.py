@@ -33,7 +33,14 @@ from torch import nn
 
 from ..errors import ParamwiseError, user_stacklevel
 from ..options import regularization as reg
-from ..options.keys import MULTIPLIERS, bool_problem, check_key, check_value, optimizer_defaults
+from ..options.keys import (
+    MULTIPLIERS,
+    bool_problem,
+    check_key,
+    check_value,
+    optimizer_defaults,
+    sets,
+)
 from .inventory import Inventory, bools_to_mask, mask_to_str
 from .perclass import accepts, check_key_any, class_name, wrong_class_fix
 from .rules import Partition, Rule, RuleLike, expand_rules
@@ -263,12 +270,12 @@ def _check_matches(inv: Inventory, rules: list[Rule], masks: list[int | None], l
         warnings.warn(msg, stacklevel=user_stacklevel())
 
 
-def _diff(a: Mapping[str, object], b: Mapping[str, object]) -> str:
+def _diff(a: Mapping[str, object], b: Mapping[str, object]) -> tuple[str, list[str]]:
     def show(d: Mapping[str, object], k: str) -> str:
         return repr(d[k]) if k in d else "unset"
 
     keys = [k for k in dict.fromkeys([*a, *b]) if show(a, k) != show(b, k)]
-    return ", ".join(f"{k}={show(a, k)} vs {show(b, k)}" for k in keys)
+    return ", ".join(f"{k}={show(a, k)} vs {show(b, k)}" for k in keys), keys
 
 
 def _check_per_class(plan: Plan) -> None:
@@ -283,7 +290,7 @@ def _check_per_class(plan: Plan) -> None:
                 i = next((j for j in reversed(plan.sig_rules[s]) if k in plan.rules[j].options),
                          None)
                 raise ParamwiseError(
-                    f"{'the defaults' if i is None else _where(i, plan.rules[i])} set "
+                    f"{sets('the defaults' if i is None else _where(i, plan.rules[i]))} "
                     f"{k}={v!r} for {class_name(cls)}: {problem}",
                     fix=f"write {k}=True or {k}=False")
             if accepts(cls, k):
@@ -299,8 +306,11 @@ def _check_per_class(plan: Plan) -> None:
 def _check_tied(plan: Plan) -> None:
     inv = plan.inv
 
-    def refs(e: int) -> str:
-        return "[" + ", ".join(rule_ref(i, plan.rules[i]) for i in plan.rules_of(e)) + "]"
+    def refs(e: int, keys: list[str]) -> str:  # who set the differing keys of entry e
+        hit = [rule_ref(i, plan.rules[i]) for i in plan.rules_of(e)
+               if any(k in plan.rules[i].options or f"{k}_mult" in plan.rules[i].options
+                      for k in keys)]
+        return ", ".join(hit) if hit else "the defaults"
 
     for u in range(inv.num_tensors):
         names = inv.aliases(u)
@@ -317,9 +327,10 @@ def _check_tied(plan: Plan) -> None:
             if ca is not cb:
                 a, b = {**a, "optimizer": class_name(ca)}, {**b, "optimizer": class_name(cb)}
             n1, n2 = inv.names[first], inv.names[other]
+            diff, keys = _diff(a, b)
             raise ParamwiseError(
                 f"{n1!r} and {n2!r} are the same (tied) tensor, but the rules give them different "
-                f"options: {_diff(a, b)} (rules {refs(first)} vs {refs(other)})",
+                f"options: {diff} (set by {refs(first, keys)} vs {refs(other, keys)})",
                 fix=f"a tensor has one set of options: make the rules that differ select both "
                 f"names (or neither), e.g. add '| {n2}' to their selectors, or set the option for "
                 f"both last with Rule('{n1} | {n2}', ...)",

@@ -36,6 +36,7 @@ __all__ = [
     "known_keys",
     "check_key",
     "check_value",
+    "sets",
 ]
 
 #: ``<key>_mult`` options: they multiply the resolved value of ``<key>`` (and compose).
@@ -163,12 +164,18 @@ def known_keys(cls: type | None) -> frozenset[str] | None:
     return own | paramwise_keys()
 
 
+def sets(where: str) -> str:
+    """``where`` with the verb that agrees with it: ``"the defaults set"``, ``"rule 0 ('bias')
+    sets"``."""
+    return f"{where} set" if where.endswith("the defaults") else f"{where} sets"
+
+
 def check_key(key: str, cls: type | None, *, where: str) -> None:
     """Raise if ``key`` is not an option of ``cls`` (or of any torch optimizer when ``cls`` is None)."""
     if not isinstance(key, str):
         raise ParamwiseError(f"{where} has a non-string option key {key!r}")
     if key in ("params", "param_names"):
-        raise ParamwiseError(f"{where} sets {key!r}", fix="rules select parameters with their "
+        raise ParamwiseError(f"{sets(where)} {key!r}", fix="rules select parameters with their "
                              f"selector, and paramwise fills {key!r} itself; remove the option")
     valid = known_keys(cls)
     if valid is None or key in valid:
@@ -178,7 +185,7 @@ def check_key(key: str, cls: type | None, *, where: str) -> None:
                         and (k not in MULTIPLIERS or MULTIPLIERS[k] in valid)])
     if key == "weight_decay" and cls is not None:
         raise ParamwiseError(
-            f"{where} sets weight_decay, but {cls.__name__} has no weight decay",
+            f"{sets(where)} weight_decay, but {cls.__name__} has no weight decay",
             fix="use paramwise's own: l2=... (coupled) or decoupled_decay=..., e.g. "
             "no_decay(key='l2') with l2=... as a default")
     owner = cls.__name__ if cls is not None else "any torch.optim optimizer"
@@ -188,7 +195,7 @@ def check_key(key: str, cls: type | None, *, where: str) -> None:
         fix += ("; if it is an option of a third-party optimizer, pass optimizer=ThatClass so "
                 "paramwise checks against its signature")
     raise ParamwiseError(
-        f"{where} sets unknown option {key!r} for {owner}"
+        f"{sets(where)} unknown option {key!r} for {owner}"
         + (f" (did you mean {hit[0]!r}?)" if hit else ""),
         fix=fix,
     )
@@ -229,25 +236,25 @@ def check_value(key: str, value: object, *, where: str) -> None:
     if key in bool_keys():
         problem = bool_problem(key, value)
         if problem:
-            raise ParamwiseError(f"{where} sets {key}={value!r}: {problem}",
+            raise ParamwiseError(f"{sets(where)} {key}={value!r}: {problem}",
                                  fix=f"write {key}=True or {key}=False (in YAML: {key}: true, "
                                  "unquoted)")
     if key == "optimizer":
         try:
             resolve_optimizer(value)  # type: ignore[arg-type]
         except ParamwiseError as e:
-            raise ParamwiseError(f"{where} sets optimizer={value!r}: {e.problem}", fix=e.fix
+            raise ParamwiseError(f"{sets(where)} optimizer={value!r}: {e.problem}", fix=e.fix
                                  ) from None
     elif key in REAL_KEYS:
         if not _is_real(value):
-            raise ParamwiseError(f"{where} sets {key}={value!r} ({type(value).__name__})",
+            raise ParamwiseError(f"{sets(where)} {key}={value!r} ({type(value).__name__})",
                                  fix=f"{key} must be a real number, e.g. {key}=0.01")
         v = float(value)  # type: ignore[arg-type]
         if not math.isfinite(v) or v < 0:
-            raise ParamwiseError(f"{where} sets {key}={v}",
+            raise ParamwiseError(f"{sets(where)} {key}={v}",
                                  fix=f"{key} must be finite and >= 0")
     elif key == "betas" and not (
         isinstance(value, (tuple, list)) and len(value) == 2 and all(map(_is_real, value))
     ):
-        raise ParamwiseError(f"{where} sets betas={value!r}",
+        raise ParamwiseError(f"{sets(where)} betas={value!r}",
                                  fix="betas must be a pair of numbers, e.g. betas=(0.9, 0.999)")
