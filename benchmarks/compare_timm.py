@@ -1,11 +1,12 @@
 """Compare paramwise's no-decay / layer-decay presets with timm's param-group helpers.
 
-Not part of the test suite; needs the side venv with timm 1.0.31
-(``bash /work/shared/tools/timm-venv.sh``).  Run from the repository root::
+Not part of the test suite. timm needs torchvision, which brings a torch of pip's choosing (on
+Linux PyPI's CUDA build), so it runs in a separate venv, never in the project's. From the
+repository root (docs/benchmarks.md, "The presets against timm", has the recorded run)::
 
-    TORCHVISION_WARN_WHEN_EXTENSION_LOADING_FAILS=0 \
-    PYTHONPATH=src:$HOME/.cache/paramwise-timm-venv/tvpatched \
-    $HOME/.cache/paramwise-timm-venv/bin/python -W ignore benchmarks/compare_timm.py [MODEL ...]
+    python -m venv /tmp/timm-venv
+    /tmp/timm-venv/bin/pip install timm==1.0.31 -e .
+    /tmp/timm-venv/bin/python -W ignore benchmarks/compare_timm.py [--collapse] [MODEL ...]
 
 (a) no-decay: ``timm.optim.param_groups_weight_decay(model, 0.1, no_weight_decay_list=...)`` vs
     ``paramwise.param_groups(model, [no_decay()], weight_decay=0.1)``: per parameter, which side decays.
