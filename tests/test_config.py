@@ -263,7 +263,7 @@ def test_tied_conflicts_name_config_rules():
     model.head.weight = model.embed.weight  # tied (10, 8)
     cfg = {**BASE, "rules": [{"preset": "no_decay"}, {"select": "module:head", "lr": 0.5}]}
     with pytest.raises(ParamwiseError, match=re.escape(
-            "lr=0.001 vs 0.5 (set by the defaults vs rules[1]); a tensor has one set of "
+            "lr=0.001 vs 0.5 (set by the top level vs rules[1]); a tensor has one set of "
             "options: make the rules that differ select both names (or neither), e.g. add "
             "'| head.weight' to their selectors, or set the option for both last with "
             "{select: 'embed.weight | head.weight', ...}")):

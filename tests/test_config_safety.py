@@ -133,7 +133,7 @@ def test_bool_options_of_a_third_party_signature_are_typed_too():
         def __init__(self, params, lr=0.1, shuffle_rows=False):
             super().__init__(params, lr=lr)
 
-    with pytest.raises(ParamwiseError, match=r"set shuffle_rows='yes' for Opt: shuffle_rows must "
+    with pytest.raises(ParamwiseError, match=r"sets shuffle_rows='yes' for Opt: shuffle_rows must "
                        r"be True or False"):
         paramwise.optimizer(net(), Opt, [Rule("bias", shuffle_rows="yes")])
 

@@ -412,8 +412,8 @@ def test_a_default_that_only_makes_sense_with_a_rule_option_builds():
     g = opt.part("sgd").param_groups[0]
     assert (g["nesterov"], g["momentum"]) == (True, 0.9)
     # and a group whose own options torch rejects is still refused, naming the group
-    with pytest.raises(ParamwiseError, match=r"SGD rejected the options of the group of "
-                       r"\['0.weight', '1.weight'\]: .*Nesterov"):
+    with pytest.raises(ParamwiseError, match=r"config: the top level sets nesterov=True for 2 "
+                       r"parameters of SGD \(e.g. '0.weight'\), which SGD refuses: .*Nesterov"):
         paramwise.from_config(net, {"optimizer": "adamw", "lr": 0.01, "nesterov": True, "rules": [
             {"select": "ndim==2", "optimizer": "sgd", "lr": 0.1}, {"select": "bias",
                                                                     "optimizer": "sgd",

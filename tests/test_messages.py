@@ -7,10 +7,12 @@ from __future__ import annotations
 import re
 
 import pytest
+import torch
 import torch.nn as nn
 
 import paramwise
 from paramwise import ParamwiseError, Rule
+from paramwise.options.keys import _torch_optimizers, optimizer_defaults
 
 
 def _tied() -> nn.Module:
@@ -61,3 +63,161 @@ def test_tied_conflict_names_only_the_rules_that_set_the_differing_option():
     with pytest.raises(ParamwiseError, match=re.escape(
             "lr=0.0001 vs 0.001 (set by rule 0 vs the defaults)")):
         paramwise.optimizer(_tied(), "adamw", [Rule("embed.weight", lr_mult=0.1)], lr=1e-3)
+
+
+# ----------------------------------------------------------------- option values per group
+def test_betas_out_of_range_in_a_rule_is_refused_as_torch_refuses_it_as_a_default():
+    model = nn.Linear(4, 4)
+    with pytest.raises(ValueError, match="Invalid beta parameter at index 1"):  # the reference
+        torch.optim.Adam(model.parameters(), lr=1e-3, betas=(0.9, 1.5))
+    with pytest.raises(ParamwiseError, match=re.escape(
+            "rule 0 ('bias') sets betas=(0.9, 1.5) for Adam, but betas must be a pair of "
+            "numbers, each >= 0 and < 1; e.g. betas=(0.9, 0.999), the default of Adam")) as info:
+        paramwise.optimizer(model, "adam", [Rule("bias", betas=(0.9, 1.5))], lr=1e-3)
+    assert info.value.fix == "e.g. betas=(0.9, 0.999), the default of Adam"
+    with pytest.raises(ParamwiseError, match=r"^the defaults set betas=\(0\.9, 1\.5\) for Adam"):
+        paramwise.optimizer(model, "adam", lr=1e-3, betas=(0.9, 1.5))
+
+
+def _model_for(cls: type) -> nn.Module:
+    if cls is torch.optim.SparseAdam:
+        return nn.Sequential(nn.Embedding(5, 3, sparse=True), nn.Embedding(5, 3, sparse=True))
+    return nn.Sequential(nn.Linear(3, 3, bias=False), nn.Linear(3, 3, bias=False))  # Muon: 2-D
+
+
+def _candidates(default: object) -> list[object]:
+    """Values around the edges torch checks (0, 1), for a number or each number of a tuple."""
+    edges = [-1.0, -1e-3, 0.0, 0.5, 1.0, 1.5, 100.0]
+    if isinstance(default, bool) or not isinstance(default, (int, float, tuple)):
+        return []
+    if not isinstance(default, tuple):
+        return edges
+    return [(*default[:i], e, *default[i + 1:]) for i in range(len(default)) for e in edges
+            if default[i] is None or isinstance(default[i], (int, float))]
+
+
+def _error(fn) -> Exception | None:
+    try:
+        fn()
+    except Exception as e:  # noqa: BLE001 - compared below
+        return e
+    return None
+
+
+#: paramwise's own checks are stricter than torch's here (torch takes a negative value).
+STRICTER = {("ASGD", "alpha"), ("Muon", "eps"), ("SGD", "dampening")}
+
+
+@pytest.mark.parametrize("name", sorted(_torch_optimizers()))
+def test_every_value_torch_refuses_as_a_default_is_refused_in_a_rule_too(name):
+    """torch.optim's constructors check only their defaults. For every option with a numeric
+    default, of every torch.optim optimizer, values around the edges: where torch's constructor
+    raises ValueError, paramwise refuses the value both in a rule (naming the rule) and in the
+    defaults (naming them); where torch takes it, so does paramwise (but for STRICTER)."""
+    cls = _torch_optimizers()[name]
+    tried = refused = 0
+    for key, default in optimizer_defaults(cls).items():
+        for value in _candidates(default):
+            tried += 1
+            ref = _error(lambda: cls([torch.zeros(2, 2, requires_grad=True)], **{key: value}))  # noqa: B023
+            in_rule = _error(lambda: paramwise.optimizer(  # noqa: B023
+                _model_for(cls), cls, [Rule("*", **{key: value})]))  # noqa: B023
+            in_defaults = _error(lambda: paramwise.optimizer(_model_for(cls), cls,  # noqa: B023
+                                                             **{key: value}))  # noqa: B023
+            case = f"{cls.__name__}({key}={value!r})"
+            if ref is None:
+                if (cls.__name__, key) in STRICTER and float(value) < 0:  # type: ignore[arg-type]
+                    continue
+                assert in_rule is None and in_defaults is None, (case, in_rule, in_defaults)
+                continue
+            refused += 1
+            assert isinstance(ref, ValueError), (case, ref)
+            assert isinstance(in_rule, ParamwiseError), (case, in_rule)
+            assert isinstance(in_defaults, ParamwiseError), (case, in_defaults)
+            assert re.match(rf"(rule 0 \('\*'\)|Rule\('\*'\)) sets {key}=", str(in_rule)), \
+                (case, str(in_rule))
+            assert str(in_defaults).startswith(f"the defaults set {key}="), (case, in_defaults)
+            assert in_rule.fix and in_defaults.fix, case
+    assert tried
+
+
+def test_the_reference_test_sees_the_range_checks():
+    """The sweep above is not vacuous: it meets torch's range checks of these options."""
+    seen = set()
+    for cls in _torch_optimizers().values():
+        for key, default in optimizer_defaults(cls).items():
+            for value in _candidates(default):
+                if _error(lambda: cls([torch.zeros(1, requires_grad=True)],  # noqa: B023
+                                      **{key: value})):  # noqa: B023
+                    seen.add((cls.__name__, key))
+    assert {("Adam", "betas"), ("AdamW", "betas"), ("NAdam", "momentum_decay"),
+            ("Adadelta", "rho"), ("RMSprop", "alpha"), ("Rprop", "etas"), ("SGD", "momentum"),
+            ("Adagrad", "initial_accumulator_value"), ("SparseAdam", "lr")} <= seen
+
+
+@pytest.mark.parametrize(("opt", "rule", "defaults", "pattern"), [
+    # options torch checks together: the option that alone is refused is named, with its setter
+    ("sgd", ("bias", {"nesterov": True}), {"lr": 0.1},
+     r"^rule 0 \('bias'\) sets nesterov=True for 1 parameter of SGD \(e\.g\. 'bias'\), which "
+     r"SGD refuses: Nesterov momentum requires a momentum and zero dampening; set what SGD asks "
+     r"for, or drop nesterov \(its default: nesterov=False\)"),
+    ("sgd", ("bias", {"momentum": 0.9}), {"lr": 0.1, "nesterov": True},
+     r"^the defaults set nesterov=True for 1 parameter of SGD \(e\.g\. 'weight'\)"),
+    ("adam", ("bias", {"betas": (0, 0.99)}), {"lr": 1e-3},
+     r"^rule 0 \('bias'\) sets betas=\(0, 0\.99\) for 1 parameter of Adam .*both floats"),
+    ("adam", ("bias", {"lr": torch.tensor(0.1)}), {"lr": 1e-3, "foreach": True},
+     r"^rule 0 \('bias'\) and the defaults give 1 parameter of Adam \(e\.g\. 'bias'\) options "
+     r"it refuses together: lr as a Tensor is not supported"),
+    # class-specific ranges
+    ("adadelta", ("bias", {"rho": 1.5}), {}, r"^rule 0 \('bias'\) sets rho=1\.5 for Adadelta, but "
+     r"rho must be in \[0, 1\]; e\.g\. rho=0\.9, the default of Adadelta"),
+    ("rprop", ("bias", {"etas": (0.5, 0.9)}), {}, r"etas must be a pair \(etaminus, etaplus\)"),
+    ("adafactor", ("bias", {"eps": (None, -1.0)}), {}, r"^Rule\('bias'\) sets eps=\(None, -1\.0\)"),
+    ("muon", ("weight", {"adjust_lr_fn": "fast"}), {},
+     r"^rule 0 \('weight'\) sets adjust_lr_fn='fast' for Muon, but adjust_lr_fn must be None, "
+     r"'original' or 'match_rms_adamw'"),
+])
+def test_values_torch_checks_per_class_or_together_are_checked_per_group(opt, rule, defaults,
+                                                                         pattern):
+    model = nn.Linear(4, 4, bias=opt != "muon")
+    select, options = rule
+    with pytest.raises(ParamwiseError, match=pattern):
+        paramwise.optimizer(model, opt, [Rule(select, **options)], **defaults)
+
+
+def test_a_value_is_checked_against_the_class_its_parameters_go_to():
+    model = nn.Sequential(nn.Linear(4, 4), nn.Linear(4, 2))
+    rules = [Rule("module:1", optimizer="adam", betas=(0.9, 1.0))]
+    with pytest.raises(ParamwiseError, match=r"^rule 0 \('module:1'\) sets betas=\(0\.9, 1\.0\) "
+                       r"for Adam, but betas must be"):
+        paramwise.optimizer(model, "sgd", rules, lr=0.1)
+    # param_groups() checks too: with optimizer=, against that class; without, against the
+    # check every torch.optim optimizer agrees on
+    with pytest.raises(ParamwiseError, match=r"for NAdam, but momentum_decay must be >= 0"):
+        paramwise.param_groups(model, [Rule("bias", momentum_decay=-1.0)], optimizer="nadam")
+    with pytest.raises(ParamwiseError, match=r"for the optimizer, but betas must be .*"
+                       r"pass optimizer=ThatClass"):
+        paramwise.param_groups(model, [Rule("bias", betas=(1.5, 0.9))])
+    # a check only one class makes waits for the class (another optimizer's rho may differ)
+    assert paramwise.param_groups(model, [Rule("bias", rho=2.0)])[1]["rho"] == 2.0
+
+
+def test_adafactor_eps_pair_is_taken_as_torch_takes_it():
+    model = nn.Linear(4, 4)
+    opt = paramwise.optimizer(model, "adafactor", [Rule("bias", eps=(None, 1e-2))], lr=1e-2,
+                              eps=(None, 1e-3))
+    assert [g["eps"] for g in opt.param_groups] == [(None, 1e-3), (None, 1e-2)]
+    with pytest.raises(ParamwiseError, match=r"^the defaults set eps=\(1e-08, 0\.001\) for Adam"):
+        paramwise.optimizer(model, "adam", lr=1e-3, eps=(1e-8, 1e-3))
+
+
+def test_a_config_rule_value_out_of_range_names_the_file_and_rule():
+    cfg = {"optimizer": "adamw", "lr": 1e-3, "rules": [{"select": "bias", "betas": [0.9, 1.5]}]}
+    with pytest.raises(ParamwiseError, match=re.escape(
+            "config: rules[0] ('bias') sets betas=(0.9, 1.5) for AdamW, but betas must be")):
+        paramwise.from_config(nn.Linear(4, 4), cfg)
+    # whole numbers in a list read from YAML become floats, as torch wants betas
+    cfg = {"optimizer": "adamw", "lr": 1e-3, "betas": [0, 0.99],
+           "rules": [{"select": "bias", "betas": [0, 0.9]}]}
+    opt = paramwise.from_config(nn.Linear(4, 4), cfg)
+    assert [g["betas"] for g in opt.param_groups] == [(0.0, 0.99), (0.0, 0.9)]

@@ -137,7 +137,8 @@ def test_frozen_parameters_are_left_out_and_counted():
 
 
 def test_optimizer_rejection_is_a_paramwise_error():
-    with pytest.raises(ParamwiseError, match="SGD rejected the options.*Nesterov"):
+    with pytest.raises(ParamwiseError,
+                       match="the defaults set nesterov=True .*SGD refuses.*Nesterov"):
         paramwise.optimizer(net(), "sgd", lr=0.1, nesterov=True)  # nesterov needs momentum
 
 

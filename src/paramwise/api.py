@@ -173,8 +173,8 @@ def _construct(cls: type, groups: list[dict], defaults: dict[str, object]
             # The groups carry every resolved option; the constructor's own checks may misfire
             # on defaults alone (nesterov=True as a default, momentum only in a rule). Run those
             # checks on each group's own options, then build from the groups.
-            for g in groups:
-                own = {k: v for k, v in g.items() if k in (accepted or ())}
+            for g in groups:  # (a **kwargs constructor: the keys it was given as defaults)
+                own = {k: v for k, v in g.items() if k in (ctor if accepted is None else accepted)}
                 try:
                     cls([torch.zeros(1, requires_grad=True)], **own)
                 except (TypeError, ValueError) as ge:

@@ -66,7 +66,7 @@ PRESETS: dict[str, tuple[Callable[..., Rule | LayerDecay | HiddenMatrices], str 
 }
 
 # Real-valued options: YAML integers (``weight_decay: 0``) become floats, as in Python rules.
-_REAL_KEYS = REAL_KEYS | {*STRENGTH_KEYS, "max_norm"}
+_REAL_KEYS = REAL_KEYS | {*STRENGTH_KEYS, "max_norm", "betas", "etas"}
 _NUMBER = re.compile(r"[-+]?(\d+\.?\d*|\.\d+)([eE][-+]?\d+)?|[-+]?(inf|nan)", re.IGNORECASE)
 # Fixes the core words for Python callers, said the config's way.
 _PY_TO_CFG = [
@@ -75,6 +75,8 @@ _PY_TO_CFG = [
     (re.compile(r"pass strict=False"), "set 'strict: false' in the config"),
     (re.compile(r"pass include_frozen=True"), "set 'include_frozen: true' in the config"),
     (re.compile(r"Rule\('([^']*)', \.\.\.\)"), r"{select: '\1', ...}"),
+    (re.compile(r"\bthe defaults set\b"), "the top level sets"),
+    (re.compile(r"\bthe defaults\b"), "the top level"),
 ]
 
 
@@ -93,7 +95,9 @@ def _number(key: str, value: object, depth: int = 0, name: str = "") -> object:
                                  f"nested to be an option value: {_short(value)}",
                                  fix="option values are numbers, bools, strings or short "
                                  "tuples such as betas: [0.9, 0.999]")
-        value = tuple(_number("", v, depth + 1, name or key) for v in value)
+        # the numbers in betas: [0, 0.999] become floats too (torch refuses mixed betas)
+        value = tuple(_number(key if key in ("betas", "etas", "eps") else "", v, depth + 1,
+                              name or key) for v in value)
     return value
 
 

@@ -38,7 +38,9 @@ from ..options.keys import (
     bool_problem,
     check_key,
     check_value,
+    constructor_problem,
     optimizer_defaults,
+    range_problem,
     sets,
 )
 from .inventory import Inventory, bools_to_mask, mask_to_str
@@ -278,29 +280,58 @@ def _diff(a: Mapping[str, object], b: Mapping[str, object]) -> tuple[str, list[s
     return ", ".join(f"{k}={show(a, k)} vs {show(b, k)}" for k in keys), keys
 
 
+def _who(plan: Plan, s: int, k: str) -> str:
+    """Who gave resolution ``s`` its option ``k``: the last matching rule that sets it (or its
+    multiplier), else the defaults."""
+    i = next((j for j in reversed(plan.sig_rules[s]) if k in plan.rules[j].options
+              or f"{k}_mult" in plan.rules[j].options), None)
+    return "the defaults" if i is None else _where(i, plan.rules[i])
+
+
+def _names(plan: Plan, s: int) -> list[str]:
+    return [plan.inv.names[e] for e, t in enumerate(plan.entry_sig) if t == s]
+
+
 def _check_per_class(plan: Plan) -> None:
-    """Every option a rule set must be taken by the class of the parameters it reached, and a
-    bool option of that class's signature must be a bool."""
+    """Every option a rule set must be taken by the class of the parameters it reached, a bool
+    option of that class's signature must be a bool, and every group's values must pass the
+    checks torch's constructor applies to its defaults (torch never checks a group's own)."""
+    memo: set = set()  # option sets torch's constructor took
     for s, (opts, cls) in enumerate(zip(plan.resolved, plan.classes)):
         bools = {k for k, v in optimizer_defaults(cls).items() if isinstance(v, bool)} \
             if cls is not None else set()
         for k, v in opts.items():
             problem = bool_problem(k, v) if k in bools else None
             if problem:
-                i = next((j for j in reversed(plan.sig_rules[s]) if k in plan.rules[j].options),
-                         None)
+                raise ParamwiseError(f"{sets(_who(plan, s, k))} {k}={v!r} for {class_name(cls)}: "
+                                     f"{problem}", fix=f"write {k}=True or {k}=False")
+            if not accepts(cls, k):
+                names = _names(plan, s)
+                i = next(j for j in reversed(plan.sig_rules[s]) if k in plan.rules[j].options)
                 raise ParamwiseError(
-                    f"{sets('the defaults' if i is None else _where(i, plan.rules[i]))} "
-                    f"{k}={v!r} for {class_name(cls)}: {problem}",
-                    fix=f"write {k}=True or {k}=False")
-            if accepts(cls, k):
-                continue
-            i = next(j for j in reversed(plan.sig_rules[s]) if k in plan.rules[j].options)
-            names = [plan.inv.names[e] for e, t in enumerate(plan.entry_sig) if t == s]
+                    f"{_where(i, plan.rules[i])} sets {k}, which {class_name(cls)} does not take, "
+                    f"for {len(names)} parameters that go to {class_name(cls)} (e.g. "
+                    f"{names[0]!r})", fix=wrong_class_fix(k, cls, plan.in_play))  # type: ignore[arg-type]
+            bad = range_problem(k, v, cls)
+            if bad:
+                raise ParamwiseError(f"{sets(_who(plan, s, k))} {k}={v!r} for {class_name(cls)}, "
+                                     f"but {bad[0]}", fix=bad[1])
+        refused = constructor_problem(cls, opts, memo) if cls is not None else None
+        if refused:
+            k, msg = refused
+            name, names = class_name(cls), _names(plan, s)
+            at = f"{len(names)} parameter{'s' * (len(names) > 1)} of {name} (e.g. {names[0]!r})"
+            if k is None:  # no one option alone: name everyone who set this group's options
+                who = list(dict.fromkeys(_who(plan, s, o) for o in opts))
+                verb = "gives" if who == [who[0]] != ["the defaults"] else "give"
+                raise ParamwiseError(f"{' and '.join(who)} {verb} {at} options it refuses together: {msg}",
+                                     fix=f"change the options {name} names; paramwise.report() "
+                                     "shows each group's options")
+            default = optimizer_defaults(cls).get(k)  # type: ignore[arg-type]
             raise ParamwiseError(
-                f"{_where(i, plan.rules[i])} sets {k}, which {class_name(cls)} does not take, for "
-                f"{len(names)} parameters that go to {class_name(cls)} (e.g. {names[0]!r})",
-                fix=wrong_class_fix(k, cls, plan.in_play))  # type: ignore[arg-type]
+                f"{sets(_who(plan, s, k))} {k}={opts[k]!r} for {at}, which {name} refuses: {msg}",
+                fix=f"set what {name} asks for, or drop {k} (its default: {k}={default!r}); "
+                "paramwise.report() shows each group's options")
 
 
 def _check_tied(plan: Plan) -> None:
