@@ -221,7 +221,7 @@ def test_bad_arguments(saved):
     refused(opt, sd, r"keep_saved_options names 'lrr', which no saved param group has \(did "
             r"you mean 'lr'\?\); pass option names as the checkpoint has them",
             keep_saved_options=("lrr",))
-    refused(opt, sd, r"strict=5; pass strict=True or strict=False", strict=5)
+    refused(opt, sd, r"strict must be True or False, not 5 \(int\); pass strict=True", strict=5)
     refused(opt, sd, r"model= expects the nn\.Module .* got an int \(5\)", model=5)
     with pytest.raises(ParamwiseError, match=r"expected a torch\.optim\.Optimizer, got an int "
                        r"\(5\); pass the optimizer first"):

@@ -221,3 +221,86 @@ def test_a_config_rule_value_out_of_range_names_the_file_and_rule():
            "rules": [{"select": "bias", "betas": [0, 0.9]}]}
     opt = paramwise.from_config(nn.Linear(4, 4), cfg)
     assert [g["betas"] for g in opt.param_groups] == [(0.0, 0.99), (0.0, 0.9)]
+
+
+# ----------------------------------------------------------------- what was passed, and the fix
+class MyNorm(nn.Module):
+    pass
+
+
+@pytest.mark.parametrize(("fn", "arg", "pattern"), [
+    ("register_norm", "MyNorm", r"got the string 'MyNorm'; pass the class itself: "
+     r"paramwise\.register_norm\(MyNorm\)$"),
+    ("register_norm", MyNorm(), r"got an instance of MyNorm; pass the class itself: "
+     r"paramwise\.register_norm\(MyNorm\)$"),
+    ("register_norm", int, r"got the class int, which is not one; pass a class that subclasses "
+     r"torch\.nn\.Module, e\.g\. paramwise\.register_norm\(MyNorm\)$"),
+    ("register_wrapper", MyNorm(), r"got an instance of MyNorm; pass the class itself: "
+     r"paramwise\.register_wrapper\(MyNorm, 'module'\)$"),
+])
+def test_register_says_what_it_got_and_the_call_that_works(fn, arg, pattern):
+    with pytest.raises(ParamwiseError, match=rf"^{fn} expects an nn\.Module subclass, " + pattern):
+        getattr(paramwise, fn)(arg)
+
+
+@pytest.mark.parametrize(("call", "pattern"), [
+    (lambda: paramwise.report("adamw"), r"^report\(\) takes a model or an optimizer, got the "
+     r"string 'adamw'; pass the nn\.Module or the torch\.optim\.Optimizer itself: "
+     r"paramwise\.report\(model\) or paramwise\.report\(optimizer\); to see the plan"),
+    (lambda: paramwise.explain(3, "0.weight"), r"^explain\(\) takes a model or an optimizer, got "
+     r"int 3; .*paramwise\.explain\(optimizer, name\)"),
+    (lambda: paramwise.stats([1]), r"^stats\(\) takes a model or an optimizer, got list \[1\]; "
+     r"pass .*paramwise\.stats\(optimizer\)$"),
+    (lambda: paramwise.penalty("net"), r"^penalty\(\) takes .*got the string 'net'; pass "),
+])
+def test_report_and_friends_say_what_they_got_and_the_fix(call, pattern):
+    with pytest.raises(ParamwiseError, match=pattern) as info:
+        call()
+    assert info.value.fix
+
+
+def test_a_non_string_option_key_has_a_fix():
+    from paramwise.options.keys import check_key  # keyword arguments are strings: a dict's key
+
+    with pytest.raises(ParamwiseError, match=r"^rule 0 \('bias'\) has option key 1 \(int\), not a "
+                       r"string; option keys are option names, e\.g\. \{'lr': 0\.1\}$"):
+        check_key(1, torch.optim.SGD, where="rule 0 ('bias')")
+
+
+def test_load_state_dict_strict_says_what_was_wrong():
+    model = nn.Linear(2, 2)
+    opt = paramwise.optimizer(model, "adamw", lr=1e-3)
+    with pytest.raises(ParamwiseError, match=r"^strict must be True or False, not the string "
+                       r"'yes'; pass strict=True \(refuse .*\) or strict=False \(load what "
+                       r"matches\)$"):
+        paramwise.load_state_dict(opt, paramwise.state_dict(opt), strict="yes")
+
+
+# ----------------------------------------------------------------- Hybrid
+def test_hybrid_names_the_shared_parameter_and_both_optimizers():
+    m = nn.Linear(4, 4)
+    with pytest.raises(ParamwiseError, match=re.escape(
+            "parameter of shape (4, 4) is in two of the optimizers: part 0 (SGD, param group 0) "
+            "and part 1 (AdamW, param group 0); give every parameter to exactly one optimizer")):
+        paramwise.Hybrid([torch.optim.SGD(m.parameters(), lr=0.1),
+                          torch.optim.AdamW(m.parameters())])
+    named = torch.optim.AdamW([{"params": [m.weight, m.bias], "param_names": ["w", "b"]}])
+    with pytest.raises(ParamwiseError, match=re.escape(
+            "parameter 'b' is in two of the optimizers: part 0 (SGD, param group 1) and part 1 "
+            "(AdamW, param group 0)")):
+        paramwise.Hybrid([torch.optim.SGD([{"params": [nn.Parameter(torch.ones(1))]},
+                                           {"params": [m.bias]}], lr=0.1), named])
+
+
+@pytest.mark.parametrize(("arg", "got"), [
+    ([], "an empty list"),
+    ([torch.optim.SGD], "item 0: the class SGD, not an instance; build it first, e.g. "
+     "SGD(params, lr=...)"),
+    ("sgd", "a str ('sgd')"),
+    (torch.optim.SGD([nn.Parameter(torch.ones(1))], lr=0.1), "one SGD, not a list of them"),
+])
+def test_hybrid_says_what_it_got_instead_of_optimizers(arg, got):
+    with pytest.raises(ParamwiseError, match=re.escape(
+            f"Hybrid needs a list of torch.optim.Optimizer instances, got {got}")) as info:
+        paramwise.Hybrid(arg)
+    assert info.value.fix

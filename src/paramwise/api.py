@@ -16,6 +16,7 @@ attaches step hooks for the rest (:func:`paramwise.attach`).
 
 from __future__ import annotations
 
+import reprlib
 import weakref
 from collections.abc import Iterable
 
@@ -220,7 +221,19 @@ def optimizer_of(obj: nn.Module | torch.optim.Optimizer, *, what: str) -> torch.
             return opt
         raise ParamwiseError(f"{what}(model): paramwise built no optimizer for this model",
                              fix=f"pass the optimizer: paramwise.{what}(optimizer)")
-    raise ParamwiseError(f"{what}() takes a model or an optimizer, got {type(obj).__name__}")
+    raise _not_a_target(obj, what)
+
+
+def _not_a_target(obj: object, what: str) -> ParamwiseError:
+    got = f"the string {obj!r}" if isinstance(obj, str) else \
+        f"{type(obj).__name__} {reprlib.repr(obj)}"
+    name = ", name" if what == "explain" else ""
+    plan = (f"; to see the plan of a model before building, paramwise.{what}(model{name}, "
+            "rules=[...], optimizer='adamw')" if what in ("report", "explain") else "")
+    return ParamwiseError(f"{what}() takes a model or an optimizer, got {got}",
+                          fix=f"pass the nn.Module or the torch.optim.Optimizer itself: "
+                          f"paramwise.{what}(model{name}) or paramwise.{what}(optimizer{name})"
+                          + plan)
 
 
 def penalty(obj: nn.Module | torch.optim.Optimizer) -> torch.Tensor:
@@ -302,4 +315,4 @@ def resolve_target(obj: nn.Module | torch.optim.Optimizer, rules, defaults: dict
                     "alone")
             return _PLANS.get(opt), opt
         return make_plan(obj, (), optimizer=cls, **defaults), None
-    raise ParamwiseError(f"{what}() takes a model or an optimizer, got {type(obj).__name__}")
+    raise _not_a_target(obj, what)

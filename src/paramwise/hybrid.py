@@ -5,7 +5,8 @@ The class and how it steps, saves and loads are in :class:`Hybrid`'s docstring.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterator, MutableMapping, Sequence
+import reprlib
+from collections.abc import Callable, Iterable, Iterator, MutableMapping, Sequence
 from typing import Any
 
 import torch
@@ -66,6 +67,38 @@ class _State(MutableMapping):
         return any(p in o.state for o in self._h.optimizers)
 
 
+def _shown(obj: object) -> str:
+    if isinstance(obj, type):
+        return f"the class {obj.__name__}, not an instance"
+    if isinstance(obj, torch.optim.Optimizer):
+        return f"one {type(obj).__name__}, not a list of them"
+    return f"a {type(obj).__name__} ({reprlib.repr(obj)})"
+
+
+def _check_disjoint(parts: list[torch.optim.Optimizer]) -> None:
+    """Every parameter in one part only; else name it (by its name where a group has
+    ``param_names``, else by its shape) and the two parts."""
+    def name(k: int, gi: int, pi: int) -> str | None:
+        names = parts[k].param_groups[gi].get("param_names") or ()
+        return names[pi] if pi < len(names) else None
+
+    seen: dict[int, tuple[int, int, int]] = {}
+    for k, o in enumerate(parts):
+        for gi, g in enumerate(o.param_groups):
+            for pi, p in enumerate(g["params"]):
+                first = seen.setdefault(id(p), (k, gi, pi))
+                if first[0] == k:
+                    continue
+                known = name(*first) or name(k, gi, pi)
+                where = [f"part {j} ({type(parts[j]).__name__}, param group {h})"
+                         for j, h, _ in (first, (k, gi, pi))]
+                raise ParamwiseError(
+                    f"parameter {repr(known) if known else 'of shape ' + str(tuple(p.shape))} "
+                    f"is in two of the optimizers: {where[0]} and {where[1]}",
+                    fix="give every parameter to exactly one optimizer: build each one over its "
+                    "own parameters")
+
+
 class Hybrid(torch.optim.Optimizer):
     """Several optimizers stepped as one ``torch.optim.Optimizer``.
 
@@ -97,17 +130,23 @@ class Hybrid(torch.optim.Optimizer):
     """
 
     def __init__(self, optimizers: Sequence[torch.optim.Optimizer]) -> None:
+        fix = "pass a list of the optimizers built for each part, e.g. Hybrid([sgd, adamw])"
+        if isinstance(optimizers, (torch.optim.Optimizer, str)) or \
+                not isinstance(optimizers, Iterable):
+            raise ParamwiseError(f"Hybrid needs a list of torch.optim.Optimizer instances, got "
+                                 f"{_shown(optimizers)}", fix=fix)
         parts = list(optimizers)
-        if not parts or not all(isinstance(o, torch.optim.Optimizer) for o in parts):
-            raise ParamwiseError("Hybrid needs a list of torch.optim.Optimizer instances",
-                                 fix="pass the optimizers built for each part")
+        bad = [(i, o) for i, o in enumerate(parts) if not isinstance(o, torch.optim.Optimizer)]
+        if not parts or bad:
+            got = "an empty list" if not parts else f"item {bad[0][0]}: {_shown(bad[0][1])}"
+            if bad and isinstance(bad[0][1], type):
+                fix = f"build it first, e.g. {bad[0][1].__name__}(params, lr=...)"
+            raise ParamwiseError(f"Hybrid needs a list of torch.optim.Optimizer instances, got "
+                                 f"{got}", fix=fix)
         if any(isinstance(o, Hybrid) for o in parts):
             raise ParamwiseError("a Hybrid cannot hold another Hybrid",
                                  fix="pass the parts' optimizers (hybrid.optimizers)")
-        ids = [id(p) for o in parts for g in o.param_groups for p in g["params"]]
-        if len(ids) != len(set(ids)):
-            raise ParamwiseError("a parameter is in two of the optimizers",
-                                 fix="give every parameter to exactly one optimizer")
+        _check_disjoint(parts)
         # torch's own set-up (hooks, step patching) on a placeholder, then the real groups.
         super().__init__([torch.zeros(0, requires_grad=True)], {})
         self.optimizers = parts

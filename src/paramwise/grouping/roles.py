@@ -71,7 +71,7 @@ def register_norm(cls: type) -> type:
         ['0.scale']
     """
     if not (isinstance(cls, type) and issubclass(cls, nn.Module)):
-        raise ParamwiseError(f"register_norm expects an nn.Module subclass, got {cls!r}")
+        raise _not_a_module_class("register_norm", cls)
     if cls not in NORM_CLASSES:
         NORM_CLASSES.append(cls)
     return cls
@@ -94,10 +94,27 @@ def register_wrapper(cls: type, attr: str = "module") -> type:
         ['weight', 'bias']
     """
     if not (isinstance(cls, type) and issubclass(cls, nn.Module)):
-        raise ParamwiseError(f"register_wrapper expects an nn.Module subclass, got {cls!r}")
+        raise _not_a_module_class("register_wrapper", cls, f", {attr!r}")
     if (cls, attr) not in _CLASS_WRAPPERS:
         _CLASS_WRAPPERS.append((cls, attr))
     return cls
+
+
+def _not_a_module_class(fn: str, cls: object, more: str = "") -> ParamwiseError:
+    """What ``register_norm``/``register_wrapper`` got instead of a module class, and the call
+    that works."""
+    name = "MyNorm" if fn == "register_norm" else "MyWrapper"
+    fix = "pass the class itself:"
+    if isinstance(cls, str):
+        got, name = f"the string {cls!r}", cls if cls.isidentifier() else name
+    elif isinstance(cls, nn.Module):
+        got, name = f"an instance of {type(cls).__name__}", type(cls).__name__
+    else:
+        got = f"the class {cls.__name__}, which is not one" if isinstance(cls, type) else \
+            f"{type(cls).__name__} {cls!r}"[:120]
+        fix = "pass a class that subclasses torch.nn.Module, e.g."
+    return ParamwiseError(f"{fn} expects an nn.Module subclass, got {got}",
+                          fix=f"{fix} paramwise.{fn}({name}{more})")
 
 
 def wrapper_attrs(t: type) -> frozenset[str]:

@@ -177,7 +177,8 @@ def sets(where: str) -> str:
 def check_key(key: str, cls: type | None, *, where: str) -> None:
     """Raise if ``key`` is not an option of ``cls`` (or of any torch optimizer when ``cls`` is None)."""
     if not isinstance(key, str):
-        raise ParamwiseError(f"{where} has a non-string option key {key!r}")
+        raise ParamwiseError(f"{where} has option key {key!r} ({type(key).__name__}), not a "
+                             "string", fix="option keys are option names, e.g. {'lr': 0.1}")
     if key in ("params", "param_names"):
         raise ParamwiseError(f"{sets(where)} {key!r}", fix="rules select parameters with their "
                              f"selector, and paramwise fills {key!r} itself; remove the option")

@@ -200,7 +200,11 @@ def load_state_dict(optimizer: torch.optim.Optimizer, state: Mapping, *,
         (True, {'weight_decay': (0.01, 0.0)})
     """
     if not isinstance(strict, bool):
-        raise ParamwiseError(f"strict={strict!r}", fix="pass strict=True or strict=False")
+        got = f"the string {strict!r}" if isinstance(strict, str) else \
+            f"{strict!r} ({type(strict).__name__})"
+        raise ParamwiseError(f"strict must be True or False, not {got}",
+                             fix="pass strict=True (refuse a checkpoint that does not hold the "
+                             "same parameters) or strict=False (load what matches)")
     saved = parse(state)
     keep = keep_keys(keep_saved_options, saved)
     names = _group_names(optimizer, model)
