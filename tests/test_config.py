@@ -202,7 +202,7 @@ BASE = {"optimizer": "adamw", "lr": 1e-3}
 @pytest.mark.parametrize("cfg, message", [
     ({**BASE, "rule": []},
      r"^config: unknown top-level key 'rule' \(did you mean 'rules'\?\); top-level keys are "
-     r"optimizer, rules, strict, include_frozen and AdamW's options \(.*weight_decay"),
+     r"optimizer, rules, strict, include_frozen, AdamW's options \(.*weight_decay"),
     ({**BASE, "weight_deacy": 0.1},
      r"unknown top-level key 'weight_deacy' \(did you mean 'weight_decay'\?\)"),
     ({"lr": 0.1}, r"^config has no 'optimizer' key; add e\.g\. 'optimizer: adamw'"),

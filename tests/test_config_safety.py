@@ -81,7 +81,7 @@ def test_yaml_alias_bomb_and_deep_nesting_are_refused_quickly(tmp_path):
     bombs = "\n".join(lines)
     t0 = time.perf_counter()
     for key, message in (("rules", r"rules\[0\] is \[1, 2, 3, 4, 5, 6, \.\.\.\], not a rule"),
-                         ("betas", r"option betas is a list too long or too deeply nested")):
+                         ("betas", r"\.yaml: the top level sets betas to a list too long or too deeply nested")):
         path = tmp_path / f"{key}.yaml"
         path.write_text(f"optimizer: adam\nlr: 0.1\n{key}:\n{bombs}\n")
         with pytest.raises(ParamwiseError, match=message):

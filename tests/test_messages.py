@@ -304,3 +304,67 @@ def test_hybrid_says_what_it_got_instead_of_optimizers(arg, got):
             f"Hybrid needs a list of torch.optim.Optimizer instances, got {got}")) as info:
         paramwise.Hybrid(arg)
     assert info.value.fix
+
+
+# ----------------------------------------------------------------- config: problem and fix apart
+@pytest.mark.parametrize(("cfg", "problem", "fix"), [
+    # an option typo in a rule (_from_config's re-raise)
+    ({"rules": [{"select": "bias", "weight_deacy": 0.0}]},
+     "config: rules[0] ('bias') sets unknown option 'weight_deacy' for AdamW (did you mean "
+     "'weight_decay'?)", "use 'weight_decay'"),
+    # a plan error from the build, in the config's words (_in_config_words)
+    ({"rules": [{"select": "nomatch", "lr": 0.0}]},
+     "config: rules[0] ('nomatch') matched no parameter (names look like 'weight'; top-level "
+     "names are 'bias', 'weight')",
+     "fix the selector, remove the rule, or set 'strict: false' in the config to only warn"),
+    # an unknown optimizer (_resolve_optimizer)
+    ({"optimizer": "adamww"}, "config: unknown optimizer 'adamww' (did you mean 'adamw'?)",
+     "use one of adadelta, adafactor, ..."),
+    # a preset's own error (_preset)
+    ({"rules": [{"layer_decay": {"rate": 2.0}}]},
+     "config: rules[0] (layer_decay): layer_decay(rate=2.0) must lie in (0, 1]",
+     "typical values are 0.65-0.9"),
+    # a selector error keeps its caret line too (_rule)
+    ({"rules": [{"select": "bias &", "lr": 0.0}]},
+     "config: rules[0] key 'select': bad selector 'bias &' at position 6: expected a term, found "
+     "end of selector", "put a role, glob, type:, module:, ndim or re: term here"),
+])
+def test_config_errors_keep_problem_and_fix_apart(cfg, problem, fix):
+    import doctest
+
+    cfg = {"optimizer": "adamw", "lr": 1e-3, **cfg}
+    with pytest.raises(ParamwiseError) as info:
+        paramwise.from_config(nn.Linear(2, 2), cfg)
+    e = info.value
+    assert e.problem == problem
+    assert e.fix is not None
+    assert doctest.OutputChecker().check_output(fix, e.fix, doctest.ELLIPSIS), e.fix
+    assert str(e).startswith(f"{problem}; {e.fix}")  # the message reads as before
+
+
+def test_a_config_selector_error_keeps_its_caret():
+    with pytest.raises(ParamwiseError) as info:
+        paramwise.from_config(nn.Linear(2, 2), {"optimizer": "sgd", "lr": 0.1,
+                                                "rules": [{"select": "bias &", "lr": 0.0}]})
+    assert info.value.detail == "    bias &\n          ^"
+    assert str(info.value).endswith("\n    bias &\n          ^")
+
+
+def test_config_list_too_long_names_the_config_and_the_key():
+    for cfg, where in [({"betas": list(range(100))}, "config: the top level"),
+                       ({"rules": [{"select": "bias", "betas": [[[[0.9]]]]}]},
+                        "config: rules[0] ('bias')")]:
+        with pytest.raises(ParamwiseError, match=re.escape(
+                f"{where} sets betas to a list too long or too deeply nested")):
+            paramwise.from_config(nn.Linear(2, 2), {"optimizer": "adamw", "lr": 1e-3, **cfg})
+
+
+def test_unknown_top_level_key_lists_what_the_top_level_takes():
+    with pytest.raises(ParamwiseError) as info:
+        paramwise.from_config(nn.Linear(2, 2), {"optimizer": "adamw", "lr": 1e-3, "fooo": 1})
+    fix = info.value.fix
+    own = re.search(r"AdamW's options \(([^)]*)\)", fix).group(1).split(", ")
+    assert "lr" in own and "betas" in own
+    assert not {"optimizer", "lr_mult", "weight_decay_mult", "l1"} & set(own)
+    assert fix.startswith("top-level keys are optimizer, rules, strict, include_frozen, ")
+    assert "and paramwise's regularizers (decoupled_decay, group_dim, group_lasso, l1," in fix

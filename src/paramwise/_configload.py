@@ -11,10 +11,14 @@ values (an alias bomb) is refused.
 from __future__ import annotations
 
 import os
+import re
+import reprlib
 from collections.abc import Mapping
 from pathlib import Path
 
 from .errors import ParamwiseError
+from .options.keys import REAL_KEYS
+from .options.regularization import STRENGTH_KEYS
 
 __all__ = ["load_config", "MAX_DEPTH", "MAX_NODES"]
 
@@ -170,3 +174,36 @@ def _load_yaml(path: Path) -> dict:
         raise ParamwiseError(f"config file {str(path)!r} holds a {type(data).__name__}, "
                              "not a mapping of keys", fix="start the file with 'optimizer: ...'")
     return _plain(data, str(path))  # type: ignore[return-value]
+
+
+# --------------------------------------------------------------------------------- values
+# Real-valued options: YAML integers (``weight_decay: 0``) become floats, as in Python rules.
+_REAL_KEYS = REAL_KEYS | {*STRENGTH_KEYS, "max_norm", "betas", "etas"}
+_NUMBER = re.compile(r"[-+]?(\d+\.?\d*|\.\d+)([eE][-+]?\d+)?|[-+]?(inf|nan)", re.IGNORECASE)
+
+
+def _number(key: str, value: object, where: str, depth: int = 0, name: str = "") -> object:
+    """YAML leftovers → Python values: '1e-5' → 1e-05, 0 → 0.0 for real keys, lists → tuples
+    (option values are short: a list of more than 64 values, or lists nested 3 deep, is an
+    error naming ``where`` rather than a copy)."""
+    if isinstance(value, str) and _NUMBER.fullmatch(value.strip()):
+        value = float(value)
+    if key in _REAL_KEYS and isinstance(value, int) and not isinstance(value, bool):
+        value = float(value)
+    if isinstance(value, list):
+        if len(value) > 64 or depth >= 3:
+            raise ParamwiseError(f"{where} sets {name or key or 'an option'} to a list too long "
+                                 f"or too deeply nested to be an option value: {_short(value)}",
+                                 fix="option values are numbers, bools, strings or short "
+                                 "tuples such as betas: [0.9, 0.999]")
+        # the numbers in betas: [0, 0.999] become floats too (torch refuses mixed betas)
+        value = tuple(_number(key if key in ("betas", "etas", "eps") else "", v, where,
+                              depth + 1, name or key) for v in value)
+    return value
+
+
+def _short(value: object) -> str:
+    """``repr`` cut short (a shared YAML structure must never be expanded in a message)."""
+    r = reprlib.Repr()
+    r.maxlevel, r.maxlist, r.maxdict, r.maxstring, r.maxother = 3, 6, 6, 80, 80
+    return r.repr(value)

@@ -36,22 +36,21 @@ import contextvars
 import inspect
 import os
 import re
-import reprlib
 import warnings
 from collections.abc import Callable, Iterable, Mapping
 
 import torch
 from torch import nn
 
-from ._configload import _plain, load_config
+from ._configload import _number, _plain, _short, load_config
 from .api import optimizer as build
-from .errors import ParamwiseError, closest
+from .errors import ParamwiseError, closest, user_stacklevel
 from .grouping.hidden import HiddenMatrices, hidden_matrices
 from .grouping.layerdecay import LayerDecay, layer_decay
 from .grouping.perclass import check_key_any
 from .grouping.rules import Rule, no_decay
-from .options.keys import REAL_KEYS, check_key, check_value, known_keys, resolve_optimizer
-from .options.regularization import STRENGTH_KEYS
+from .options.keys import MULTIPLIERS, check_key, check_value, known_keys, resolve_optimizer
+from .options.regularization import REG_KEYS
 
 __all__ = ["from_config", "load_config", "PRESETS", "TOP_LEVEL_KEYS"]
 
@@ -65,9 +64,6 @@ PRESETS: dict[str, tuple[Callable[..., Rule | LayerDecay | HiddenMatrices], str 
     "hidden_matrices": (hidden_matrices, "optimizer"),
 }
 
-# Real-valued options: YAML integers (``weight_decay: 0``) become floats, as in Python rules.
-_REAL_KEYS = REAL_KEYS | {*STRENGTH_KEYS, "max_norm", "betas", "etas"}
-_NUMBER = re.compile(r"[-+]?(\d+\.?\d*|\.\d+)([eE][-+]?\d+)?|[-+]?(inf|nan)", re.IGNORECASE)
 # Fixes the core words for Python callers, said the config's way.
 _PY_TO_CFG = [
     (re.compile(r"pass (\w+)=\.\.\. to paramwise\.optimizer\(\)/param_groups\(\)"),
@@ -81,38 +77,11 @@ _PY_TO_CFG = [
 
 
 # --------------------------------------------------------------------------------- values
-def _number(key: str, value: object, depth: int = 0, name: str = "") -> object:
-    """YAML leftovers → Python values: '1e-5' → 1e-05, 0 → 0.0 for real keys, lists → tuples
-    (option values are short: a list of more than 64 values, or lists nested 3 deep, is an
-    error rather than a copy)."""
-    if isinstance(value, str) and _NUMBER.fullmatch(value.strip()):
-        value = float(value)
-    if key in _REAL_KEYS and isinstance(value, int) and not isinstance(value, bool):
-        value = float(value)
-    if isinstance(value, list):
-        if len(value) > 64 or depth >= 3:
-            raise ParamwiseError(f"option {name or key or 'value'} is a list too long or too deeply "
-                                 f"nested to be an option value: {_short(value)}",
-                                 fix="option values are numbers, bools, strings or short "
-                                 "tuples such as betas: [0.9, 0.999]")
-        # the numbers in betas: [0, 0.999] become floats too (torch refuses mixed betas)
-        value = tuple(_number(key if key in ("betas", "etas", "eps") else "", v, depth + 1,
-                              name or key) for v in value)
-    return value
-
-
-def _short(value: object) -> str:
-    """``repr`` cut short (a shared YAML structure must never be expanded in a message)."""
-    r = reprlib.Repr()
-    r.maxlevel, r.maxlist, r.maxdict, r.maxstring, r.maxother = 3, 6, 6, 80, 80
-    return r.repr(value)
-
-
 def _options(raw: Mapping[str, object], cls: type | None | list[type | None], where: str
              ) -> dict[str, object]:
     out = {}
     for k, v in raw.items():
-        v = _number(k, v)
+        v = _number(k, v, where)
         if k == "optimizer" and isinstance(v, str):  # resolved here: a config never imports
             v = _resolve_optimizer(v, where)
         if isinstance(cls, list):  # several optimizers in play: some class must take it
@@ -139,7 +108,7 @@ def _resolve_optimizer(name: object, src: str) -> type:
     try:
         return resolve_optimizer(name, allow_import=_may_import)
     except ParamwiseError as e:
-        raise ParamwiseError(f"{src}: {e}") from None
+        raise _said(e, src) from None
 
 
 # --------------------------------------------------------------------------------- rules
@@ -183,9 +152,9 @@ def _preset(name: str, args: object, where: str, short: bool) -> Rule | LayerDec
                                  r"index, e.g. depth: 'blocks\.(\d+)\.'")
     for k in ("rate", "min_scale"):
         if k in kwargs:
-            kwargs[k] = _number(k, kwargs[k])
+            kwargs[k] = _number(k, kwargs[k], f"{where} ({name})")
     if name == "hidden_matrices":
-        kwargs = {k: _number(k, v) for k, v in kwargs.items()}
+        kwargs = {k: _number(k, v, f"{where} ({name})") for k, v in kwargs.items()}
         if isinstance(kwargs.get("optimizer"), str):
             kwargs["optimizer"] = _resolve_optimizer(kwargs["optimizer"], where)
     try:
@@ -194,7 +163,7 @@ def _preset(name: str, args: object, where: str, short: bool) -> Rule | LayerDec
         raise ParamwiseError(f"{where} ({name}): {e}", fix=f"{name} takes {', '.join(params)}"
                              ) from None
     except ParamwiseError as e:
-        raise ParamwiseError(f"{where} ({name}): {e}") from None
+        raise _said(e, f"{where} ({name})") from None
 
 
 def _rule(entry: object, where: str, cls: type | None | list[type | None]) -> Rule | LayerDecay | HiddenMatrices:
@@ -241,9 +210,8 @@ def _rule(entry: object, where: str, cls: type | None | list[type | None]) -> Ru
         opts = _options(raw, cls, where=f"{where} ({text!r})")
         return Rule(select, label=label, origin=where, **opts)
     except ParamwiseError as e:
-        msg = str(e)
-        if msg.startswith(("bad selector", "a selector", "a rule's selector")):
-            raise ParamwiseError(f"{where} key 'select': {msg}") from None
+        if e.problem.startswith(("bad selector", "a selector", "a rule's selector")):
+            raise _said(e, f"{where} key 'select'") from None
         raise
 
 
@@ -275,13 +243,19 @@ def _in_play(cls: type, rules: object, src: str) -> list[type | None]:
     return out
 
 
-def _in_config_words(err: ParamwiseError | str, src: str) -> str:
-    """The core's message (rules already named by their ``origin``), with the fixes it gives
+def _in_config_words(msg: str) -> str:
+    """The core's words (rules already named by their ``origin``), with the fixes it gives
     Python callers said the config's way."""
-    msg = str(err)
     for rx, repl in _PY_TO_CFG:
         msg = rx.sub(repl, msg)
-    return f"{src}: {msg}"
+    return msg
+
+
+def _said(e: ParamwiseError, src: str) -> ParamwiseError:
+    """``e`` said from ``src`` (the file, a rule) in the config's words, its problem, fix and
+    detail kept apart."""
+    return ParamwiseError(f"{src}: {_in_config_words(e.problem)}", detail=e.detail,
+                          fix=_in_config_words(e.fix) if e.fix else None)
 
 
 # --------------------------------------------------------------------------------- face
@@ -358,12 +332,13 @@ def _from_config(model: nn.Module, cfg: Mapping | str | os.PathLike,
     for key in data:
         if key in TOP_LEVEL_KEYS or valid is None or key in valid:
             continue
-        hit = closest(key, [*TOP_LEVEL_KEYS, *valid])
-        some = ", ".join(sorted(k for k in valid if k not in ("param_names",)))
+        # what a top-level key may be: multipliers belong in rules, 'optimizer' is listed once
+        own = sorted(valid - REG_KEYS - MULTIPLIERS.keys() - {"optimizer", "param_names"})
+        hit = closest(key, [*TOP_LEVEL_KEYS, *own, *REG_KEYS])
         raise ParamwiseError(
             f"{src}: unknown top-level key {key!r}" + (f" (did you mean {hit[0]!r}?)" if hit else ""),
-            fix=f"top-level keys are {', '.join(TOP_LEVEL_KEYS)} and {owners}'s options "
-            f"({some})")
+            fix=f"top-level keys are {', '.join(TOP_LEVEL_KEYS)}, {owners}'s options "
+            f"({', '.join(own)}) and paramwise's regularizers ({', '.join(sorted(REG_KEYS))})")
     flags = {}
     for flag in ("strict", "include_frozen"):
         if flag in data:
@@ -379,13 +354,14 @@ def _from_config(model: nn.Module, cfg: Mapping | str | os.PathLike,
         try:
             rules.append(_rule(entry, where, check_as))
         except ParamwiseError as e:
-            raise ParamwiseError(f"{src}: {e}") from None
+            raise _said(e, src) from None
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
         try:
             opt = build(model, cls, rules, **flags, **defaults)
         except ParamwiseError as e:
-            raise ParamwiseError(_in_config_words(e, src)) from None
+            raise _said(e, src) from None
     for w in caught:  # the plan's warnings, in the config's words
-        warnings.warn(_in_config_words(str(w.message), src), w.category, stacklevel=2)
+        warnings.warn(f"{src}: {_in_config_words(str(w.message))}", w.category,
+                      stacklevel=user_stacklevel())
     return opt

@@ -26,8 +26,8 @@ class ParamwiseError(ValueError):
 
     A ``ValueError``. ``fix`` (optional) is appended after a semicolon, so messages read
     ``"<what went wrong>; <how to fix it>"``; ``detail`` (optional) goes on the lines below,
-    e.g. a selector with a caret under the problem. ``problem`` and ``fix`` are kept as
-    attributes.
+    e.g. a selector with a caret under the problem. ``problem``, ``fix`` and ``detail`` are kept
+    as attributes (an error re-raised with more context keeps them apart).
 
         >>> import paramwise
         >>> e = paramwise.ParamwiseError("rule 0 ('*.bais') matched no parameter",
@@ -41,6 +41,7 @@ class ParamwiseError(ValueError):
     def __init__(self, message: str, *, fix: str | None = None, detail: str | None = None) -> None:
         self.problem = message
         self.fix = fix
+        self.detail = detail
         text = f"{message}; {fix}" if fix else message
         super().__init__(f"{text}\n{detail}" if detail else text)
 
