@@ -368,3 +368,57 @@ def test_unknown_top_level_key_lists_what_the_top_level_takes():
     assert not {"optimizer", "lr_mult", "weight_decay_mult", "l1"} & set(own)
     assert fix.startswith("top-level keys are optimizer, rules, strict, include_frozen, ")
     assert "and paramwise's regularizers (decoupled_decay, group_dim, group_lasso, l1," in fix
+
+
+# ----------------------------------------------------------------- type:, CLI, YAML tags
+def test_type_selector_error_reads_lowercase_after_the_semicolon():
+    model = nn.Sequential(nn.Linear(4, 4), nn.LayerNorm(4))
+    with pytest.raises(ParamwiseError) as info:
+        paramwise.optimizer(model, "adamw", [Rule("type:Linaer", lr_mult=0.1)], lr=1e-3)
+    e = info.value
+    assert e.problem.endswith("names no class in the model, nor a module class loaded in Python "
+                              "(did you mean 'type:Linear'?)")
+    assert e.fix.startswith("use one of the model's classes: LayerNorm, Linear, Sequential")
+    assert not re.search(r"; [A-Z]", str(e)), str(e)
+
+
+def test_audit_factory_typo_says_the_factory_returns_model_and_optimizer(tmp_path, monkeypatch,
+                                                                        capsys):
+    from paramwise.cli import main
+
+    (tmp_path / "train.py").write_text(
+        "import torch, torch.nn as nn\n"
+        "def build():\n    m = nn.Linear(2, 2)\n    return m, torch.optim.SGD(m.parameters(), lr=0.1)\n")
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.syspath_prepend(str(tmp_path))
+    assert main(["audit", "train:biuld"]) == 2
+    assert re.search(r"^paramwise audit: error: 'train' has no attribute 'biuld' \(did you mean "
+                     r"'build'\?\); name a function that returns \(model, optimizer\) or \(model, "
+                     r"optimizer, scheduler\), e\.g\. train:build$", capsys.readouterr().err, re.M)
+    assert main(["inspect", "train:biuld"]) == 2  # inspect's factory builds the model
+    assert "name a function that builds the model, e.g. train:build" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize(("yaml_text", "problem", "fix"), [
+    ("optimizer: !!python/name:torch.optim.AdamW\nlr: 0.1\n",
+     r"^'.*optim\.yaml' at line 1, column 12: the tag !!python/name:torch\.optim\.AdamW would "
+     r"build a Python object, and a config is read with YAML's safe loader, which refuses tags "
+     r"that run or import code$",
+     r"^write plain values instead: an optimizer as its name or import path, without the tag "
+     r"\(optimizer: torch\.optim\.AdamW\)"),
+    ("optimizer: adamw\nlr: !!python/object/apply:os.system ['echo hi']\n",
+     r"the tag !!python/object/apply:os\.system would build a Python object",
+     r"\(optimizer: torch\.optim\.AdamW\)"),
+    ("optimizer: adamw\nlr: !custom 0.1\n",
+     r"at line 2, column 5: the tag !custom is not a standard YAML tag",
+     r"^remove the tag and write the value itself"),
+])
+def test_yaml_tags_are_refused_with_what_to_write_instead(tmp_path, yaml_text, problem, fix):
+    pytest.importorskip("yaml")
+    path = tmp_path / "optim.yaml"
+    path.write_text(yaml_text)
+    with pytest.raises(ParamwiseError) as info:
+        paramwise.from_config(nn.Linear(2, 2), path)
+    assert re.search(problem, info.value.problem), info.value.problem
+    assert re.search(fix, info.value.fix), info.value.fix
+    assert "fix the YAML syntax" not in str(info.value)

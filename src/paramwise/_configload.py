@@ -164,9 +164,12 @@ def _load_yaml(path: Path) -> dict:
         mark = getattr(e, "problem_mark", None)
         at = f" at line {mark.line + 1}, column {mark.column + 1}" if mark else ""
         problem = getattr(e, "problem", None) or str(e).splitlines()[0]
-        raise ParamwiseError(f"{str(path)!r} is not valid YAML{at}: {problem}",
-                             fix="fix the YAML syntax (indentation, quotes around selectors "
-                             "that contain ':' or '!')") from e
+        head = f"{str(path)!r} is not valid YAML{at}"
+        fix = "fix the YAML syntax (indentation, quotes around selectors that contain ':' or '!')"
+        tag = re.fullmatch(r"could not determine a constructor for the tag '(.*)'", problem)
+        if isinstance(e, yaml.constructor.ConstructorError) and tag:  # valid YAML, refused
+            head, (problem, fix) = f"{str(path)!r}{at}", _tag_refused(tag.group(1))
+        raise ParamwiseError(f"{head}: {problem}", fix=fix) from e
     if data is None:
         raise ParamwiseError(f"config file {str(path)!r} is empty",
                              fix="write at least 'optimizer: adamw' and 'lr: ...'")
@@ -174,6 +177,22 @@ def _load_yaml(path: Path) -> dict:
         raise ParamwiseError(f"config file {str(path)!r} holds a {type(data).__name__}, "
                              "not a mapping of keys", fix="start the file with 'optimizer: ...'")
     return _plain(data, str(path))  # type: ignore[return-value]
+
+
+def _tag_refused(tag: str) -> tuple[str, str]:
+    """What is wrong with a YAML tag the safe loader refused, and what to write instead."""
+    tag = tag.replace("tag:yaml.org,2002:", "!!")
+    if not tag.startswith("!!python/"):
+        return (f"the tag {tag} is not a standard YAML tag, and a config is read with YAML's "
+                "safe loader, which knows only those",
+                "remove the tag and write the value itself (a number, string, list or mapping)")
+    named = tag.partition(":")[2] if tag.startswith(("!!python/name:", "!!python/module:")) \
+        else ""
+    return (f"the tag {tag} would build a Python object, and a config is read with YAML's safe "
+            "loader, which refuses tags that run or import code",
+            f"write plain values instead: an optimizer as its name or import path, without "
+            f"the tag (optimizer: {named or 'torch.optim.AdamW'}); numbers, strings and lists "
+            "as they are")
 
 
 # --------------------------------------------------------------------------------- values

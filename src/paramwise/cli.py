@@ -46,8 +46,9 @@ class _Usage(ParamwiseError):
     """A mistake in how the command was called (exit status 2)."""
 
 
-def load_factory(spec: str) -> object:
-    """The object ``spec`` (``pkg.mod:name`` or ``path/to/file.py:name``) points at.
+def load_factory(spec: str, does: str = "builds the model") -> object:
+    """The object ``spec`` (``pkg.mod:name`` or ``path/to/file.py:name``) points at; ``does``
+    says, in messages, what the function named there must do.
 
         >>> load_factory("torch.nn:Identity")
         <class 'torch.nn.modules.linear.Identity'>
@@ -104,7 +105,7 @@ def load_factory(spec: str) -> object:
     except AttributeError:
         public = [n for n in vars(module) if not n.startswith("_")]
         raise _Usage(f"{where!r} has no attribute {attr!r}{did_you_mean(attr, public)}",
-                     fix="name a function that builds the model, e.g. "
+                     fix=f"name a function that {does}, e.g. "
                      f"{where}:{_guess(module) or 'build'}") from None
 
 
@@ -155,7 +156,7 @@ def build_model(spec: str) -> nn.Module:
 def build_audited(spec: str) -> tuple[nn.Module, torch.optim.Optimizer, object]:
     """Import ``spec`` and call it to get ``(model, optimizer)`` or ``(model, optimizer,
     scheduler)``; the scheduler is None when not given."""
-    obj = load_factory(spec)
+    obj = load_factory(spec, does="returns (model, optimizer) or (model, optimizer, scheduler)")
     got = obj if isinstance(obj, tuple) else _call(spec, obj, "(model, optimizer)")
     fix = ("return (model, optimizer) or (model, optimizer, scheduler) from the factory, e.g. "
            "return model, torch.optim.AdamW(model.parameters())")

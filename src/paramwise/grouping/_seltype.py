@@ -19,7 +19,7 @@ is neither is an error with the closest class names in the model::
     >>> TypeTerm("Linaer", "type:Linaer", 0, "type:Linaer").mask(inv)
     Traceback (most recent call last):
     ...
-    paramwise.errors.ParamwiseError: type:Linaer names no class in the model, nor a module class loaded in Python; did you mean 'type:Linear'? The model's classes: ...
+    paramwise.errors.ParamwiseError: type:Linaer names no class in the model, nor a module class loaded in Python (did you mean 'type:Linear'?); use one of the model's classes: LayerNorm, Linear, ...
 """
 
 from __future__ import annotations
@@ -136,16 +136,16 @@ class TypeTerm(Selector):
         present = sorted({c.__name__ for c in classes if issubclass(c, nn.Module)}
                          - {"Module"})
         near = closest(x.rpartition(".")[2], present)
-        hint = f"did you mean 'type:{near[0]}'? " if near else ""
+        hint = f" (did you mean 'type:{near[0]}'?)" if near else ""
         mod = x.rpartition(".")[0]
         imported = (f" (paramwise never imports a module for a selector, and {mod!r} is not "
                     "imported)" if mod and mod not in sys.modules else "")
         raise ParamwiseError(
             f"{self.text} names no class in the model, nor a module class loaded in Python"
-            f"{imported}; {hint}The model's classes: {', '.join(present[:12])}"
-            + (" ..." if len(present) > 12 else ""),
-            fix="use a class name that occurs in the model (or import the module that defines "
-            "the class yourself before building)")
+            f"{imported}{hint}",
+            fix=f"use one of the model's classes: {', '.join(present[:12])}"
+            + (" ..." if len(present) > 12 else "")
+            + " (or import the module that defines the class yourself before building)")
 
     def describe_miss(self, inv: Inventory) -> str:
         owners = sorted({type(m).__name__ for m in inv.modules})

@@ -217,8 +217,8 @@ def make_plan(
                 masks.append(c.select.mask(inv))
             except ParamwiseError as e:  # name the rule whose selector failed
                 i = len(masks)
-                raise ParamwiseError(f"{_where(i, rule_list[i])}: {e.problem}", fix=e.fix
-                                     ) from e.__cause__
+                raise ParamwiseError(f"{_where(i, rule_list[i])}: {e.problem}", fix=e.fix,
+                                     detail=e.detail) from e.__cause__
             cols.append(mask_to_str(masks[-1], n))
             col_rule.append(len(masks) - 1)
     _check_matches(inv, rule_list, masks, live, strict)
