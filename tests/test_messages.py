@@ -422,3 +422,67 @@ def test_yaml_tags_are_refused_with_what_to_write_instead(tmp_path, yaml_text, p
     assert re.search(problem, info.value.problem), info.value.problem
     assert re.search(fix, info.value.fix), info.value.fix
     assert "fix the YAML syntax" not in str(info.value)
+
+
+# ----------------------------------------------------------------- warnings point at the user
+def _step_warnings(opt: torch.optim.Optimizer, model: nn.Module) -> tuple[list, int]:
+    import inspect
+    import warnings
+
+    model(torch.randn(2, 3)).sum().backward()
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        line = inspect.currentframe().f_lineno + 1
+        opt.step()
+    return [w for w in caught if "prox_scale='adaptive'" in str(w.message)], line
+
+
+def test_the_unknown_optimizer_warning_points_at_the_users_step_call():
+    class PlainStep(torch.optim.Optimizer):  # a fresh class: the warning is said once per class
+        def __init__(self, params, lr=0.1):
+            super().__init__(params, {"lr": lr})
+
+        @torch.no_grad()
+        def step(self, closure=None):
+            for g in self.param_groups:
+                for p in g["params"]:
+                    if p.grad is not None:
+                        p.add_(p.grad, alpha=-g["lr"])
+
+    model = nn.Linear(3, 3)
+    opt = paramwise.optimizer(model, PlainStep, [Rule("weight", l1=1e-3)], lr=0.1)
+    caught, line = _step_warnings(opt, model)
+    assert caught and "does not know how PlainStep scales its steps" in str(caught[0].message)
+    assert (caught[0].filename, caught[0].lineno) == (__file__, line)
+
+
+def test_the_guessed_step_scale_warning_points_at_the_users_step_call():
+    class AdamLike(torch.optim.Optimizer):  # keeps an Adam-like second moment: a guessed scale
+        def __init__(self, params, lr=0.1, eps=1e-8):
+            super().__init__(params, {"lr": lr, "eps": eps})
+
+        @torch.no_grad()
+        def step(self, closure=None):
+            for g in self.param_groups:
+                for p in g["params"]:
+                    if p.grad is not None:
+                        v = self.state[p].setdefault("exp_avg_sq", torch.zeros_like(p))
+                        v.mul_(0.99).addcmul_(p.grad, p.grad, value=0.01)
+                        p.addcdiv_(p.grad, v.sqrt().add_(g["eps"]), value=-g["lr"])
+
+    model = nn.Linear(3, 3)
+    opt = paramwise.optimizer(model, AdamLike, [Rule("weight", l1=1e-3)], lr=0.1)
+    caught, line = _step_warnings(opt, model)  # the hook after step() reads the state
+    assert caught and "found an Adam-like second moment" in str(caught[0].message)
+    assert (caught[0].filename, caught[0].lineno) == (__file__, line)
+
+
+def test_a_config_warning_points_at_the_from_config_call():
+    import warnings
+
+    cfg = {"optimizer": "sgd", "lr": 0.1, "strict": False,
+           "rules": [{"select": "nomatch", "lr": 0.0}]}
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        paramwise.from_config(nn.Linear(2, 2), cfg)
+    assert [w.filename for w in caught] == [__file__]

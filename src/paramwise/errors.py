@@ -61,10 +61,14 @@ def did_you_mean(word: str, candidates: Iterable[str]) -> str:
 
 
 def user_stacklevel() -> int:
-    """The ``stacklevel`` that makes a warning point at the first frame outside paramwise
-    (and outside ``contextlib``), i.e. at the user's call."""
+    """The ``stacklevel`` that makes a warning point at the first frame outside paramwise, torch
+    and ``contextlib``, i.e. at the user's call: for a warning from a step hook, the user's
+    ``optimizer.step()`` line, not torch's step wrapper that ran the hook."""
+    torch = sys.modules.get("torch")
+    skip = (_PACKAGE_DIR,) + ((os.path.dirname(os.path.abspath(torch.__file__)) + os.sep,)
+                              if torch is not None and getattr(torch, "__file__", None) else ())
     frame, level = sys._getframe(1), 1
-    while frame is not None and (frame.f_code.co_filename.startswith(_PACKAGE_DIR)
+    while frame is not None and (frame.f_code.co_filename.startswith(skip)
                                  or frame.f_code.co_filename.endswith("contextlib.py")):
         frame, level = frame.f_back, level + 1
     return level

@@ -307,6 +307,18 @@ def torch_class(cls: type | None) -> type | None:
                  if b in torch_classes and b.__init__ is cls.__init__), None)  # type: ignore[misc]
 
 
+@cache
+def _ranges_for(cls: type | None) -> dict[str, Range]:
+    """The checks of :data:`_RANGES` / :data:`_CLASS_RANGES` that apply to ``cls``'s options."""
+    base = torch_class(cls)
+    if base is None:  # any torch.optim optimizer: only checks no class makes an exception to
+        return {} if cls is not None else {k: r for k, r in _RANGES.items()
+                                           if not any(k in c for c in _CLASS_RANGES.values())}
+    own = _CLASS_RANGES.get(base.__name__, {})
+    return {k: own.get(k) or _RANGES[k] for k in optimizer_keys(base) or ()
+            if k in own or k in _RANGES}
+
+
 def range_problem(key: str, value: object, cls: type | None) -> tuple[str, str] | None:
     """``(what is wrong, the fix)`` when ``value`` fails the check ``cls``'s constructor applies
     to ``key`` (``cls`` None: the check every torch.optim optimizer taking ``key`` agrees on).
@@ -315,16 +327,7 @@ def range_problem(key: str, value: object, cls: type | None) -> tuple[str, str] 
         >>> range_problem("betas", (0.9, 1.5), torch.optim.Adam)
         ('betas must be a pair of numbers, each >= 0 and < 1', 'e.g. betas=(0.9, 0.999), the default of Adam')
     """
-    base = torch_class(cls)
-    if base is None and cls is not None:
-        return None
-    own = _CLASS_RANGES.get(base.__name__, {}) if base is not None else {}
-    if base is None:  # any torch.optim optimizer: only checks no class makes an exception to
-        entry = None if any(key in r for r in _CLASS_RANGES.values()) else _RANGES.get(key)
-    elif key in (optimizer_keys(base) or ()):
-        entry = own.get(key) or _RANGES.get(key)
-    else:
-        entry = None
+    entry = _ranges_for(cls).get(key)
     if entry is None:
         return None
     test, must, example = entry
@@ -334,6 +337,7 @@ def range_problem(key: str, value: object, cls: type | None) -> tuple[str, str] 
         ok = False
     if ok:
         return None
+    base = torch_class(cls)
     defaults = optimizer_defaults(base) if base is not None else {}
     if key in defaults and test(defaults[key]):
         return f"{key} must be {must}", \
@@ -371,7 +375,7 @@ def constructor_problem(cls: type, options: dict[str, object], memo: set | None 
         return None
     accepted = optimizer_keys(cls) or frozenset()
     own = {k: v for k, v in options.items() if k in accepted}
-    seen = (cls, *sorted((_memo_key(k, v) for k, v in own.items()), key=repr))
+    seen = (cls, *(_memo_key(k, own[k]) for k in sorted(own)))
     if memo is not None and seen in memo:
         return None
 

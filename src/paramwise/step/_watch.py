@@ -30,8 +30,6 @@ Cost for an optimizer without such groups: two weak-dictionary lookups per step.
 
 from __future__ import annotations
 
-import os
-import sys
 import warnings
 import weakref
 from collections.abc import Mapping
@@ -40,7 +38,7 @@ from typing import Any
 import torch
 from torch.optim.optimizer import register_optimizer_step_pre_hook
 
-from ..errors import ParamwiseError
+from ..errors import ParamwiseError, user_stacklevel
 from ..options.regularization import REG_KEYS
 from ._stepcfg import StepCfg, group_label
 
@@ -51,8 +49,6 @@ _SEEN: weakref.WeakKeyDictionary[torch.optim.Optimizer, tuple[int, list]] = (
     weakref.WeakKeyDictionary())
 _WARNED: weakref.WeakSet[torch.optim.Optimizer] = weakref.WeakSet()
 _HOOK: list[Any] = []
-_PKG = os.path.dirname(os.path.abspath(__file__)) + os.sep
-_OPTIM = os.path.dirname(os.path.abspath(torch.optim.__file__)) + os.sep
 
 
 def install(attached: Mapping[torch.optim.Optimizer, Any]) -> None:
@@ -120,14 +116,6 @@ def _survey(opt: torch.optim.Optimizer) -> list[weakref.ref]:
             f"so nothing regularizes these parameters. Call paramwise.attach(optimizer) once "
             f"after building it (paramwise.optimizer() does it for you), or remove the keys "
             f"(if your loss adds paramwise.penalty() itself, filter this warning)",
-            UserWarning, stacklevel=_stacklevel())
+            UserWarning, stacklevel=user_stacklevel())
     return [weakref.ref(o) for o in owners]
 
-
-def _stacklevel() -> int:
-    """Point the warning at the user's ``step()`` call (past paramwise's and torch.optim's
-    frames)."""
-    frame, level = sys._getframe(1), 1
-    while frame is not None and frame.f_code.co_filename.startswith((_PKG, _OPTIM)):
-        frame, level = frame.f_back, level + 1
-    return level
