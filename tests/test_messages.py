@@ -485,3 +485,28 @@ def test_a_config_warning_points_at_the_from_config_call():
         warnings.simplefilter("always")
         paramwise.from_config(nn.Linear(2, 2), cfg)
     assert [w.filename for w in caught] == [__file__]
+
+
+def test_strict_load_lists_only_the_kinds_of_difference_there_are():
+    a = nn.Sequential(nn.Linear(4, 4))
+    opt_a = paramwise.optimizer(a, "adam", lr=1e-3)
+    a(torch.randn(2, 4)).sum().backward()
+    opt_a.step()
+    saved = paramwise.state_dict(opt_a)
+    b = nn.Sequential(nn.Linear(4, 4), nn.Linear(4, 2))      # two new tensors, none gone
+    opt_b = paramwise.optimizer(b, "adam", lr=1e-3)
+    with pytest.raises(ParamwiseError) as info:
+        paramwise.load_state_dict(opt_b, saved, strict=True)
+    msg = str(info.value)
+    assert re.search(r"2 new \(e\.g\. \['1\.weight', '1\.bias'\]\); pass strict=False", msg), msg
+    assert "vanished" not in msg and "reshaped" not in msg and "[]" not in msg
+
+
+def test_a_bad_value_in_an_added_group_says_the_group_was_not_added():
+    w, extra = nn.Parameter(torch.ones(3)), nn.Parameter(torch.ones(3))
+    opt = torch.optim.SGD([{"params": [w], "l1": 1e-3}], lr=0.1)
+    paramwise.attach(opt)
+    with pytest.raises(ParamwiseError, match=r"l1=-1.*\(the group was not added\)") as info:
+        opt.add_param_group({"params": [extra], "l1": -1.0})
+    assert "step()" not in str(info.value)
+    assert len(opt.param_groups) == 1

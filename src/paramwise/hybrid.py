@@ -116,7 +116,8 @@ class Hybrid(torch.optim.Optimizer):
     regularizer hooks (step scales and lowering per class). ``zero_grad`` and ``state`` delegate;
     ``state_dict()`` is torch's format over every group (indices across parts, in
     ``param_groups`` order) and round-trips through ``torch.save``; ``add_param_group`` adds to the
-    default part unless the group names another (``{"params": ..., "optimizer": "muon"}``).
+    default part unless the group names another (``{"params": ..., "optimizer": "muon"}``;
+    with ``"param_names"`` too when the groups carry them, as torch requires).
 
         >>> import torch, paramwise
         >>> a, b = torch.nn.Parameter(torch.ones(2, 2)), torch.nn.Parameter(torch.ones(2))

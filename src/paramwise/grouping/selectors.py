@@ -1,18 +1,6 @@
 """Selectors: the small language that says *where* a rule applies.
 
-One grammar, the same in Python and in config files::
-
-    expr  := or
-    or    := and ('|' and)*
-    and   := not ('&' not)*
-    not   := '!' not | '(' expr ')' | term
-    term  := bias | norm | embedding | gain | weight roles read from the module tree
-           | type:Linear | type:torch.nn.Conv2d      owning module's class (subclasses too)
-           | module:backbone | module:blocks.*       everything under a submodule
-           | ndim<2 | ndim>=2 | ndim==1 ...          the parameter's (global) number of dims
-           | re:<regex> | re:"<regex>"              full match on the canonical name
-           | <glob> | name:<glob>                    fnmatch on the canonical name ('*.bias')
-           | all                                     every parameter
+One grammar, the same in Python and in config files; :func:`parse` writes it out.
 
 Strings are parsed once into :class:`Selector` objects, which combine in Python with
 ``&``, ``|`` and ``~`` and also accept callables ``(name, param, module) -> bool``::

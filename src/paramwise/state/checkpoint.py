@@ -231,11 +231,12 @@ def load_state_dict(optimizer: torch.optim.Optimizer, state: Mapping, *,
                   and n not in report.moved]
     report.loaded = [n for n in current if n in match]
     if strict and not report.exact:
+        differ = ", ".join(f"{len(names)} {what} (e.g. {names[:3]})" for what, names in
+                           (("new", report.new), ("vanished", report.vanished),
+                            ("reshaped", report.reshaped)) if names)
         raise ParamwiseError(
-            f"the checkpoint does not hold the same parameters as the optimizer: "
-            f"{len(report.new)} new (e.g. {report.new[:3]}), {len(report.vanished)} vanished "
-            f"(e.g. {report.vanished[:3]}), {len(report.reshaped)} reshaped "
-            f"(e.g. {report.reshaped[:3]})", fix="pass strict=False to load what matches")
+            f"the checkpoint does not hold the same parameters as the optimizer: {differ}",
+            fix="pass strict=False to load what matches")
     for n in report.loaded:  # options: compare with the saved ones
         sg = saved.group_of.get(match[n])
         if sg is None:

@@ -75,13 +75,16 @@ class StepCfg:
         return self.prox_on or self.max_norm is not None
 
     @classmethod
-    def read(cls, i: int, group: Mapping[str, Any]) -> StepCfg | None:
+    def read(cls, i: int, group: Mapping[str, Any],
+             outcome: str = "step() was not run") -> StepCfg | None:
+        """The step's view of param group ``i``; None when it asks for no regularizer. A bad
+        value raises, its fix ending with ``outcome`` (what did not happen because of it)."""
         if not REG_KEYS.intersection(group):
             return None
         problem = check_values(group)
         if problem:
             raise ParamwiseError(f"{group_label(i, group)}: {problem}",
-                                 fix="fix the value in optimizer.param_groups (step() was not run)")
+                                 fix=f"fix the value in optimizer.param_groups ({outcome})")
 
         def f(k: str) -> float:
             return float(group[k]) if group.get(k) is not None else 0.0

@@ -294,7 +294,7 @@ def check_added(opt: torch.optim.Optimizer, i: int) -> None:
                 f"{group_label(i, group)} sets unknown option {key!r} for "
                 f"{type(opt).__name__} (did you mean {hit[0]!r}?), which torch would keep in "
                 f"the group and ignore", fix=f"use {hit[0]!r}" + more)
-    c = StepCfg.read(i, group)
+    c = StepCfg.read(i, group, outcome="the group was not added")
     if c is not None:
         check_group(opt, i, group, c, summarize(group["params"]), more)
 
