@@ -510,3 +510,28 @@ def test_a_bad_value_in_an_added_group_says_the_group_was_not_added():
         opt.add_param_group({"params": [extra], "l1": -1.0})
     assert "step()" not in str(info.value)
     assert len(opt.param_groups) == 1
+
+
+def test_three_betas_reach_an_optimizer_that_takes_three():
+    """Adan (pytorch-optimizer) takes betas=(b1, b2, b3); the pair check is torch's, per class.
+    Reference: the same groups handed to Adan by hand, stepped side by side."""
+    po = pytest.importorskip("pytorch_optimizer")
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Linear(4, 4), nn.Linear(4, 1))
+    ref = nn.Sequential(nn.Linear(4, 4), nn.Linear(4, 1))
+    ref.load_state_dict(model.state_dict())
+    opt = paramwise.optimizer(model, po.Adan, [Rule("bias", betas=(0.9, 0.9, 0.9))],
+                              lr=1e-2, betas=(0.98, 0.92, 0.99))
+    by_hand = po.Adan([{"params": [ref[0].weight, ref[1].weight]},
+                       {"params": [ref[0].bias, ref[1].bias], "betas": (0.9, 0.9, 0.9)}],
+                      lr=1e-2, betas=(0.98, 0.92, 0.99))
+    x = torch.randn(8, 4)
+    for _ in range(3):
+        for m, o in ((model, opt), (ref, by_hand)):
+            o.zero_grad()
+            m(x).pow(2).mean().backward()
+            o.step()
+    for p, q in zip(model.parameters(), ref.parameters()):
+        torch.testing.assert_close(p, q, rtol=0, atol=0)
+    with pytest.raises(ParamwiseError, match=r"betas=\(0\.9, 0\.9, 0\.9\) for Adam.*a pair"):
+        paramwise.optimizer(model, "adam", [Rule("bias", betas=(0.9, 0.9, 0.9))], lr=1e-3)

@@ -101,7 +101,7 @@ def test_optimizer_names(name, cls):
     ({"lr_mult": float("inf")}, "lr_mult=inf"),
     ({"lr": "0.1"}, "lr='0.1' (str); lr must be a real number"),
     ({"weight_decay": True}, "weight_decay=True (bool)"),
-    ({"betas": (0.9,)}, "betas must be a pair"),
+    ({"betas": (0.9,)}, "betas must be a tuple of numbers, two"),
 ])
 def test_bad_values_fail_when_the_rule_is_made(opts, what):
     with pytest.raises(ParamwiseError, match=re.escape(what)):

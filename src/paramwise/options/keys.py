@@ -263,11 +263,12 @@ def check_value(key: str, value: object, *, where: str) -> None:
         if not math.isfinite(v) or v < 0:
             raise ParamwiseError(f"{sets(where)} {key}={v}",
                                  fix=f"{key} must be finite and >= 0")
-    elif key == "betas" and not (
-        isinstance(value, (tuple, list)) and len(value) == 2 and all(map(_is_real, value))
-    ):
+    elif key == "betas" and not (  # a pair for torch's optimizers (checked per class), three
+        isinstance(value, (tuple, list)) and len(value) >= 2 and all(map(_is_real, value))
+    ):                              # for some others' (pytorch-optimizer's Adan, AdEMAMix)
         raise ParamwiseError(f"{sets(where)} betas={value!r}",
-                             fix="betas must be a pair of numbers, e.g. betas=(0.9, 0.999)")
+                             fix="betas must be a tuple of numbers, two (three for some "
+                             "optimizers, e.g. Adan), e.g. betas=(0.9, 0.999)")
 
 
 # ---------------------------------------------------------------- torch.optim's own value checks
@@ -281,9 +282,11 @@ _RANGES: dict[str, Range] = {
     "weight_decay": (_GE0, ">= 0", 0.01), "momentum": (_GE0, ">= 0", 0.9),
     "alpha": (_GE0, ">= 0", 0.99), "lr_decay": (_GE0, ">= 0", 0.0),
     "initial_accumulator_value": (_GE0, ">= 0", 0.0), "momentum_decay": (_GE0, ">= 0", 4e-3),
-    "betas": (lambda v: all(0 <= b < 1 for b in v), "a pair of numbers, each >= 0 and < 1",
-              (0.9, 0.999)),
+    "betas": (lambda v: all(0 <= b < 1 for b in v), "numbers, each >= 0 and < 1", (0.9, 0.999)),
 }
+# torch's optimizers unpack betas as a pair (others, e.g. Adan, take three)
+_TORCH_BETAS: Range = (lambda v: len(v) == 2 and all(0 <= b < 1 for b in v),
+                       "a pair of numbers, each >= 0 and < 1", (0.9, 0.999))
 _CLASS_RANGES: dict[str, dict[str, Range]] = {
     "SparseAdam": {"lr": (lambda v: v > 0, "> 0", 1e-3), "eps": (lambda v: v > 0, "> 0", 1e-8)},
     "Adadelta": {"rho": (lambda v: 0 <= v <= 1, "in [0, 1]", 0.9)},
@@ -314,7 +317,7 @@ def _ranges_for(cls: type | None) -> dict[str, Range]:
     if base is None:  # any torch.optim optimizer: only checks no class makes an exception to
         return {} if cls is not None else {k: r for k, r in _RANGES.items()
                                            if not any(k in c for c in _CLASS_RANGES.values())}
-    own = _CLASS_RANGES.get(base.__name__, {})
+    own = {"betas": _TORCH_BETAS, **_CLASS_RANGES.get(base.__name__, {})}
     return {k: own.get(k) or _RANGES[k] for k in optimizer_keys(base) or ()
             if k in own or k in _RANGES}
 
