@@ -20,6 +20,7 @@ import operator
 import re
 import sys
 from collections.abc import Callable
+from itertools import repeat
 
 import torch
 
@@ -28,7 +29,8 @@ from ._regexguard import REF_LEN, check
 from ._selnodes import Selector, _syntax
 from .inventory import Inventory, bools_to_mask
 
-__all__ = ["Role", "All", "Glob", "Module", "Ndim", "Regex", "FromCallable", "longest_name"]
+__all__ = ["Role", "All", "Glob", "Module", "Ndim", "Regex", "FromCallable", "glob_mask",
+           "longest_name"]
 
 _CMP = {"<": operator.lt, "<=": operator.le, ">": operator.gt, ">=": operator.ge,
         "==": operator.eq, "=": operator.eq, "!=": operator.ne}
@@ -42,8 +44,8 @@ class Role(Selector):
         self.role = self.text = role
 
     def mask(self, inv: Inventory) -> int:
-        return inv.cached_mask(("role", self.role),
-                               lambda: bools_to_mask([self.role in r for r in inv.roles]))
+        role = self.role
+        return inv.cached_mask(("role", role), lambda: inv.mask_by("roles", lambda r: role in r))
 
     def describe_miss(self, inv: Inventory) -> str:
         present = sorted({r for rs in inv.roles for r in rs})
@@ -70,15 +72,25 @@ class Glob(Selector):
     def mask(self, inv: Inventory) -> int:
         def compute() -> int:
             if self.literal is not None:
-                return bools_to_mask([n == self.literal for n in inv.names])
-            # fnmatch's regexes never backtrack between stars (atomic groups), so they are safe
-            m = re.compile(fnmatch.translate(self.pattern)).match
-            return bools_to_mask([m(n) is not None for n in inv.names])
+                return bools_to_mask(map(operator.eq, inv.names, repeat(self.literal)))
+            return glob_mask(self.pattern, inv.names)
 
         return inv.cached_mask(("glob", self.pattern), compute)
 
     def describe_miss(self, inv: Inventory) -> str:
         return suggest_glob(self.pattern, inv.names, "")
+
+
+def glob_mask(pattern: str, names: list[str]) -> int:
+    """The names ``pattern`` matches (fnmatch, case-sensitive). A literal prefix then one ``*``
+    (``head.*``, and ``module:blocks.3`` is ``blocks.3.*``) is the same as a prefix test, which
+    runs at C speed; other globs run fnmatch's regex, which never backtracks between stars
+    (atomic groups), so it is safe."""
+    head = pattern[:-1]
+    if pattern.endswith("*") and not any(ch in head for ch in "*?["):
+        return bools_to_mask(map(str.startswith, names, repeat(head)))
+    m = re.compile(fnmatch.translate(pattern)).match
+    return bools_to_mask([m(n) is not None for n in names])
 
 
 def suggest_glob(pattern: str, names: list[str], prefix: str, suffix: str = "") -> str:
@@ -145,11 +157,8 @@ class Module(Selector):
         self.glob = path + ".*"
 
     def mask(self, inv: Inventory) -> int:
-        def compute() -> int:
-            m = re.compile(fnmatch.translate(self.glob)).match  # type: ignore[arg-type]
-            return bools_to_mask([m(n) is not None for n in inv.names])
-
-        return inv.cached_mask(("module", self.path), compute)
+        return inv.cached_mask(("module", self.path),
+                               lambda: glob_mask(self.glob, inv.names))  # type: ignore[arg-type]
 
     def describe_miss(self, inv: Inventory) -> str:
         return suggest_glob(self.path, inv.names, "module:", ".*")
@@ -162,7 +171,7 @@ class Ndim(Selector):
     def mask(self, inv: Inventory) -> int:
         f, v = _CMP[self.op], self.value
         return inv.cached_mask(("ndim", self.op, v),
-                               lambda: bools_to_mask([f(d, v) for d in inv.ndims]))
+                               lambda: inv.mask_by("ndims", lambda d: f(d, v)))
 
 
 class FromCallable(Selector):

@@ -32,7 +32,7 @@ from torch import nn
 
 from ..errors import ParamwiseError, closest
 from ._selnodes import Selector, _syntax
-from .inventory import Inventory, bools_to_mask
+from .inventory import Inventory
 
 __all__ = ["TypeTerm"]
 
@@ -107,19 +107,20 @@ class TypeTerm(Selector):
 
     def _compute(self, inv: Inventory) -> int:
         alias = _lookup(self.cls_name) if "." in self.cls_name else None
-        by_cls: dict[type, bool] = {}
-        bits = []
-        for mod in inv.modules:
-            t = type(mod)
-            hit = by_cls.get(t)
-            if hit is None:
-                hit = by_cls[t] = any(c is alias or self._names(c) for c in t.__mro__)
-            bits.append(hit)
-        if not any(by_cls.values()):  # then look at every class in the model
+        found = False
+
+        def test(t: type) -> bool:  # once per class that owns parameters
+            nonlocal found
+            hit = any(c is alias or self._names(c) for c in t.__mro__)
+            found = found or hit
+            return hit
+
+        mask = inv.mask_by("types", test)
+        if not found:  # then look at every class in the model
             classes = _model_classes(inv)
             if not any(c is alias or self._names(c) for c in classes):
                 self._unknown(alias, classes)
-        return bools_to_mask(bits)
+        return mask
 
     def _unknown(self, alias: object, classes: dict[type, None]) -> None:
         """Raise unless the name is a module class loaded in Python (then it matches nothing)."""

@@ -11,11 +11,13 @@ Few groups keep the foreach/fused optimizer paths fast: they batch work per grou
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from numbers import Real
 
 import torch
+from torch import nn
 
-from .perclass import check_constraints
+from .perclass import Member, check_constraints, constrained
 from .plan import Plan, gc_paused, rule_ref
 
 __all__ = ["build_groups", "groups_by_class", "freeze"]
@@ -23,6 +25,13 @@ __all__ = ["build_groups", "groups_by_class", "freeze"]
 
 def freeze(value: object) -> object:
     """A hashable stand-in for an option value (lists → tuples, tensors by identity)."""
+    t = type(value)
+    if t is float:  # the common cases first, as the general ones below would answer
+        return ("num", value)
+    if t is str:
+        return ("str", value)
+    if t is bool:
+        return ("bool", value)
     if isinstance(value, (list, tuple)):
         return tuple(freeze(v) for v in value)
     if isinstance(value, dict):
@@ -81,21 +90,35 @@ def _build_groups(plan: Plan) -> list[tuple[type | None, list[dict]]]:
 
 
 def _constraints(plan: Plan, parts: list[tuple[type | None, list[dict]]]) -> None:
+    n_groups = {cls: len(gs) for cls, gs in parts}
+    if not any(constrained(cls) for cls in n_groups):
+        return
     inv = plan.inv
-    index = {id(inv.params[e]): e for e in inv.first}
+    groups_of = dict(parts)
+    senders: dict[int, str] = {}
 
     def sender(e: int) -> str:  # the last rule that set this parameter's optimizer
         s = plan.entry_sig[e]
-        setters = [i for i in plan.sig_rules[s] if "optimizer" in plan.rules[i].options]
-        if setters:
-            i = setters[-1]
-            return f"{rule_ref(i, plan.rules[i])} ({plan.rules[i].label!r})"
-        cls = plan.optim_cls
-        return f"the default optimizer ({cls.__name__})" if cls is not None else "the default"
+        got = senders.get(s)
+        if got is None:
+            setters = [i for i in plan.sig_rules[s] if "optimizer" in plan.rules[i].options]
+            if setters:
+                i = setters[-1]
+                got = f"{rule_ref(i, plan.rules[i])} ({plan.rules[i].label!r})"
+            else:
+                cls = plan.optim_cls
+                got = (f"the default optimizer ({cls.__name__})" if cls is not None
+                       else "the default")
+            senders[s] = got
+        return got
 
-    members = {}
-    for cls, gs in parts:
-        members[cls] = [(n, inv.shape(index[id(p)]), inv.modules[index[id(p)]],
-                         sender(index[id(p)]))
-                        for g in gs for n, p in zip(g["param_names"], g["params"])]
-    check_constraints(members, {cls: len(gs) for cls, gs in parts})
+    def members(cls: type, test: Callable[[int, nn.Module], bool]) -> list[Member]:
+        """The parameters of ``cls`` that fail ``test``, in group order."""
+        classes, sig, params = plan.classes, plan.entry_sig, inv.params
+        index = {id(params[e]): e for e in inv.first if classes[sig[e]] is cls}
+        ndims, modules = inv.ndims, inv.modules
+        entries = [index[id(p)] for g in groups_of[cls] for p in g["params"]]
+        return [(inv.names[e], inv.shape(e), modules[e], sender(e)) for e in entries
+                if test(ndims[e], modules[e])]
+
+    check_constraints(n_groups, members)

@@ -27,7 +27,9 @@ from __future__ import annotations
 import bisect
 import fnmatch
 import math
+from collections.abc import Callable
 from dataclasses import dataclass
+from typing import Any
 
 import torch
 from torch import nn
@@ -84,8 +86,9 @@ class Inventory:
         self.ndims: list[int] = []
         self.unique: list[int] = []
         self.first: list[int] = []
-        self._aliases: list[list[int]] = []
+        self._tied: dict[int, list[int]] = {}  # tensor -> its entries, when it has several
         self._mask_cache: dict[object, int] = {}
+        self._codes: dict[str, tuple[bytes | None, list, list]] = {}
         self._global: dict[int, tuple[int, ...]] = {}
         # The model and the wrapped modules whose canonical path is the root (DDP's .module).
         self.roots: list[nn.Module] = []
@@ -102,12 +105,17 @@ class Inventory:
         inv = cls()
         seen: dict[int, int] = {}
         declared: list[tuple[str, set[str]]] = []
-        facts: dict[type, tuple[bool, bool, frozenset[str], bool, bool, bool]] = {}
+        # Per module class: its facts, and per "is a norm" the role bits of each attribute name.
+        facts: dict[type, tuple[bool, bool, frozenset[str], bool, bool, bool,
+                                tuple[dict[str, int], dict[str, int]]]] = {}
+        plain: set[type] = set()  # parameter classes that are no lazy UninitializedParameter
         fsdp1: list[nn.Module] = []
         names, raws, params, modules = inv.names, inv.raw_names, inv.params, inv.modules
         mod_names, attrs, roles, unique = inv.module_names, inv.attrs, inv.roles, inv.unique
-        # Iterative pre-order walk = the order of model.named_parameters().
-        stack: list[tuple[nn.Module, str, str]] = [(model, "", "")]
+        first, tied, module_at = inv.first, inv._tied, inv.module_at
+        # Iterative pre-order walk = the order of model.named_parameters(). ``raw`` is None while
+        # no wrapper segment has been dropped (the raw path is then the canonical one).
+        stack: list[tuple[nn.Module, str, str | None]] = [(model, "", None)]
         while stack:
             mod, prefix, raw = stack.pop()
             t = type(mod)
@@ -120,68 +128,83 @@ class Inventory:
                     isinstance(mod, tuple(NORM_CLASSES)) or "norm" in t.__name__.lower(),
                     t.__name__ == "FullyShardedDataParallel",
                     is_layer_class(t),
+                    ({}, {}),
                 )
-            has_nwd, is_emb, skip_attrs, maybe_norm, is_fsdp1, is_layer = f
+            has_nwd, is_emb, skip_attrs, maybe_norm, is_fsdp1, is_layer, flag_tables = f
             if not prefix:
                 inv.roots.append(mod)
-            inv.module_at[prefix[:-1]] = mod
+            mod_name = prefix[:-1]
+            module_at[mod_name] = mod
             if is_fsdp1:
                 fsdp1.append(mod)
             if has_nwd:
-                declared.append((prefix, _declared(mod, raw)))
+                declared.append((prefix, _declared(mod, prefix if raw is None else raw)))
             own = mod._parameters
             if own:
                 is_norm = maybe_norm and is_norm_module(mod)
-                mod_name = prefix[:-1]
+                flags_of = flag_tables[is_norm]
                 for attr, p in own.items():
                     if p is None:
                         continue
-                    if isinstance(p, nn.parameter.UninitializedParameter):
-                        raise ParamwiseError(
-                            f"parameter {raw + attr!r} of a lazy module is not initialized yet",
-                            fix="run one forward pass (or initialize the lazy modules) before "
-                            "building the optimizer",
-                        )
+                    pt = type(p)
+                    if pt not in plain:
+                        if isinstance(p, nn.parameter.UninitializedParameter):
+                            raise ParamwiseError(
+                                f"parameter {(prefix if raw is None else raw) + attr!r} of a lazy "
+                                "module is not initialized yet",
+                                fix="run one forward pass (or initialize the lazy modules) before "
+                                "building the optimizer",
+                            )
+                        plain.add(pt)
                     if getattr(p, "_is_flat_param", False):  # FSDP1's FlatParameter
                         raise ParamwiseError(
-                            f"parameter {raw + attr!r} is an FSDP1 FlatParameter, whose elements "
-                            "belong to many original parameters",
+                            f"parameter {(prefix if raw is None else raw) + attr!r} is an FSDP1 "
+                            "FlatParameter, whose elements belong to many original parameters",
                             fix="wrap with FullyShardedDataParallel(..., use_orig_params=True), "
                             "or use FSDP2 (torch.distributed.fsdp.fully_shard)",
                         )
                     idx = len(names)
                     u = seen.get(id(p))
                     if u is None:
-                        u = seen[id(p)] = len(inv.first)
-                        inv.first.append(idx)
-                        inv._aliases.append([])
-                    inv._aliases[u].append(idx)
+                        u = seen[id(p)] = len(first)
+                        first.append(idx)
+                    else:
+                        tied.setdefault(u, [first[u]]).append(idx)
                     unique.append(u)
-                    names.append(prefix + attr)
-                    raws.append(raw + attr)
+                    name = prefix + attr
+                    names.append(name)
+                    raws.append(name if raw is None else raw + attr)
                     params.append(p)
                     modules.append(mod)
                     mod_names.append(mod_name)
                     attrs.append(attr)
-                    roles.append(attr_flags(attr, is_norm, is_emb, is_layer))  # type: ignore[arg-type]
+                    fl = flags_of.get(attr)
+                    if fl is None:
+                        fl = flags_of[attr] = attr_flags(attr, is_norm, is_emb, is_layer)
+                    roles.append(fl)  # type: ignore[arg-type]
             kids = mod._modules
             if kids:
                 for n, child in reversed(kids.items()):
                     if child is None:
                         continue
-                    skip = n in skip_attrs
-                    stack.append((child, prefix if skip else f"{prefix}{n}.", f"{raw}{n}."))
+                    if n in skip_attrs:
+                        stack.append((child, prefix, f"{prefix if raw is None else raw}{n}."))
+                    else:
+                        stack.append((child, f"{prefix}{n}.",
+                                      None if raw is None else f"{raw}{n}."))
         inv._check_unique_names()
         emb_extra = inv._no_weight_decay_hits(declared) if declared else set()
         inv._global = _fsdp1_shapes(fsdp1) if fsdp1 else {}
-        inv.ndims = [len(inv._global[id(p)]) if id(p) in inv._global else p.dim()
-                     for p in params]
-        inv.roles = tensor_roles(inv.unique, [inv.shape(e) for e in inv.first], roles,  # type: ignore[arg-type]
-                                 emb_extra)  # type: ignore[arg-type]
+        glob = inv._global
+        inv.ndims = ([p.dim() for p in params] if not glob else
+                     [len(glob[id(p)]) if id(p) in glob else p.dim() for p in params])
+        inv.roles = tensor_roles(unique, inv.shape, first, roles, emb_extra)  # type: ignore[arg-type]
         return inv
 
     def _check_unique_names(self) -> None:
         """Two different tensors must never share a canonical name."""
+        if len(set(self.names)) == len(self.names):
+            return
         owner: dict[str, int] = {}
         for i, (name, u) in enumerate(zip(self.names, self.unique)):
             j = owner.setdefault(name, i)
@@ -225,7 +248,11 @@ class Inventory:
 
     def aliases(self, u: int) -> list[int]:
         """Entry indices of every name of tensor ``u`` (first name first)."""
-        return self._aliases[u]
+        return self._tied.get(u) or [self.first[u]]
+
+    def tied(self) -> dict[int, list[int]]:
+        """Tensor -> the entry indices of its names, for the tensors that have several."""
+        return self._tied
 
     def shape(self, i: int) -> tuple[int, ...]:
         """The global shape: a DTensor's own; an FSDP1 (use_orig_params) view's original."""
@@ -250,7 +277,7 @@ class Inventory:
             attr=self.attrs[i],
             roles=self.roles[i],
             shape=self.shape(i),
-            aliases=tuple(self.names[j] for j in self._aliases[u]),
+            aliases=tuple(self.names[j] for j in self.aliases(u)),
         )
 
     def index(self, name: str) -> int:
@@ -267,11 +294,33 @@ class Inventory:
             )
         return lookup[name]
 
+    def mask_by(self, values: str, test: Callable[[Any], bool]) -> int:
+        """The mask of the entries whose value in the list ``values`` names (``"roles"``,
+        ``"ndims"``, ``"types"``: the owning module's class) passes ``test``. ``test`` runs once
+        per distinct value, and the bits are laid out at C speed (a byte code per entry)."""
+        coded = self._codes.get(values)
+        if coded is None:
+            column = [type(m) for m in self.modules] if values == "types" else \
+                getattr(self, values)
+            distinct = list(dict.fromkeys(column))
+            number = {v: k for k, v in enumerate(distinct)}
+            codes = bytes(map(number.__getitem__, column)) if len(distinct) <= 256 else None
+            coded = self._codes[values] = (codes, distinct, column)
+        codes, distinct, column = coded
+        if codes is None:  # more than 256 distinct values
+            return bools_to_mask(map(test, column))
+        table = bytes(0x31 if test(v) else 0x30 for v in distinct).ljust(256, b"0")
+        s = codes.translate(table)
+        return int(s[::-1], 2) if s else 0
+
     def cached_mask(self, key: object, compute) -> int:
-        """Memoise a selector's mask for this inventory (selectors repeat across rules)."""
-        m = self._mask_cache.get(key)
-        if m is None:
-            m = self._mask_cache[key] = compute()
+        """Memoise a selector's mask for this inventory (selectors repeat across rules); also
+        what else is read from the model once per build (the layer tree, for ``layer_decay``
+        and ``hidden_matrices``)."""
+        cache = self._mask_cache
+        if key in cache:
+            return cache[key]
+        m = cache[key] = compute()
         return m
 
 

@@ -14,6 +14,7 @@ linear in the number of tensors whatever the depth.
 
 from __future__ import annotations
 
+import math
 import re
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -47,8 +48,13 @@ class LayerDecay(Preset):
         exps, top = self.exponents(inv)
         levels = sorted(set(exps), reverse=True)
         at = {e: k for k, e in enumerate(levels)}
-        rules = [Rule(_Depth(f"layer_decay depth {top - e}/{top}"), origin=self.origin,
-                      lr_mult=max(self.min_scale, self.rate ** e)) for e in levels]
+        mults = [max(self.min_scale, self.rate ** e) for e in levels]
+        texts = [f"layer_decay depth {top - e}/{top}" for e in levels]
+        if all(type(m) is float and 0.0 <= m < math.inf for m in mults):  # what Rule() checks
+            rules = [Rule.checked(_Depth(t), {"lr_mult": m}, label=t, origin=self.origin)
+                     for t, m in zip(texts, mults)]
+        else:  # a rate set on the preset by hand: the rule says what is wrong
+            rules = [Rule(_Depth(t), origin=self.origin, lr_mult=m) for t, m in zip(texts, mults)]
         return [Partition(rules, [at[e] for e in exps])]
 
     def exponents(self, inv: Inventory) -> tuple[list[int], int]:

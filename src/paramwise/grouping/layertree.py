@@ -76,7 +76,12 @@ class Layout:
 
 
 def detect(inv: Inventory) -> Layout | None:
-    """Per entry the steps below the top, from the module tree; None without blocks."""
+    """Per entry the steps below the top, from the module tree; None without blocks. Read once
+    per inventory (``layer_decay`` and ``hidden_matrices`` in one build share it)."""
+    return inv.cached_mask(("layout",), lambda: _detect(inv))  # type: ignore[return-value]
+
+
+def _detect(inv: Inventory) -> Layout | None:
     paths: dict[str, _Path] = {}
     per_entry: list[_Path] = []
     kids: dict[str, dict[str, None]] = {}

@@ -19,19 +19,29 @@ optimizer (the one passed to :func:`paramwise.optimizer`). Then, per class in pl
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
+from functools import cache
 
 import torch
 from torch import nn
 
 from ..errors import ParamwiseError, closest
-from ..options.keys import known_keys, paramwise_keys, sets
+from ..options.keys import known_keys, optimizer_defaults, paramwise_keys, sets
 
-__all__ = ["accepts", "check_key_any", "check_constraints", "class_name"]
+__all__ = ["accepts", "bool_options", "check_key_any", "check_constraints", "constrained",
+           "class_name"]
 
 
 def class_name(cls: type | None) -> str:
     return "the optimizer" if cls is None else cls.__name__
+
+
+@cache
+def bool_options(cls: type | None) -> frozenset[str]:
+    """The options of ``cls``'s signature whose default is a bool (none for ``None``)."""
+    if cls is None:
+        return frozenset()
+    return frozenset(k for k, v in optimizer_defaults(cls).items() if isinstance(v, bool))
 
 
 def accepts(cls: type | None, key: str) -> bool:
@@ -80,16 +90,29 @@ def _senders(bad: list[tuple]) -> str:
     return ", ".join(dict.fromkeys(b[3] for b in bad))
 
 
-def check_constraints(parts: dict[type | None, list[tuple[str, tuple[int, ...], nn.Module, str]]],
-                      n_groups: dict[type | None, int]) -> None:
-    """Muon/LBFGS/SparseAdam constraints; ``parts`` maps each class to its parameters
-    ``(name, global shape, owning module, what sent it there)``."""
+#: A parameter as the checks name it: (name, global shape, owning module, what sent it there).
+Member = tuple[str, tuple[int, ...], nn.Module, str]
+
+
+def constrained(cls: type | None) -> bool:
+    """Whether :func:`check_constraints` has anything to check for ``cls``."""
     muon = getattr(torch.optim, "Muon", None)
-    for cls, params in parts.items():
+    return cls is not None and (issubclass(cls, (torch.optim.LBFGS, torch.optim.SparseAdam))
+                                or (muon is not None and issubclass(cls, muon)))
+
+
+def check_constraints(n_groups: dict[type | None, int],
+                      members: Callable[[type, Callable[[int, nn.Module], bool]], list[Member]]
+                      ) -> None:
+    """Muon/LBFGS/SparseAdam constraints; ``n_groups`` maps each class in play to its number of
+    groups, ``members(cls, test)`` gives the parameters of ``cls`` that fail ``test(ndim,
+    owning module)``, in group order (so only those are described)."""
+    muon = getattr(torch.optim, "Muon", None)
+    for cls in n_groups:
         if cls is None:
             continue
         if muon is not None and issubclass(cls, muon):
-            bad = [x for x in params if len(x[1]) != 2]
+            bad = members(cls, lambda ndim, mod: ndim != 2)
             if bad:
                 by_default = all(b[3].startswith("the default") for b in bad)
                 fix = ("make another optimizer the default and send the hidden matrices to "
@@ -103,10 +126,10 @@ def check_constraints(parts: dict[type | None, list[tuple[str, tuple[int, ...], 
                     f"{len(bad)} that are not: {_sample([b[0] for b in bad], [b[1] for b in bad])}",
                     fix=fix)
         if issubclass(cls, torch.optim.LBFGS):
-            if len(parts) > 1:
+            if len(n_groups) > 1:
                 raise ParamwiseError(
                     f"LBFGS re-evaluates the loss inside step() and cannot share a step with "
-                    f"{', '.join(class_name(c) for c in parts if c is not cls)}",
+                    f"{', '.join(class_name(c) for c in n_groups if c is not cls)}",
                     fix="freeze the parameters LBFGS should not train (requires_grad=False) and "
                     "build LBFGS alone")
             if n_groups[cls] > 1:
@@ -116,7 +139,7 @@ def check_constraints(parts: dict[type | None, list[tuple[str, tuple[int, ...], 
                     fix="drop the rules that set per-parameter options (e.g. no_decay(): LBFGS "
                     "has no weight decay), so every parameter shares one set")
         if issubclass(cls, torch.optim.SparseAdam):
-            bad = [x for x in params if not getattr(x[2], "sparse", False)]
+            bad = members(cls, lambda ndim, mod: not getattr(mod, "sparse", False))
             if bad:
                 raise ParamwiseError(
                     f"SparseAdam needs sparse gradients, but {_senders(bad)} sent it {len(bad)} "

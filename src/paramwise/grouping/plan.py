@@ -23,8 +23,10 @@ from __future__ import annotations
 
 import contextlib
 import gc
+import itertools
 import math
 import warnings
+from collections import defaultdict
 from collections.abc import Iterable, Iterator, Mapping
 from dataclasses import dataclass
 
@@ -44,7 +46,7 @@ from ..options.keys import (
     sets,
 )
 from .inventory import Inventory, bools_to_mask, mask_to_str
-from .perclass import accepts, check_key_any, class_name, wrong_class_fix
+from .perclass import accepts, bool_options, check_key_any, class_name, wrong_class_fix
 from .rules import Partition, Rule, RuleLike, expand_rules
 
 __all__ = ["Plan", "make_plan"]
@@ -187,15 +189,18 @@ def make_plan(
             raise ParamwiseError("the defaults set 'optimizer'",
                                  fix="pass the default optimizer as paramwise.optimizer()'s "
                                  "second argument, and per-parameter ones in rules")
+    valid: set[str] = set()  # keys checked already (a preset's levels repeat the same key)
     for i, r in enumerate(rule_list):
         for k in r.options:
-            check(k, _where(i, r))
+            if k not in valid:
+                check(k, _where(i, r))
+                valid.add(k)
     # Defaults go to every class in play that takes them.
     per_class = {c: ({k: v for k, v in defaults.items() if accepts(c, k)} if multi else defaults)
                  for c in in_play}
 
     n = len(inv)
-    considered = [include_frozen or inv.trainable(i) for i in range(n)]
+    considered = [True] * n if include_frozen else [p.requires_grad for p in inv.params]
     if not any(considered):
         raise ParamwiseError(
             f"all {inv.num_tensors} parameter tensors of the model are frozen "
@@ -223,27 +228,25 @@ def make_plan(
             col_rule.append(len(masks) - 1)
     _check_matches(inv, rule_list, masks, live, strict)
 
-    # One resolution per distinct pattern of matching rules.
-    entry_sig: list[int] = []
-    sig_index: dict[tuple, int] = {}
+    # One resolution per distinct pattern of matching rules: each entry's pattern (its row
+    # across the columns) numbered in order of first appearance, in one pass at C speed.
+    sig_index: defaultdict[tuple, int] = defaultdict(itertools.count().__next__)
+    rows = zip(*cols) if cols else itertools.repeat((), n)  # type: ignore[call-overload]
+    entry_sig: list[int] = list(map(sig_index.__getitem__, rows))
     resolved: list[dict[str, object]] = []
     sig_rules: list[tuple[int, ...]] = []
     classes: list[type | None] = []
-    for key in (zip(*cols) if cols else (() for _ in range(n))):  # type: ignore[call-overload]
-        s = sig_index.get(key)
-        if s is None:
-            s = sig_index[key] = len(resolved)
-            hit = tuple(j if c == "1" else c for j, c in zip(col_rule, key)
-                        if c == "1" or (j is None and c >= 0))
-            sig_rules.append(hit)  # type: ignore[arg-type]
-            cls = optimizer
-            for j in hit:
-                cls = rule_list[j].options.get("optimizer", cls)  # type: ignore[arg-type, assignment]
-            classes.append(cls)
-            opts = _resolve(per_class[cls], rule_list, hit)  # type: ignore[arg-type]
-            opts.pop("optimizer", None)
-            resolved.append(opts)
-        entry_sig.append(s)
+    for key in sig_index:  # in the order of their numbers
+        hit = tuple(j if c == "1" else c for j, c in zip(col_rule, key)
+                    if c == "1" or (j is None and c >= 0))
+        sig_rules.append(hit)  # type: ignore[arg-type]
+        cls = optimizer
+        for j in hit:
+            cls = rule_list[j].options.get("optimizer", cls)  # type: ignore[arg-type, assignment]
+        classes.append(cls)
+        opts = _resolve(per_class[cls], rule_list, hit)  # type: ignore[arg-type]
+        opts.pop("optimizer", None)
+        resolved.append(opts)
 
     plan = Plan(inv, rule_list, masks, dict(defaults), optimizer, include_frozen, entry_sig,
                 resolved, sig_rules, classes, in_play)
@@ -297,21 +300,22 @@ def _check_per_class(plan: Plan) -> None:
     option of that class's signature must be a bool, and every group's values must pass the
     checks torch's constructor applies to its defaults (torch never checks a group's own)."""
     memo: set = set()  # option sets torch's constructor took
+    taken: set[tuple[type | None, str]] = set()  # (class, key) pairs accepts() allowed
     for s, (opts, cls) in enumerate(zip(plan.resolved, plan.classes)):
-        bools = {k for k, v in optimizer_defaults(cls).items() if isinstance(v, bool)} \
-            if cls is not None else set()
+        bools = bool_options(cls)
         for k, v in opts.items():
             problem = bool_problem(k, v) if k in bools else None
             if problem:
                 raise ParamwiseError(f"{sets(_who(plan, s, k))} {k}={v!r} for {class_name(cls)}: "
                                      f"{problem}", fix=f"write {k}=True or {k}=False")
-            if not accepts(cls, k):
+            if (cls, k) not in taken and not accepts(cls, k):
                 names = _names(plan, s)
                 i = next(j for j in reversed(plan.sig_rules[s]) if k in plan.rules[j].options)
                 raise ParamwiseError(
                     f"{_where(i, plan.rules[i])} sets {k}, which {class_name(cls)} does not take, "
                     f"for {len(names)} parameters that go to {class_name(cls)} (e.g. "
                     f"{names[0]!r})", fix=wrong_class_fix(k, cls, plan.in_play))  # type: ignore[arg-type]
+            taken.add((cls, k))
             bad = range_problem(k, v, cls)
             if bad:
                 raise ParamwiseError(f"{sets(_who(plan, s, k))} {k}={v!r} for {class_name(cls)}, "
@@ -343,9 +347,10 @@ def _check_tied(plan: Plan) -> None:
                       for k in keys)]
         return ", ".join(hit) if hit else "the defaults"
 
-    for u in range(inv.num_tensors):
-        names = inv.aliases(u)
-        if len(names) < 2 or not plan.included(u):
+    tied = inv.tied()
+    for u in sorted(tied):
+        names = tied[u]
+        if not plan.included(u):
             continue
         first = names[0]
         for other in names[1:]:

@@ -9,7 +9,7 @@ registries users extend (:func:`register_norm`, :func:`register_wrapper`).
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 
 from torch import nn
 
@@ -163,37 +163,50 @@ def attr_flags(attr: str, is_norm: bool, is_emb: bool, is_layer: bool) -> int:
     return flags
 
 
-def tensor_roles(unique: Sequence[int], shapes: Sequence[tuple[int, ...]], flags: list[int],
-                 emb_extra: set[int]) -> list[frozenset[str]]:
+def tensor_roles(unique: Sequence[int], shape: Callable[[int], tuple[int, ...]],
+                 first: Sequence[int], flags: list[int], emb_extra: set[int]
+                 ) -> list[frozenset[str]]:
     """Roles per entry, the same for every name of a tensor: the union of what its names say.
-    ``unique``: each entry's tensor; ``shapes``: each tensor's global shape; ``flags``: each
-    entry's :func:`attr_flags`; ``emb_extra``: entries that are embeddings by their owner.
+    ``unique``: each entry's tensor; ``shape``: an entry's global shape; ``first``: each
+    tensor's first entry; ``flags``: each entry's :func:`attr_flags`; ``emb_extra``: entries
+    that are embeddings by their owner.
 
     ``bias``/``norm``/``embedding`` come from the names; a tensor with none of them is a
     ``gain`` when at most one of its dimensions is larger than 1 (0-d, (C,), (1, 1, C),
     (C, 1, 1)) and it is no layer's weight, else a ``weight`` when it has 2 or more dimensions.
+    Only those tensors' shapes are read.
     """
-    per_tensor = [0] * len(shapes)
-    for i, f in enumerate(flags):
-        if i in emb_extra:
-            f |= _EMB
-        per_tensor[unique[i]] |= f
-    interned: dict[tuple[int, bool, int], frozenset[str]] = {}
+    if len(flags) == len(first):  # no tied tensor: entry i is tensor i
+        per_tensor = flags if not emb_extra else [f | _EMB if i in emb_extra else f
+                                                 for i, f in enumerate(flags)]
+    else:
+        per_tensor = [0] * len(first)
+        for i, (u, f) in enumerate(zip(unique, flags)):
+            per_tensor[u] |= f | _EMB if i in emb_extra else f
+    named = _BIAS | _NORM | _EMB
+    interned: dict[int, frozenset[str]] = {}
+    says: dict[tuple[int, ...], int] = {}  # per shape: 2 = at most one dim > 1, 1 = 2-D or more
     out_t: list[frozenset[str]] = []
     for u, f in enumerate(per_tensor):
-        shape = shapes[u]
-        key = (f, sum(1 for s in shape if s > 1) <= 1, len(shape))
+        if f & named:
+            key = f << 2
+        else:  # the shape decides
+            s = shape(first[u])
+            b = says.get(s)
+            if b is None:
+                b = says[s] = 2 * (sum(1 for d in s if d > 1) <= 1) | (len(s) >= 2)
+            key = f << 2 | b
         fs = interned.get(key)
         if fs is None:
             got = {r for bit, r in _FLAG_ROLES if f & bit}
             if not got:
-                if key[1] and not (f & _LAYER_WEIGHT and key[2] >= 2):
+                if key & 2 and not (f & _LAYER_WEIGHT and key & 1):
                     got = {"gain"}
-                elif key[2] >= 2:
+                elif key & 1:
                     got = {"weight"}
             fs = interned[key] = frozenset(got)
         out_t.append(fs)
-    return [out_t[u] for u in unique]
+    return out_t if len(flags) == len(first) else [out_t[u] for u in unique]
 
 
 def _is_bias_attr(attr: str) -> bool:

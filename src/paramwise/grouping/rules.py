@@ -80,6 +80,19 @@ class Rule:
         object.__setattr__(self, "label", text)
         object.__setattr__(self, "origin", origin)
 
+    @classmethod
+    def checked(cls, select: Selector, options: dict[str, object], *, label: str,
+                origin: str | None) -> Rule:
+        """A rule from parts its maker has already checked (a preset's rule per level, whose
+        values it computed): the same rule as ``Rule(select, label=label, origin=origin,
+        **options)``, without checking each value again."""
+        rule = object.__new__(cls)
+        object.__setattr__(rule, "select", select)
+        object.__setattr__(rule, "options", options)
+        object.__setattr__(rule, "label", label)
+        object.__setattr__(rule, "origin", origin)
+        return rule
+
     def with_origin(self, origin: str) -> Rule:
         """This rule, said to come from ``origin`` (e.g. ``"rules[2]"``)."""
         return Rule(self.select, label=self.label, origin=origin, **self.options)
