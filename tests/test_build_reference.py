@@ -11,6 +11,8 @@ head is the embedding table), one with frozen parameters (left out, and kept wit
 from __future__ import annotations
 
 import fnmatch
+import importlib.util
+import pathlib
 import re
 
 import pytest
@@ -183,24 +185,16 @@ TIED_RULES = [
 ]
 
 
-class LlamaBlock(nn.Module):
-    def __init__(self, d: int) -> None:
-        super().__init__()
-        for name in ("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"):
-            setattr(self, name, nn.Linear(d, d, bias=False))
-        self.input_layernorm = nn.RMSNorm(d)
-        self.post_attention_layernorm = nn.RMSNorm(d)
+def _bench_groups():
+    """benchmarks/bench_groups.py as a module (its Llama-shaped model is the one it times)."""
+    path = pathlib.Path(__file__).resolve().parent.parent / "benchmarks" / "bench_groups.py"
+    spec = importlib.util.spec_from_file_location("bench_groups", path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
 
 
-class Llama(nn.Module):
-    def __init__(self, layers: int = 4, d: int = 4) -> None:
-        super().__init__()
-        self.embed_tokens = nn.Embedding(10, d)
-        self.layers = nn.ModuleList([LlamaBlock(d) for _ in range(layers)])
-        self.norm = nn.RMSNorm(d)
-        self.lm_head = nn.Linear(d, 10, bias=False)
-
-
+Llama = _bench_groups().Llama
 def llama_depth(e: dict, layers: int) -> int:
     """Depth by hand: the embedding 0, layer i at i + 1, the final norm and head at L + 1."""
     m = re.match(r"layers\.(\d+)\.", e["name"])
