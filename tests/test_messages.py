@@ -535,3 +535,44 @@ def test_three_betas_reach_an_optimizer_that_takes_three():
         torch.testing.assert_close(p, q, rtol=0, atol=0)
     with pytest.raises(ParamwiseError, match=r"betas=\(0\.9, 0\.9, 0\.9\) for Adam.*a pair"):
         paramwise.optimizer(model, "adam", [Rule("bias", betas=(0.9, 0.9, 0.9))], lr=1e-3)
+
+
+def test_a_group_without_momentum_under_nesterov_defaults_builds_as_torch_steps_it():
+    """torch's SGD takes a group with momentum=0 beside nesterov=True defaults and steps it
+    (the nesterov branch needs momentum); paramwise must not refuse it. Reference: torch's SGD
+    with the same groups by hand, stepped side by side."""
+    torch.manual_seed(0)
+    net, ref = nn.Linear(4, 3), nn.Linear(4, 3)
+    ref.load_state_dict(net.state_dict())
+    opt = paramwise.optimizer(net, "sgd", [Rule("bias", momentum=0.0)], lr=0.1, momentum=0.9,
+                              nesterov=True)
+    by_hand = torch.optim.SGD([{"params": [ref.weight]}, {"params": [ref.bias], "momentum": 0.0}],
+                              lr=0.1, momentum=0.9, nesterov=True)
+    x = torch.randn(5, 4)
+    for _ in range(3):
+        for m, o in ((net, opt), (ref, by_hand)):
+            o.zero_grad()
+            m(x).pow(2).sum().backward()
+            o.step()
+    for p, q in zip(net.parameters(), ref.parameters()):
+        torch.testing.assert_close(p, q, rtol=0, atol=0)
+    with pytest.raises(ParamwiseError, match="nesterov"):   # nesterov with dampening still is
+        paramwise.optimizer(net, "sgd", [Rule("bias", dampening=0.5)], lr=0.1, momentum=0.9,
+                            nesterov=True)
+
+
+def test_a_subclass_that_checks_its_parameters_is_not_built_on_the_placeholder():
+    """The per-group check runs torch's own constructor, not a subclass's overrides (which may
+    refuse a float32 placeholder whatever the options)."""
+
+    class BF16AdamW(torch.optim.AdamW):
+        def add_param_group(self, group):
+            if any(p.dtype != torch.bfloat16 for p in group["params"]):
+                raise ValueError("BF16AdamW takes bfloat16 parameters only")
+            super().add_param_group(group)
+
+    net = nn.Linear(4, 3).to(torch.bfloat16)
+    opt = paramwise.optimizer(net, BF16AdamW, [paramwise.no_decay()], lr=1e-3, weight_decay=0.1)
+    assert type(opt) is BF16AdamW and len(opt.param_groups) == 2
+    with pytest.raises(ParamwiseError, match=r"betas=\(0\.9, 1\.5\)"):   # ranges still checked
+        paramwise.optimizer(net, BF16AdamW, [Rule("bias", betas=(0.9, 1.5))], lr=1e-3)

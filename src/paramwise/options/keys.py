@@ -374,22 +374,31 @@ def constructor_problem(cls: type, options: dict[str, object], memo: set | None 
     alone is refused or None, torch's message)``. Only for torch.optim optimizers (another
     class's constructor may need more than options, or do more than check them). ``memo``
     remembers the option sets taken, for groups whose values passed :func:`range_problem`."""
-    if torch_class(cls) is None:
+    base = torch_class(cls)
+    if base is None:
         return None
-    accepted = optimizer_keys(cls) or frozenset()
+    accepted = optimizer_keys(base) or frozenset()
     own = {k: v for k, v in options.items() if k in accepted}
+    if own.get("nesterov") and "momentum" in own and not own["momentum"]:
+        # a group set to momentum=0: torch's SGD step skips the momentum branch (and with it
+        # nesterov), so such a group under nesterov defaults trains as torch would train it
+        own = {k: v for k, v in own.items() if k != "nesterov"}
     seen = (cls, *(_memo_key(k, own[k]) for k in sorted(own)))
     if memo is not None and seen in memo:
         return None
 
     def refused(opts: dict[str, object]) -> str | None:
+        # torch's own constructor (the base class's, not a subclass's overrides, which may
+        # refuse the placeholder itself, e.g. a dtype check in add_param_group)
         try:
-            cls([torch.zeros(1, 1, device="cpu", requires_grad=True)], **opts)
+            base([torch.zeros(1, 1, device="cpu", requires_grad=True)], **opts)
         except (TypeError, ValueError) as e:  # not RuntimeError: a device the placeholder lacks
             return str(e)
         return None
 
     msg = refused(own)
+    if msg is not None and refused({}) is not None:
+        msg = None  # the constructor refuses the placeholder whatever the options: no opinion
     if msg is None:
         if memo is not None:
             memo.add(seen)
