@@ -1,5 +1,6 @@
 # Two commands do everything on a fresh machine: `make demo` and `make test` (a plain `make`
-# only sets up .venv); `make docs` builds the documentation site the same way. See README "Two commands" for what gets installed where.
+# only sets up .venv); `make docs` builds the documentation site the same way. See README
+# "Two commands" for what gets installed where.
 PY ?= python3
 VENV := .venv
 BIN := $(VENV)/bin

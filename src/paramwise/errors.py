@@ -68,7 +68,7 @@ def user_stacklevel() -> int:
     skip = (_PACKAGE_DIR,) + ((os.path.dirname(os.path.abspath(torch.__file__)) + os.sep,)
                               if torch is not None and getattr(torch, "__file__", None) else ())
     frame, level = sys._getframe(1), 1
-    while frame is not None and (frame.f_code.co_filename.startswith(skip)
-                                 or frame.f_code.co_filename.endswith("contextlib.py")):
+    while frame.f_back is not None and (frame.f_code.co_filename.startswith(skip)
+                                        or frame.f_code.co_filename.endswith("contextlib.py")):
         frame, level = frame.f_back, level + 1
-    return level
+    return level  # no user frame at all (a step run from a C++ thread): the outermost one
