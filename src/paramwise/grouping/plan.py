@@ -40,11 +40,10 @@ from ..options.keys import (
     bool_problem,
     check_key,
     check_value,
-    constructor_problem,
     optimizer_defaults,
-    range_problem,
     sets,
 )
+from ..options.ranges import constructor_problem, range_problem
 from .inventory import Inventory, bools_to_mask, mask_to_str
 from .perclass import accepts, bool_options, check_key_any, class_name, wrong_class_fix
 from .rules import Partition, Rule, RuleLike, expand_rules
