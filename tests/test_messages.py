@@ -512,6 +512,17 @@ def test_a_bad_value_in_an_added_group_says_the_group_was_not_added():
     assert len(opt.param_groups) == 1
 
 
+def _same_training(ours, theirs, x, steps=3):
+    """Step (model, optimizer) pairs side by side on the same batch: identical weights after."""
+    for _ in range(steps):
+        for m, o in (ours, theirs):
+            o.zero_grad()
+            m(x).pow(2).mean().backward()
+            o.step()
+    for p, q in zip(ours[0].parameters(), theirs[0].parameters()):
+        torch.testing.assert_close(p, q, rtol=0, atol=0)
+
+
 def test_three_betas_reach_an_optimizer_that_takes_three():
     """Adan (pytorch-optimizer) takes betas=(b1, b2, b3); the pair check is torch's, per class.
     Reference: the same groups handed to Adan by hand, stepped side by side."""
@@ -525,14 +536,7 @@ def test_three_betas_reach_an_optimizer_that_takes_three():
     by_hand = po.Adan([{"params": [ref[0].weight, ref[1].weight]},
                        {"params": [ref[0].bias, ref[1].bias], "betas": (0.9, 0.9, 0.9)}],
                       lr=1e-2, betas=(0.98, 0.92, 0.99))
-    x = torch.randn(8, 4)
-    for _ in range(3):
-        for m, o in ((model, opt), (ref, by_hand)):
-            o.zero_grad()
-            m(x).pow(2).mean().backward()
-            o.step()
-    for p, q in zip(model.parameters(), ref.parameters()):
-        torch.testing.assert_close(p, q, rtol=0, atol=0)
+    _same_training((model, opt), (ref, by_hand), torch.randn(8, 4))
     with pytest.raises(ParamwiseError, match=r"betas=\(0\.9, 0\.9, 0\.9\) for Adam.*a pair"):
         paramwise.optimizer(model, "adam", [Rule("bias", betas=(0.9, 0.9, 0.9))], lr=1e-3)
 
@@ -548,14 +552,7 @@ def test_a_group_without_momentum_under_nesterov_defaults_builds_as_torch_steps_
                               nesterov=True)
     by_hand = torch.optim.SGD([{"params": [ref.weight]}, {"params": [ref.bias], "momentum": 0.0}],
                               lr=0.1, momentum=0.9, nesterov=True)
-    x = torch.randn(5, 4)
-    for _ in range(3):
-        for m, o in ((net, opt), (ref, by_hand)):
-            o.zero_grad()
-            m(x).pow(2).sum().backward()
-            o.step()
-    for p, q in zip(net.parameters(), ref.parameters()):
-        torch.testing.assert_close(p, q, rtol=0, atol=0)
+    _same_training((net, opt), (ref, by_hand), torch.randn(5, 4))
     with pytest.raises(ParamwiseError, match="nesterov"):   # nesterov with dampening still is
         paramwise.optimizer(net, "sgd", [Rule("bias", dampening=0.5)], lr=0.1, momentum=0.9,
                             nesterov=True)
