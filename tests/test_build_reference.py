@@ -116,21 +116,22 @@ def role(r: str):
 # ------------------------------------------------------------------------------ the models
 
 
-class Block(nn.Module):
-    def __init__(self, d: int) -> None:
-        super().__init__()
-        self.norm = nn.LayerNorm(d)
-        self.fc = nn.Linear(d, d)
+def _bench_groups():
+    """benchmarks/bench_groups.py as a module (its Llama-shaped model is the one it times)."""
+    path = pathlib.Path(__file__).resolve().parent.parent / "benchmarks" / "bench_groups.py"
+    spec = importlib.util.spec_from_file_location("bench_groups", path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
 
 
-class BenchModel(nn.Module):
-    """benchmarks/bench_groups.py's shape."""
+BENCH = _bench_groups()
+Block, Llama = BENCH.Block, BENCH.Llama
 
-    def __init__(self, blocks: int = 100, d: int = 4) -> None:
-        super().__init__()
-        self.embed = nn.Embedding(10, d)
-        self.blocks = nn.ModuleList([Block(d) for _ in range(blocks)])
-        self.head = nn.Linear(d, 2)
+
+def BenchModel(blocks: int = 100, d: int = 4) -> nn.Module:
+    """benchmarks/bench_groups.py's model with ``blocks`` blocks (4 tensors each, + 3)."""
+    return BENCH.Model(4 * blocks + 3, d)
 
 
 # (paramwise rule, the same selector as a predicate); the benchmark's 20 rules.
@@ -185,16 +186,6 @@ TIED_RULES = [
 ]
 
 
-def _bench_groups():
-    """benchmarks/bench_groups.py as a module (its Llama-shaped model is the one it times)."""
-    path = pathlib.Path(__file__).resolve().parent.parent / "benchmarks" / "bench_groups.py"
-    spec = importlib.util.spec_from_file_location("bench_groups", path)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
-
-
-Llama = _bench_groups().Llama
 def llama_depth(e: dict, layers: int) -> int:
     """Depth by hand: the embedding 0, layer i at i + 1, the final norm and head at L + 1."""
     m = re.match(r"layers\.(\d+)\.", e["name"])

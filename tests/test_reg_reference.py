@@ -9,13 +9,12 @@ import numpy as np
 import pytest
 import torch
 
-from _lasso import lasso_data, sklearn_lasso
+from _lasso import ALPHA, D, N
 from paramwise.step.hooks import attach
 
 sklearn = pytest.importorskip("sklearn.linear_model")
 
 F64 = torch.float64
-N, D = 200, 50
 
 
 @pytest.fixture(autouse=True)
@@ -25,11 +24,6 @@ def _flush_denormals():
     torch.set_flush_denormal(True)
     yield
     torch.set_flush_denormal(False)
-
-
-@pytest.fixture(scope="module")
-def data():
-    return lasso_data(N, D)
 
 
 def fit(X, y, cls, steps, options, bias=None, **kw):
@@ -54,12 +48,6 @@ def lipschitz(X):
     return float(torch.linalg.eigvalsh(X.T @ X / len(X)).max())
 
 
-ALPHA = 0.1
-
-
-@pytest.fixture(scope="module")
-def lasso(data):
-    return sklearn_lasso(*data, ALPHA)
 
 
 @pytest.mark.parametrize("name", ["sgd", "sgd-momentum", "adam", "adagrad", "nadam", "radam",

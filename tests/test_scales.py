@@ -12,7 +12,7 @@ import pytest
 import torch
 
 import paramwise.step._chunks as chunks
-from _lasso import lasso_data, sklearn_lasso
+from _lasso import ALPHA, D
 from paramwise.errors import ParamwiseError
 from paramwise.step import prox
 from paramwise.step._chunks import Piece
@@ -22,7 +22,6 @@ sklearn = pytest.importorskip("sklearn.linear_model")
 
 F64 = torch.float64
 OPTIM = torch.optim
-N, D, ALPHA = 200, 50, 0.1
 
 
 @pytest.fixture(autouse=True)
@@ -34,16 +33,6 @@ def _flush_denormals_one_thread():
     yield
     torch.set_num_threads(threads)
     torch.set_flush_denormal(False)
-
-
-@pytest.fixture(scope="module")
-def data():
-    return lasso_data(N, D)
-
-
-@pytest.fixture(scope="module")
-def lasso(data):
-    return sklearn_lasso(*data, ALPHA)
 
 
 def fit(X, y, cls, steps, options, **kw):

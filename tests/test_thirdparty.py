@@ -13,7 +13,7 @@ import numpy as np
 import pytest
 import torch
 
-from _lasso import lasso_data, sklearn_lasso
+from _lasso import ALPHA
 from paramwise.errors import ParamwiseError
 from paramwise.step import prox, thirdparty
 from paramwise.step._chunks import Piece
@@ -26,7 +26,6 @@ heavyball = pytest.importorskip("heavyball")
 sklearn = pytest.importorskip("sklearn.linear_model")
 
 F64 = torch.float64
-N, D, ALPHA = 200, 50, 0.1
 
 
 @pytest.fixture(autouse=True)
@@ -35,16 +34,6 @@ def _fast(monkeypatch):
     torch.set_flush_denormal(True)
     yield
     torch.set_flush_denormal(False)
-
-
-@pytest.fixture(scope="module")
-def data():
-    return lasso_data(N, D)
-
-
-@pytest.fixture(scope="module")
-def lasso(data):
-    return sklearn_lasso(*data, ALPHA)
 
 
 def fit(X, y, cls, steps, options=None, schedule_free=False, **kw):
